@@ -1,0 +1,353 @@
+"""Build the networks, prove them, export them to ONNX and register one pyfunc model version.
+
+One call of :func:`package_models` = one MLflow run: params (weight source and sha256), metrics
+(parity errors, packaging time), a contact sheet of all 26 styles, and a registered version with
+alias ``champion``. Identical weights + code + style map never pile up identical versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import subprocess
+import tempfile
+import time
+import tomllib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from neuralstyle import config
+from neuralstyle.styles import N_STYLES, Catalog, load_style_map, validate_network_name
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+PARITY_TOLERANCE = 1e-3  # vs the original ONNX graph, 0..1 scale
+EXPORT_TOLERANCE = 1e-4  # exported ONNX vs the PyTorch module
+PARITY_STYLES = ("0", "7", "19", "3:0.5,12:0.5")
+# The files that define what a served model does; their hash is the model's code version.
+SERVING_FILES = (
+    "__init__.py", "errors.py", "imaging.py", "styles.py", "pyfunc_model.py", "model_code.py"
+)
+
+
+@dataclass
+class PackageResult:
+    """What a packaging call did, for the CLI to print and tests to check."""
+
+    name: str
+    version: str
+    created: bool
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    fingerprint: str = ""
+
+
+def serving_requirements() -> list[str]:
+    """The model's pip requirements: the project's own pinned runtime dependencies (no torch)."""
+    pyproject = tomllib.loads((REPO_DIR / "pyproject.toml").read_text())
+    reqs = list(pyproject["project"]["dependencies"])
+    assert not any(r.startswith("torch") for r in reqs), "serving must not depend on torch"
+    return reqs
+
+
+def code_version() -> str:
+    """sha256 (first 12 hex) over the serving code files."""
+    digest = hashlib.sha256()
+    for name in SERVING_FILES:
+        digest.update(name.encode() + b"\0" + (PACKAGE_DIR / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def git_commit() -> str:
+    """The repo's commit (``+dirty`` when there are local changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_DIR, capture_output=True,
+            text=True, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def parity_against_original(net, onnx_path: Path, photos: dict[str, np.ndarray]) -> float:
+    """Max |torch - original ONNX graph| over the parity styles and photos (0..1 scale)."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    catalog = Catalog()
+    worst = 0.0
+    for photo in photos.values():
+        x = np.ascontiguousarray((photo.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])
+        for spec in PARITY_STYLES:
+            weights = catalog.resolve(spec).weights
+            ref = session.run(None, {"image": x, "style_weights": weights})[0]
+            with torch.no_grad():
+                out = net(torch.from_numpy(x), torch.from_numpy(weights)).numpy()
+            worst = max(worst, float(np.abs(out - ref).max()))
+    return worst
+
+
+def export_onnx(module, example: tuple, path: Path, input_names: list[str]) -> None:
+    """torch.onnx (dynamo exporter) with dynamic height and width; the image is input 0."""
+    import torch
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    height = torch.export.Dim("height", min=32, max=8192)
+    width = torch.export.Dim("width", min=32, max=8192)
+    shapes = ({2: height, 3: width},) + (None,) * (len(example) - 1)
+    # The exporter's optimizer prints every pass to stdout; keep the CLI output readable.
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(
+            module, example, str(path), dynamo=True, input_names=input_names,
+            output_names=["stylized"], dynamic_shapes=shapes, opset_version=18, verbose=False,
+        )
+
+
+def export_error(module, path: Path, inputs: list[tuple]) -> float:
+    """Max |exported ONNX - torch module| over a few input sizes (dynamic shapes exercised)."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    worst = 0.0
+    for args in inputs:
+        with torch.no_grad():
+            ref = module(*args).numpy()
+        out = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})[0]
+        worst = max(worst, float(np.abs(out - ref).max()))
+    return worst
+
+
+def resolve_checkpoint(source: str, workdir: Path) -> Path:
+    """A local path as is; an ``s3://`` URI downloaded atomically through the pipeline's helper."""
+    if source.startswith("s3://"):
+        from tasks.s3 import download_s3_object
+
+        return download_s3_object(source, workdir / "checkpoints" / Path(source).name)
+    return Path(source)
+
+
+def build_networks(
+    staging: Path, checkpoints: list[str], aliases: dict[str, str]
+) -> tuple[Catalog, dict[str, float], dict[str, str]]:
+    """Rebuild, prove and export every network into ``staging``; returns catalog, metrics, params."""
+    import torch
+
+    from neuralstyle import samples, weights
+    from neuralstyle.networks import UnitRangeTransformerNet, load_transformer_checkpoint
+
+    metrics: dict[str, float] = {}
+    source_path = weights.locate(weights.MULTISTYLE26)
+    net = weights.load_multistyle26(source_path)
+    photos = {
+        "astronaut": samples.sample_rgb("astronaut"),
+        "chelsea": samples.sample_rgb("chelsea"),
+    }
+    metrics["parity_max_abs_diff"] = parity_against_original(net, source_path, photos)
+    if metrics["parity_max_abs_diff"] > PARITY_TOLERANCE:
+        raise RuntimeError(
+            f"rebuilt network differs from the original graph by {metrics['parity_max_abs_diff']:.2e}"
+            f" > {PARITY_TOLERANCE}: refusing to package"
+        )
+    w7 = Catalog().resolve("7").weights
+    example = (torch.rand(1, 3, 64, 96), torch.from_numpy(w7))
+    export_onnx(net, example, staging / "multistyle26.onnx", ["image", "style_weights"])
+    checks = [(torch.rand(1, 3, h, w), torch.from_numpy(w7)) for h, w in ((97, 131), (128, 128))]
+    metrics["export_max_abs_diff"] = export_error(net, staging / "multistyle26.onnx", checks)
+    params = {
+        "weight_source": weights.MULTISTYLE26.source,
+        "weight_sha256": weights.MULTISTYLE26.sha256,
+    }
+    catalog = Catalog(aliases=aliases)
+    for source in checkpoints:
+        ckpt = resolve_checkpoint(source, staging.parent)
+        name = validate_network_name(Path(source).stem.lower())
+        module = UnitRangeTransformerNet(load_transformer_checkpoint(ckpt)).eval()
+        export_onnx(module, (torch.rand(1, 3, 64, 96),), staging / f"{name}.onnx", ["image"])
+        err = export_error(module, staging / f"{name}.onnx", [(c[0],) for c in checks])
+        metrics[f"export_max_abs_diff_{name}"] = err
+        sha = weights.sha256_file(ckpt)
+        catalog.networks[name] = {"file": f"{name}.onnx", "source": source, "sha256": sha}
+        params[f"checkpoint_{name}_sha256"] = sha
+    worst_export = max(v for k, v in metrics.items() if k.startswith("export_max_abs_diff"))
+    if worst_export > EXPORT_TOLERANCE:
+        raise RuntimeError(f"ONNX export differs from PyTorch by {worst_export:.2e} > {EXPORT_TOLERANCE}")
+    for alias in aliases:
+        catalog.resolve(alias)  # a bad alias fails packaging, not a request later
+    (staging / "catalog.json").write_text(catalog.to_json())
+    return catalog, metrics, params
+
+
+def fingerprint(catalog: Catalog) -> str:
+    """Identity of a model version: weights, extra checkpoints, style map, serving code."""
+    from neuralstyle import weights
+
+    payload = {
+        "weights": weights.MULTISTYLE26.sha256,
+        "catalog": json.loads(catalog.to_json()),
+        "code": code_version(),
+        "requirements": serving_requirements(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def find_existing(client, name: str, fp: str):
+    """The registered version with this fingerprint, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    for version in versions:
+        if version.tags.get("fingerprint") == fp:
+            return version
+    return None
+
+
+def contact_sheet(staging: Path, catalog: Catalog, photo: np.ndarray, path: Path) -> None:
+    """A grid of the sample photo in every style, rendered by the exported (served) networks."""
+    from PIL import Image, ImageDraw
+
+    from neuralstyle import imaging
+    from neuralstyle.pyfunc_model import Engine
+
+    engine = Engine(staging)
+    rgb = imaging.fit_within(photo.astype(np.float32) / 255.0, 256, "sample photo")
+    specs = [str(i) for i in range(N_STYLES)] + sorted(catalog.networks)
+    tiles = [("original", rgb)] + [
+        (catalog.resolve(s).label, engine.run(rgb, catalog.resolve(s))) for s in specs
+    ]
+    cols = 7
+    rows = -(-len(tiles) // cols)
+    th, tw = rgb.shape[:2]
+    sheet = Image.new("RGB", (cols * tw, rows * (th + 16)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (label, tile) in enumerate(tiles):
+        x, y = (i % cols) * tw, (i // cols) * (th + 16)
+        sheet.paste(Image.fromarray(imaging.to_uint8(tile)), (x, y))
+        draw.text((x + 4, y + th + 2), label, fill="black")
+    sheet.save(path)
+
+
+def input_example() -> tuple:
+    """A small real request (sample photo at 64 px) so the UI and serving docs show real input."""
+    import base64
+
+    import pandas as pd
+
+    from neuralstyle import imaging, samples
+
+    rgb = imaging.fit_within(samples.sample_rgb("chelsea").astype(np.float32) / 255, 64, "sample")
+    data = base64.b64encode(imaging.encode_image(rgb, "jpeg", 85)).decode()
+    return pd.DataFrame({"image": [data], "style": ["7"]})
+
+
+def signature():
+    """Inputs, outputs and per-request params of the contract in DESIGN.md."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from neuralstyle.pyfunc_model import DEFAULT_PARAMS
+
+    dtypes = {int: "long", float: "double", bool: "boolean", str: "string"}
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image"), ColSpec("string", "style")]),
+        outputs=Schema([
+            ColSpec("string", "image"), ColSpec("long", "width"), ColSpec("long", "height"),
+            ColSpec("string", "style"),
+        ]),
+        params=ParamSchema(
+            [ParamSpec(k, dtypes[type(v)], v) for k, v in DEFAULT_PARAMS.items()]
+        ),
+    )
+
+
+def package_models(
+    model_name: str = config.DEFAULT_MODEL_NAME,
+    alias: str = config.DEFAULT_ALIAS,
+    checkpoints: list[str] | None = None,
+    style_map: str | None = None,
+    force: bool = False,
+    tracking_uri: str | None = None,
+    experiment: str = config.DEFAULT_EXPERIMENT,
+) -> PackageResult:
+    """Build, verify, export, log and register; reuse an identical existing version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from neuralstyle import samples, weights
+
+    started = time.perf_counter()
+    # Our predict takes a DataFrame and params; the signature below is explicit, so MLflow's
+    # type-hint inference has nothing to add.
+    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+    config.use_tracking(tracking_uri)
+    client = MlflowClient()
+    aliases = load_style_map(style_map)
+    with tempfile.TemporaryDirectory(prefix="stylize-package-") as tmp:
+        staging = Path(tmp) / "networks"
+        staging.mkdir()
+        catalog, metrics, params = build_networks(staging, list(checkpoints or []), aliases)
+        fp = fingerprint(catalog)
+        existing = find_existing(client, model_name, fp)
+        if existing is not None and not force:
+            log.info("unchanged: %s version %s already holds these weights and code",
+                     model_name, existing.version)
+            return PackageResult(model_name, existing.version, False, existing.run_id, metrics, fp)
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name="package_models") as run:
+            mlflow.log_params({
+                **params, "model_name": model_name, "alias": alias,
+                "styles": ",".join(catalog.names()), "code_version": code_version(),
+                "git_commit": git_commit(), "force": force,
+            })
+            sheet = Path(tmp) / "contact_sheet.png"
+            contact_sheet(staging, catalog, samples.sample_rgb("chelsea"), sheet)
+            mlflow.log_artifact(str(sheet))
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(PACKAGE_DIR / "model_code.py"),
+                code_paths=[str(PACKAGE_DIR)],
+                artifacts={"networks": str(staging)},
+                signature=signature(),
+                input_example=input_example(),
+                pip_requirements=serving_requirements(),
+                registered_model_name=model_name,
+            )
+            version = str(info.registered_model_version)
+            tags = {
+                "weight_sha256": weights.MULTISTYLE26.sha256,
+                "weight_source": weights.MULTISTYLE26.source,
+                "code_version": code_version(),
+                "git_commit": git_commit(),
+                "fingerprint": fp,
+                "styles": ",".join(catalog.names()),
+            }
+            for key, value in tags.items():
+                client.set_model_version_tag(model_name, version, key, value)
+            client.set_registered_model_alias(model_name, alias, version)
+            metrics["packaging_seconds"] = time.perf_counter() - started
+            metrics["model_size_mb"] = _dir_size(staging) / 1e6
+            mlflow.log_metrics(metrics)
+        return PackageResult(model_name, version, True, run.info.run_id, metrics, fp)
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+

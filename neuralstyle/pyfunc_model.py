@@ -1,0 +1,148 @@
+"""The pyfunc model contract: base64 photo + style in, base64 stylized photo out.
+
+Runs the exported networks on onnxruntime (no torch at serving time). Heavy things (ONNX
+sessions, the style catalog) load once in ``load_context``; ``predict`` is pure per row.
+Logged as a model from code (``model_code.py``), so loading it unpickles no Python objects.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from neuralstyle import imaging
+from neuralstyle.errors import StyleInputError
+from neuralstyle.styles import Catalog, Resolved
+
+ARTIFACT_KEY = "networks"
+MAX_SIZE_LIMIT = 2048  # ~0.5 GB per 32-channel activation at 2048^2: keeps a server alive
+DEFAULT_PARAMS: dict[str, Any] = {
+    "max_size": 1024,
+    "strength": 1.0,
+    "preserve_color": False,
+    "format": "jpeg",
+    "quality": 90,
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    """Validated per-request parameters."""
+
+    max_size: int
+    strength: float
+    preserve_color: bool
+    format: str
+    quality: int
+
+    @classmethod
+    def parse(cls, params: dict[str, Any] | None) -> Params:
+        merged = {**DEFAULT_PARAMS, **{k: v for k, v in (params or {}).items() if v is not None}}
+        unknown = sorted(set(merged) - set(DEFAULT_PARAMS))
+        if unknown:
+            raise StyleInputError(
+                f"unknown params {unknown}: accepted are {', '.join(DEFAULT_PARAMS)}"
+            )
+        try:
+            max_size = int(merged["max_size"])
+            strength = float(merged["strength"])
+            quality = int(merged["quality"])
+        except (TypeError, ValueError) as exc:
+            raise StyleInputError(f"params: {exc}") from None
+        fmt = str(merged["format"]).lower().replace("jpg", "jpeg")
+        if not 0 < max_size <= MAX_SIZE_LIMIT:
+            raise StyleInputError(
+                f"param max_size={max_size} must be in 1..{MAX_SIZE_LIMIT} (longest side in px)"
+            )
+        if not 0.0 <= strength <= 1.0:
+            raise StyleInputError(f"param strength={strength} must be in 0..1")
+        if fmt not in imaging.FORMATS:
+            raise StyleInputError(
+                f"param format={merged['format']!r} must be one of {', '.join(imaging.FORMATS)}"
+            )
+        if not 1 <= quality <= 100:
+            raise StyleInputError(f"param quality={quality} must be in 1..100")
+        preserve = merged["preserve_color"]
+        if isinstance(preserve, str):
+            preserve = preserve.strip().lower() in ("1", "true", "yes")
+        return cls(max_size, strength, bool(preserve), fmt, quality)
+
+
+class Engine:
+    """ONNX sessions for the multi-style network and any extra single-style networks."""
+
+    def __init__(self, root: str | Path) -> None:
+        import onnxruntime as ort
+
+        root = Path(root)
+        self.catalog = Catalog.load(root / "catalog.json")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        self.multistyle = ort.InferenceSession(
+            str(root / self.catalog.multistyle_file), options, providers=providers
+        )
+        self.networks = {
+            name: ort.InferenceSession(str(root / info["file"]), options, providers=providers)
+            for name, info in self.catalog.networks.items()
+        }
+
+    def run(self, rgb: np.ndarray, style: Resolved) -> np.ndarray:
+        """Stylize RGB [H, W, 3] in 0..1; the output is cropped back to the input size.
+
+        Two stride-2 layers then two x2 upsamplings make odd sides come back one pixel larger.
+        """
+        height, width = rgb.shape[:2]
+        x = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32)
+        if style.network is not None:
+            out = self.networks[style.network].run(None, {"image": x})[0]
+        else:
+            out = self.multistyle.run(None, {"image": x, "style_weights": style.weights})[0]
+        return out[0, :, :height, :width].transpose(1, 2, 0)
+
+
+def stylize_row(engine: Engine, image_b64: str, style_spec: str, params: Params, what: str) -> dict:
+    """One request row: decode, check, resize, stylize, blend, encode."""
+    style = engine.catalog.resolve(str(style_spec) if isinstance(style_spec, int) else style_spec)
+    original = imaging.decode_image(imaging.b64decode(image_b64, what), what)
+    original = imaging.fit_within(original, params.max_size, what)
+    out = engine.run(original, style)
+    if params.preserve_color:
+        out = imaging.preserve_colors(out, original)
+    if params.strength < 1.0:
+        out = params.strength * out + (1.0 - params.strength) * original
+    encoded = imaging.encode_image(out, params.format, params.quality)
+    return {
+        "image": base64.b64encode(encoded).decode("ascii"),
+        "width": int(out.shape[1]),
+        "height": int(out.shape[0]),
+        "style": style.label,
+    }
+
+
+class StyleTransferModel(mlflow.pyfunc.PythonModel):
+    """``models:/style-transfer@champion``: see DESIGN.md, "The model contract"."""
+
+    def load_context(self, context) -> None:
+        self.engine = Engine(context.artifacts[ARTIFACT_KEY])
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow infers from hints)
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        missing = [c for c in ("image", "style") if c not in model_input.columns]
+        if missing:
+            raise StyleInputError(
+                f"input is missing column(s) {missing}: expected 'image' (base64) and 'style'"
+            )
+        parsed = Params.parse(params)
+        rows = [
+            stylize_row(self.engine, row.image, row.style, parsed, what=f"image (row {i})")
+            for i, row in enumerate(model_input.itertuples(index=False))
+        ]
+        return pd.DataFrame(rows, columns=["image", "width", "height", "style"])

@@ -1,0 +1,72 @@
+"""Package the pretrained style networks as a pyfunc model in the MLflow registry.
+
+    python package_models.py                       # 26 styles -> models:/style-transfer@champion
+    python package_models.py --checkpoint candy.pth   # + a pytorch/examples checkpoint as "candy"
+    mlflow run . -e package_models --env-manager local
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from neuralstyle import config
+from neuralstyle.errors import is_input_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI flags; every default is stated in its help and declared once in neuralstyle.config."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-name", default=config.DEFAULT_MODEL_NAME,
+                        help="registered model name (default: %(default)s)")
+    parser.add_argument("--alias", default=config.DEFAULT_ALIAS,
+                        help="alias set on the new version (default: %(default)s)")
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        help="pytorch/examples fast_neural_style .pth (path or s3:// URI); served "
+                             "as a style named after the file stem; repeatable (default: none)")
+    parser.add_argument("--style-map", default=config.DEFAULT_STYLE_MAP,
+                        help="JSON file naming favourite styles and blends; '' for none "
+                             "(default: %(default)s)")
+    parser.add_argument("--force", action="store_true",
+                        help="register a new version even if an identical one exists "
+                             "(default: off)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
+                             f"{config.DEFAULT_TRACKING_URI})")
+    parser.add_argument("--experiment", default=config.DEFAULT_EXPERIMENT,
+                        help="MLflow experiment for the packaging run (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from neuralstyle.packaging import package_models
+
+    try:
+        result = package_models(
+            model_name=args.model_name, alias=args.alias, checkpoints=args.checkpoint,
+            style_map=args.style_map or None, force=args.force,
+            tracking_uri=args.tracking_uri, experiment=args.experiment,
+        )
+    except Exception as exc:
+        if is_input_error(exc) or isinstance(exc, (FileNotFoundError, ValueError)):
+            print(f"package_models: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            return 2
+        raise
+    uri = f"models:/{result.name}@{args.alias}"
+    if result.created:
+        print(f"registered {result.name} version {result.version} as {uri} (run {result.run_id})")
+        for key, value in sorted(result.metrics.items()):
+            print(f"  {key} = {value:.3g}")
+    else:
+        print(f"{result.name} version {result.version} already holds these weights and code: "
+              "registry left as it is (use --force for a new version)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
