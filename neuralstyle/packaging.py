@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 import time
 import tomllib
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -294,9 +293,6 @@ def package_models(
     from neuralstyle import samples, weights
 
     started = time.perf_counter()
-    # Our predict takes a DataFrame and params; the signature below is explicit, so MLflow's
-    # type-hint inference has nothing to add.
-    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
     config.use_tracking(tracking_uri)
     client = MlflowClient()
     aliases = load_style_map(style_map)

@@ -132,9 +132,10 @@ class StyleTransferModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.engine = Engine(context.artifacts[ARTIFACT_KEY])
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow infers from hints)
-        if not isinstance(model_input, pd.DataFrame):
-            model_input = pd.DataFrame(model_input)
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        # pd.DataFrame as the hint: MLflow validates against the logged signature instead.
         missing = [c for c in ("image", "style") if c not in model_input.columns]
         if missing:
             raise StyleInputError(

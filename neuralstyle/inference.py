@@ -1,0 +1,127 @@
+"""One way to stylize a file, whatever runs the model: in-process (a model URI) or a server URL.
+
+``stylize.py`` and the Luigi ``Stylize`` task both call :func:`stylize_file`; the executors differ
+only in the :class:`Predictor` they pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from neuralstyle import config, imaging
+from neuralstyle.atomic import write_bytes_atomic
+from neuralstyle.errors import StyleInputError
+
+
+class Predictor(Protocol):
+    """Anything that answers the pyfunc contract: a loaded model or a server client."""
+
+    def predict(self, frame: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        ...
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(model_uri: str, tracking_uri: str):
+    import mlflow
+
+    config.use_tracking(tracking_uri)
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+class LocalPredictor:
+    """The registered model loaded in this process (cached per URI: loading costs ~1 s)."""
+
+    def __init__(self, model_uri: str = config.DEFAULT_MODEL_URI, tracking_uri: str | None = None):
+        self.model_uri = model_uri
+        self.tracking_uri = config.tracking_uri(tracking_uri)
+
+    def predict(self, frame: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        model = _load_model(self.model_uri, self.tracking_uri)
+        return model.predict(frame, params=params)
+
+
+def make_predictor(
+    model_uri: str | None = None, server_url: str | None = None, tracking_uri: str | None = None
+) -> Predictor:
+    """A server client when ``server_url`` is given, else the model URI in-process."""
+    if server_url:
+        from neuralstyle.client import StyleServerClient
+
+        return StyleServerClient(server_url)
+    return LocalPredictor(model_uri or config.DEFAULT_MODEL_URI, tracking_uri)
+
+
+@dataclass(frozen=True)
+class StylizeResult:
+    """What a stylize call wrote, for summaries and MLflow metrics."""
+
+    output: Path
+    width: int
+    height: int
+    style: str
+    seconds: float
+    bytes_written: int
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """Read an input file, with the errors a user needs (missing, a folder, unreadable)."""
+    path = Path(path)
+    if not path.exists():
+        raise StyleInputError(f"image {path} does not exist")
+    if path.is_dir():
+        raise StyleInputError(f"image {path} is a folder, not an image file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StyleInputError(f"image {path} cannot be read ({exc.strerror})") from None
+
+
+def stylize_bytes(
+    data: bytes, style: str, predictor: Predictor, params: dict[str, Any] | None = None,
+    what: str = "image",
+) -> tuple[bytes, pd.Series]:
+    """Encoded image bytes -> encoded stylized bytes and the result row (width, height, style)."""
+    frame = pd.DataFrame({"image": [base64.b64encode(data).decode("ascii")], "style": [style]})
+    try:
+        row = predictor.predict(frame, params=params).iloc[0]
+    except Exception as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        # Name the file, not "row 0", when the model rejects a single image.
+        message = message.replace("image (row 0)", what)
+        if type(exc).__name__ == "StyleInputError" or getattr(exc, "error_code", "") == (
+            "INVALID_PARAMETER_VALUE"
+        ):
+            raise StyleInputError(message) from None
+        raise
+    return base64.b64decode(row["image"]), row
+
+
+def stylize_file(
+    image: str | Path, output: str | Path, style: str, predictor: Predictor,
+    params: dict[str, Any] | None = None,
+) -> StylizeResult:
+    """Stylize one file into ``output`` atomically; the format follows the output's suffix."""
+    started = time.perf_counter()
+    params = dict(params or {})
+    params.setdefault("format", imaging.format_for_path(str(output)))
+    data = read_image_file(image)
+    encoded, row = stylize_bytes(data, style, predictor, params, what=f"image {image}")
+    write_bytes_atomic(output, encoded)
+    return StylizeResult(
+        Path(output), int(row["width"]), int(row["height"]), str(row["style"]),
+        time.perf_counter() - started, len(encoded),
+    )
+
+
+def default_output(image: str, style: str, folder: str = "out") -> str:
+    """``out/<stem>-<style>.jpg``: derived only from the input and style, so reruns are idempotent."""
+    stem = Path(image.split("://", 1)[-1]).stem or "image"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in style.replace(",", "+"))
+    return str(Path(folder) / f"{stem}-{safe}.jpg")

@@ -1,0 +1,73 @@
+"""Stylize one photo with the registered model, in-process or through a running server.
+
+    python stylize.py --image photo.jpg --style 7 --output out.jpg
+    python stylize.py --server-url http://127.0.0.1:5001 --image photo.jpg --style 3:0.5,12:0.5
+
+Exit status: 0 on success, 2 for bad input (the message names the input and the problem; no
+output file is left), 1 when the model or server fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from neuralstyle import config
+from neuralstyle.pyfunc_model import DEFAULT_PARAMS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI flags; every default is stated in its help."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--image", required=True, help="input photo (JPEG, PNG, WebP, ...)")
+    parser.add_argument("--style", default=config.DEFAULT_STYLE,
+                        help="index 0..25, a name (style-07, an alias, candy) or a blend "
+                             "'3:0.5,12:0.5' (default: %(default)s)")
+    parser.add_argument("--output", default=None,
+                        help="output file; its suffix (.jpg/.png/.webp) sets the format "
+                             "(default: out/<image stem>-<style>.jpg)")
+    parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,
+                        help="model to load in-process (default: %(default)s)")
+    parser.add_argument("--server-url", default=None,
+                        help="use a running server instead, e.g. http://127.0.0.1:5001 "
+                             "(default: none, run in-process)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
+                             f"{config.DEFAULT_TRACKING_URI})")
+    parser.add_argument("--max-size", type=int, default=DEFAULT_PARAMS["max_size"],
+                        help="longest side in px; larger photos are scaled down "
+                             "(default: %(default)s)")
+    parser.add_argument("--strength", type=float, default=DEFAULT_PARAMS["strength"],
+                        help="0..1, mix of stylized and original (default: %(default)s)")
+    parser.add_argument("--preserve-color", action="store_true",
+                        help="keep the photo's colours, take only the style's luminance "
+                             "(default: off)")
+    parser.add_argument("--quality", type=int, default=DEFAULT_PARAMS["quality"],
+                        help="JPEG/WebP quality 1..100 (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from neuralstyle.errors import is_input_error
+    from neuralstyle.inference import default_output, make_predictor, stylize_file
+
+    output = args.output or default_output(args.image, args.style)
+    params = {"max_size": args.max_size, "strength": args.strength,
+              "preserve_color": args.preserve_color, "quality": args.quality}
+    try:
+        predictor = make_predictor(args.model_uri, args.server_url, args.tracking_uri)
+        result = stylize_file(args.image, output, args.style, predictor, params)
+    except Exception as exc:
+        message = " ".join(str(getattr(exc, "message", None) or exc).split())
+        print(f"stylize: error: {message}", file=sys.stderr)
+        return 2 if is_input_error(exc) else 1
+    print(f"wrote {result.output} ({result.width}x{result.height}, style {result.style}, "
+          f"{result.seconds:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
