@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,8 +37,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise FileNotFoundError(f"nothing was written to the temporary file {tmp} for {final}")
         os.replace(tmp, final)  # atomic on POSIX within one filesystem
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        # The writer may have made a folder (a directory output): unlink() would raise
+        # IsADirectoryError here, hiding the real error and leaving the folder behind.
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
         raise
 
 
