@@ -1,0 +1,48 @@
+"""Luigi pipeline tasks for Stylize: S3 in and out, forced reruns, Canvas submissions.
+
+    luigi --module tasks S3Download --s3-path s3://bucket/photos/cat.jpg
+
+Importing this package registers the tasks with Luigi (so ``--module tasks`` finds them); it
+opens no files and makes no clients or network calls.
+"""
+
+from tasks.base import (
+    ForceableTask,
+    LocalFileExists,
+    S3Download,
+    S3FileExists,
+    S3Upload,
+    download_s3_object,
+    local_input_path,
+    mirror_path,
+    remove_outputs,
+    upload_file_atomic,
+)
+from tasks.canvas import SubmitToCanvas, submit_file_to_canvas
+from tasks.targets import (
+    S3ObjectTarget,
+    SuffixAtomicLocalTarget,
+    parse_s3_uri,
+    s3_client,
+    stat_s3_object,
+)
+
+__all__ = [
+    "ForceableTask",
+    "LocalFileExists",
+    "S3Download",
+    "S3FileExists",
+    "S3ObjectTarget",
+    "S3Upload",
+    "SubmitToCanvas",
+    "SuffixAtomicLocalTarget",
+    "download_s3_object",
+    "local_input_path",
+    "mirror_path",
+    "parse_s3_uri",
+    "remove_outputs",
+    "s3_client",
+    "stat_s3_object",
+    "submit_file_to_canvas",
+    "upload_file_atomic",
+]
