@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from neuralstyle import config
 from neuralstyle.errors import is_input_error
@@ -44,12 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one line per exporter pass
+    style_map = args.style_map or None
+    if style_map == config.DEFAULT_STYLE_MAP and not Path(style_map).exists():
+        style_map = str(Path(__file__).resolve().parent / config.DEFAULT_STYLE_MAP)
     from neuralstyle.packaging import package_models
 
     try:
         result = package_models(
             model_name=args.model_name, alias=args.alias, checkpoints=args.checkpoint,
-            style_map=args.style_map or None, force=args.force,
+            style_map=style_map, force=args.force,
             tracking_uri=args.tracking_uri, experiment=args.experiment,
         )
     except Exception as exc:

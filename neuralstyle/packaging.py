@@ -141,10 +141,34 @@ def resolve_checkpoint(source: str, workdir: Path) -> Path:
     return Path(source)
 
 
+def plan_catalog(
+    checkpoints: list[str], aliases: dict[str, str], workdir: Path
+) -> tuple[Catalog, dict[str, Path]]:
+    """What the model will serve, known before any export (so an unchanged rerun is instant)."""
+    from neuralstyle import weights
+    from neuralstyle.networks import load_transformer_checkpoint
+
+    catalog = Catalog(aliases=aliases)
+    paths: dict[str, Path] = {}
+    for source in checkpoints:
+        name = validate_network_name(Path(source).stem.lower())
+        if name in catalog.networks or name in aliases:
+            raise ValueError(f"checkpoint {source}: the style name {name!r} is already taken")
+        paths[name] = resolve_checkpoint(source, workdir)
+        if not paths[name].is_file():
+            raise FileNotFoundError(f"checkpoint {source} does not exist")
+        load_transformer_checkpoint(paths[name])  # fail before the slow exports, not after
+        sha = weights.sha256_file(paths[name])
+        catalog.networks[name] = {"file": f"{name}.onnx", "source": source, "sha256": sha}
+    for alias in aliases:
+        catalog.resolve(alias)  # a bad alias fails packaging, not a request later
+    return catalog, paths
+
+
 def build_networks(
-    staging: Path, checkpoints: list[str], aliases: dict[str, str]
-) -> tuple[Catalog, dict[str, float], dict[str, str]]:
-    """Rebuild, prove and export every network into ``staging``; returns catalog, metrics, params."""
+    staging: Path, catalog: Catalog, checkpoint_paths: dict[str, Path]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Rebuild, prove and export every network into ``staging``; returns metrics and params."""
     import torch
 
     from neuralstyle import samples, weights
@@ -165,31 +189,27 @@ def build_networks(
         )
     w7 = Catalog().resolve("7").weights
     example = (torch.rand(1, 3, 64, 96), torch.from_numpy(w7))
-    export_onnx(net, example, staging / "multistyle26.onnx", ["image", "style_weights"])
+    export_onnx(net, example, staging / catalog.multistyle_file, ["image", "style_weights"])
     checks = [(torch.rand(1, 3, h, w), torch.from_numpy(w7)) for h, w in ((97, 131), (128, 128))]
-    metrics["export_max_abs_diff"] = export_error(net, staging / "multistyle26.onnx", checks)
+    metrics["export_max_abs_diff"] = export_error(net, staging / catalog.multistyle_file, checks)
     params = {
         "weight_source": weights.MULTISTYLE26.source,
         "weight_sha256": weights.MULTISTYLE26.sha256,
     }
-    catalog = Catalog(aliases=aliases)
-    for source in checkpoints:
-        ckpt = resolve_checkpoint(source, staging.parent)
-        name = validate_network_name(Path(source).stem.lower())
-        module = UnitRangeTransformerNet(load_transformer_checkpoint(ckpt)).eval()
-        export_onnx(module, (torch.rand(1, 3, 64, 96),), staging / f"{name}.onnx", ["image"])
-        err = export_error(module, staging / f"{name}.onnx", [(c[0],) for c in checks])
-        metrics[f"export_max_abs_diff_{name}"] = err
-        sha = weights.sha256_file(ckpt)
-        catalog.networks[name] = {"file": f"{name}.onnx", "source": source, "sha256": sha}
-        params[f"checkpoint_{name}_sha256"] = sha
+    for name, path in checkpoint_paths.items():
+        module = UnitRangeTransformerNet(load_transformer_checkpoint(path)).eval()
+        onnx_path = staging / catalog.networks[name]["file"]
+        export_onnx(module, (torch.rand(1, 3, 64, 96),), onnx_path, ["image"])
+        metrics[f"export_max_abs_diff_{name}"] = export_error(
+            module, onnx_path, [(c[0],) for c in checks]
+        )
+        params[f"checkpoint_{name}_sha256"] = catalog.networks[name]["sha256"]
+        params[f"checkpoint_{name}_source"] = catalog.networks[name]["source"]
     worst_export = max(v for k, v in metrics.items() if k.startswith("export_max_abs_diff"))
     if worst_export > EXPORT_TOLERANCE:
         raise RuntimeError(f"ONNX export differs from PyTorch by {worst_export:.2e} > {EXPORT_TOLERANCE}")
-    for alias in aliases:
-        catalog.resolve(alias)  # a bad alias fails packaging, not a request later
     (staging / "catalog.json").write_text(catalog.to_json())
-    return catalog, metrics, params
+    return metrics, params
 
 
 def fingerprint(catalog: Catalog) -> str:
@@ -297,15 +317,16 @@ def package_models(
     client = MlflowClient()
     aliases = load_style_map(style_map)
     with tempfile.TemporaryDirectory(prefix="stylize-package-") as tmp:
-        staging = Path(tmp) / "networks"
-        staging.mkdir()
-        catalog, metrics, params = build_networks(staging, list(checkpoints or []), aliases)
+        catalog, checkpoint_paths = plan_catalog(list(checkpoints or []), aliases, Path(tmp))
         fp = fingerprint(catalog)
         existing = find_existing(client, model_name, fp)
         if existing is not None and not force:
             log.info("unchanged: %s version %s already holds these weights and code",
                      model_name, existing.version)
-            return PackageResult(model_name, existing.version, False, existing.run_id, metrics, fp)
+            return PackageResult(model_name, existing.version, False, existing.run_id, {}, fp)
+        staging = Path(tmp) / "networks"
+        staging.mkdir()
+        metrics, params = build_networks(staging, catalog, checkpoint_paths)
         mlflow.set_experiment(experiment)
         with mlflow.start_run(run_name="package_models") as run:
             mlflow.log_params({

@@ -93,10 +93,10 @@ class Catalog:
                 f"the 26 built-in styles (0..25)"
             )
         else:
+            extra = ", ".join(self.names()[N_STYLES:]) or "no extra names"
             raise StyleInputError(
                 f"{where} is unknown: use an index 0..{N_STYLES - 1}, a name "
-                f"({', '.join(self.names()[:3])}, ..., {', '.join(self.names()[N_STYLES:]) or 'no extra names'}), "
-                f"or a blend like '3:0.5,12:0.5'"
+                f"(style-00, ..., style-25; {extra}), or a blend like '3:0.5,12:0.5'"
             )
         if not 0 <= index < N_STYLES:
             raise StyleInputError(f"{where}: index {index} is out of range 0..{N_STYLES - 1}")

@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3.11
+
+.PHONY: install demo test lint package serve clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[package,pipeline,dev]"
+	touch $@
+
+demo: install  ## package the models if needed and stylize a bundled sample photo
+	$(PY) -m neuralstyle.demo
+
+test: install  ## lint, then every test (docker tests skip, with a reason, without an engine)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check . || true
+
+package: install  ## package the networks into the local registry (sqlite:///mlflow.db)
+	$(PY) package_models.py
+
+serve: install  ## serve models:/style-transfer@champion on 127.0.0.1:5001
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(VENV)/bin/mlflow models serve \
+		-m models:/style-transfer@champion --env-manager local -h 127.0.0.1 -p 5001
+
+clean:
+	rm -rf out data .pytest_cache .ruff_cache

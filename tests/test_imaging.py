@@ -1,0 +1,82 @@
+"""Input checks a user hits first: every bad image gets one clear message naming it."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuralstyle import imaging
+from neuralstyle.errors import StyleInputError
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **kw)
+    return out.getvalue()
+
+
+def test_not_an_image(photos) -> None:
+    with pytest.raises(StyleInputError, match=r"photo\.txt is not a JPEG/PNG/WebP image "
+                                              r"\(got 12 bytes of text"):
+        imaging.decode_image(b"hello world\n", "photo.txt")
+
+
+def test_zero_bytes() -> None:
+    with pytest.raises(StyleInputError, match=r"empty\.jpg is empty \(0 bytes\)"):
+        imaging.decode_image(b"", "empty.jpg")
+
+
+def test_truncated_jpeg(photos) -> None:
+    data = photos["chelsea"]
+    with pytest.raises(StyleInputError, match=r"cut\.jpg is truncated or corrupt"):
+        imaging.decode_image(data[: len(data) // 2], "cut.jpg")
+
+
+def test_too_small() -> None:
+    with pytest.raises(StyleInputError, match=r"tiny\.png is too small: 31x100"):
+        imaging.decode_image(encode(Image.new("RGB", (31, 100))), "tiny.png")
+
+
+def test_decompression_bomb() -> None:
+    bomb = encode(Image.new("1", (10_000, 10_000)))  # 100 MP, ~12 KB compressed
+    assert len(bomb) < 100_000
+    with pytest.raises(StyleInputError, match=r"bomb\.png is too large"):
+        imaging.decode_image(bomb, "bomb.png")
+
+
+def test_bad_base64() -> None:
+    with pytest.raises(StyleInputError, match="image .row 0. is not valid base64"):
+        imaging.b64decode("not base64!!", "image (row 0)")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "L", "CMYK", "LA", "I;16"])
+def test_any_mode_becomes_rgb(mode: str) -> None:
+    img = Image.new("RGB", (40, 50), (200, 100, 50)).convert(mode)
+    rgb = imaging.decode_image(encode(img, "TIFF" if mode in ("CMYK", "I;16") else "PNG"), mode)
+    assert rgb.shape == (50, 40, 3) and rgb.dtype == np.float32
+    assert 0.0 <= rgb.min() and rgb.max() <= 1.0
+
+
+def test_transparent_pixels_become_white() -> None:
+    img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    rgb = imaging.decode_image(encode(img), "clear.png")
+    assert np.allclose(rgb, 1.0)
+
+
+def test_exif_orientation_is_honoured() -> None:
+    img = Image.new("RGB", (80, 40), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    rgb = imaging.decode_image(encode(img, "JPEG", exif=exif), "rotated.jpg")
+    assert rgb.shape[:2] == (80, 40)
+
+
+def test_fit_within_scales_down_only() -> None:
+    big = np.zeros((300, 600, 3), np.float32)
+    assert imaging.fit_within(big, 300, "x").shape == (150, 300, 3)
+    assert imaging.fit_within(big, 2000, "x").shape == (300, 600, 3)
+    with pytest.raises(StyleInputError, match="below 32"):
+        imaging.fit_within(np.zeros((40, 4000, 3), np.float32), 1000, "strip.png")

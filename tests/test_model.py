@@ -1,0 +1,146 @@
+"""The registered pyfunc model, as a user of ``models:/style-transfer@champion`` sees it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from oracle import PIXEL_TOLERANCE, decode_b64, decode_rgb, max_level_diff, oracle_uint8
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def request(photo: bytes, *styles: str) -> pd.DataFrame:
+    b64 = base64.b64encode(photo).decode()
+    return pd.DataFrame({"image": [b64] * len(styles), "style": list(styles)})
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "chelsea"])
+@pytest.mark.parametrize("style", ["0", "7", "19", "3:0.5,12:0.5"])
+def test_pixels_match_the_original_graph(model, photos, photo: str, style: str) -> None:
+    out = model.predict(request(photos[photo], style), params={"format": "png"})
+    got = decode_b64(out.loc[0, "image"])
+    want = oracle_uint8(decode_rgb(photos[photo]), style)
+    diff = max_level_diff(got, want)
+    print(f"served {photo} style {style}: max diff {diff} level(s) of 255")
+    assert diff <= PIXEL_TOLERANCE
+    assert (out.loc[0, "width"], out.loc[0, "height"]) == (want.shape[1], want.shape[0])
+
+
+def test_output_columns_and_several_rows(model, photos) -> None:
+    out = model.predict(request(photos["chelsea"], "7", "style-07", "favourite", "warm-blend"))
+    assert list(out.columns) == ["image", "width", "height", "style"]
+    assert list(out["style"]) == ["style-07", "style-07", "favourite", "warm-blend"]
+    a, b, c = (decode_b64(out.loc[i, "image"]) for i in range(3))
+    assert max_level_diff(a, b) == 0 and max_level_diff(a, c) == 0
+
+
+def test_blend_name_forms_agree(model, photos) -> None:
+    out = model.predict(request(photos["chelsea"], "3:0.5,12:0.5", "style-03:1,style-12:1",
+                                "warm-blend"), params={"format": "png"})
+    images = [decode_b64(x) for x in out["image"]]
+    assert max_level_diff(images[0], images[1]) == 0
+    assert max_level_diff(images[0], images[2]) == 0
+
+
+@pytest.mark.parametrize(
+    ("style", "message"),
+    [
+        ("26", "index 26 is out of range 0..25"),
+        ("nope", "style 'nope' is unknown"),
+        ("3:0.5,12", "needs the form index:weight"),
+        ("3:-1", "must be >= 0"),
+    ],
+)
+def test_bad_style_is_a_clear_error(model, photos, style: str, message: str) -> None:
+    with pytest.raises(Exception, match=message):
+        model.predict(request(photos["chelsea"], style))
+
+
+def test_missing_column(model) -> None:
+    with pytest.raises(Exception, match="style"):
+        model.predict(pd.DataFrame({"image": ["aGVsbG8="]}))
+
+
+def test_params(model, photos) -> None:
+    original = decode_rgb(photos["chelsea"])
+    out = model.predict(request(photos["chelsea"], "7"), params={"strength": 0.0, "format": "png"})
+    assert max_level_diff(decode_b64(out.loc[0, "image"]), original) <= 1
+
+    out = model.predict(request(photos["astronaut"], "7"), params={"max_size": 256,
+                                                                   "format": "webp"})
+    assert (out.loc[0, "width"], out.loc[0, "height"]) == (256, 256)
+    assert Image.open(io.BytesIO(base64.b64decode(out.loc[0, "image"]))).format == "WEBP"
+
+    plain = model.predict(request(photos["chelsea"], "7"), params={"format": "png"})
+    kept = model.predict(request(photos["chelsea"], "7"),
+                         params={"format": "png", "preserve_color": True})
+    chroma = lambda b64: np.asarray(  # noqa: E731
+        Image.open(io.BytesIO(base64.b64decode(b64))).convert("YCbCr"), np.float32)[..., 1:]
+    source = np.asarray(Image.fromarray(original).convert("YCbCr"), np.float32)[..., 1:]
+    assert np.abs(chroma(kept.loc[0, "image"]) - source).mean() < np.abs(
+        chroma(plain.loc[0, "image"]) - source).mean() / 4
+
+    with pytest.raises(Exception, match="param format='gif' must be one of jpeg, png, webp"):
+        model.predict(request(photos["chelsea"], "7"), params={"format": "gif"})
+    with pytest.raises(Exception, match="max_size=99999 must be in 1..2048"):
+        model.predict(request(photos["chelsea"], "7"), params={"max_size": 99999})
+
+
+def test_logged_model_metadata(registry) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from neuralstyle.weights import MULTISTYLE26
+
+    client = MlflowClient(registry.tracking_uri)
+    version = client.get_model_version_by_alias("style-transfer", "champion")
+    assert version.tags["weight_sha256"] == MULTISTYLE26.sha256
+    assert len(version.tags["code_version"]) == 12
+    run = client.get_run(version.run_id)
+    assert run.data.params["weight_sha256"] == MULTISTYLE26.sha256
+    assert run.data.metrics["parity_max_abs_diff"] <= 1e-3
+    assert run.data.metrics["packaging_seconds"] > 0
+    assert "contact_sheet.png" in [a.path for a in client.list_artifacts(version.run_id)]
+
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/style-transfer/{version.version}"))
+    requirements = (local / "requirements.txt").read_text()
+    assert "onnxruntime==" in requirements and "mlflow==" in requirements
+    assert "torch" not in requirements
+    mlmodel = (local / "MLmodel").read_text()
+    assert "signature:" in mlmodel and "params:" in mlmodel
+    assert "model_code_path" in mlmodel  # logged from code
+    assert not list(local.rglob("*.pkl")), "a model from code pickles nothing"
+    assert (local / "code" / "neuralstyle" / "pyfunc_model.py").is_file()
+    assert (local / "input_example.json").is_file() or list(local.glob("input_example*"))
+
+
+def test_loads_in_a_fresh_process_outside_the_repo(registry, photos, tmp_path) -> None:
+    (tmp_path / "photo.jpg").write_bytes(photos["chelsea"])
+    script = textwrap.dedent("""
+        import base64, json, sys
+        import mlflow, pandas as pd
+        model = mlflow.pyfunc.load_model("models:/style-transfer@champion")
+        b64 = base64.b64encode(open("photo.jpg", "rb").read()).decode()
+        out = model.predict(pd.DataFrame({"image": [b64], "style": ["7"]}))
+        print(json.dumps({"width": int(out.width[0]), "torch": "torch" in sys.modules,
+                          "neuralstyle": sys.modules["neuralstyle"].__file__}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["MLFLOW_TRACKING_URI"] = registry.tracking_uri
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["width"] == 451
+    assert result["torch"] is False, "serving must not import torch"

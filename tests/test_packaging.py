@@ -1,0 +1,70 @@
+"""Registry behaviour of package_models: no duplicate versions, --force, checkpoints as styles."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_networks import make_upstream_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str, cwd: Path, uri: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    return subprocess.run([sys.executable, str(REPO / "package_models.py"), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_registry_lifecycle(tmp_path, photos) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    style_map = str(REPO / "styles.json")
+    first = run_cli("--style-map", style_map, cwd=tmp_path, uri=uri)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "registered style-transfer version 1 as models:/style-transfer@champion" in first.stdout
+
+    again = run_cli("--style-map", style_map, cwd=tmp_path, uri=uri)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "version 1 already holds these weights and code" in again.stdout
+    client = MlflowClient(uri)
+    assert len(client.search_model_versions("name='style-transfer'")) == 1
+
+    forced = run_cli("--style-map", style_map, "--force", cwd=tmp_path, uri=uri)
+    assert forced.returncode == 0 and "version 2" in forced.stdout
+
+    make_upstream_checkpoint(tmp_path / "candy.pth")
+    with_candy = run_cli("--style-map", style_map, "--checkpoint", str(tmp_path / "candy.pth"),
+                         cwd=tmp_path, uri=uri)
+    assert with_candy.returncode == 0, with_candy.stderr[-2000:]
+    assert "version 3" in with_candy.stdout
+    champion = client.get_model_version_by_alias("style-transfer", "champion")
+    assert str(champion.version) == "3" and "candy" in champion.tags["styles"]
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/style-transfer@champion")
+    b64 = base64.b64encode(photos["chelsea"]).decode()
+    out = model.predict(pd.DataFrame({"image": [b64, b64], "style": ["candy", "7"]}))
+    assert list(out["style"]) == ["candy", "style-07"]
+    with pytest.raises(Exception, match="'candy' is a separate network and cannot be blended"):
+        model.predict(pd.DataFrame({"image": [b64], "style": ["candy:0.5,3:0.5"]}))
+
+
+def test_bad_checkpoint_fails_cleanly(tmp_path) -> None:
+    (tmp_path / "mosaic.pth").write_bytes(b"not a checkpoint")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run_cli("--checkpoint", str(tmp_path / "mosaic.pth"), "--style-map", "",
+                   cwd=tmp_path, uri=uri)
+    assert proc.returncode == 2
+    assert "mosaic.pth is not a PyTorch state dict" in proc.stderr
+    missing = run_cli("--checkpoint", str(tmp_path / "nope.pth"), "--style-map", "",
+                      cwd=tmp_path, uri=uri)
+    assert missing.returncode == 2 and "nope.pth does not exist" in missing.stderr
