@@ -135,7 +135,7 @@ def export_error(module, path: Path, inputs: list[tuple]) -> float:
 def resolve_checkpoint(source: str, workdir: Path) -> Path:
     """A local path as is; an ``s3://`` URI downloaded atomically through the pipeline's helper."""
     if source.startswith("s3://"):
-        from tasks.s3 import download_s3_object
+        from tasks import download_s3_object
 
         return download_s3_object(source, workdir / "checkpoints" / Path(source).name)
     return Path(source)
