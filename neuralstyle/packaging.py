@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import subprocess
 import tempfile
 import time
@@ -327,7 +328,9 @@ def package_models(
         staging = Path(tmp) / "networks"
         staging.mkdir()
         metrics, params = build_networks(staging, catalog, checkpoint_paths)
-        mlflow.set_experiment(experiment)
+        if not os.environ.get("MLFLOW_RUN_ID"):
+            # Under `mlflow run` the run (and its experiment, --experiment-name) already exists.
+            mlflow.set_experiment(experiment)
         with mlflow.start_run(run_name="package_models") as run:
             mlflow.log_params({
                 **params, "model_name": model_name, "alias": alias,

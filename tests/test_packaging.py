@@ -68,3 +68,23 @@ def test_bad_checkpoint_fails_cleanly(tmp_path) -> None:
     missing = run_cli("--checkpoint", str(tmp_path / "nope.pth"), "--style-map", "",
                       cwd=tmp_path, uri=uri)
     assert missing.returncode == 2 and "nope.pth does not exist" in missing.stderr
+
+
+def test_mlflow_run_entry_point(tmp_path) -> None:
+    """`mlflow run . -e package_models --env-manager local` packages inside the run MLflow made."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    client.create_experiment("packaging", artifact_location=str(tmp_path / "artifacts"))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("mlflow")), "run", str(REPO), "-e", "package_models",
+         "--env-manager", "local", "--experiment-name", "packaging"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    version = client.get_model_version_by_alias("style-transfer", "champion")
+    run = client.get_run(version.run_id)
+    assert run.data.tags.get("mlflow.project.entryPoint") == "package_models"
+    assert run.data.metrics["parity_max_abs_diff"] <= 1e-3
