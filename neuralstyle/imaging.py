@@ -18,6 +18,8 @@ from neuralstyle.errors import StyleInputError
 
 MIN_SIDE = 32
 FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+# Modes whose RGB conversion is exact in 8 bits, so resizing before the float conversion is too.
+EIGHT_BIT_MODES = ("RGB", "L", "CMYK")
 SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
 
 
@@ -49,12 +51,14 @@ def _describe(data: bytes) -> str:
     return f"got {len(data)} bytes of {kind} starting {head!r}"
 
 
-def decode_image(data: bytes, what: str) -> np.ndarray:
+def decode_image(data: bytes, what: str, max_size: int = 0) -> np.ndarray:
     """Encoded image bytes -> RGB float32 array [H, W, 3] in 0..1, EXIF orientation applied.
 
     Accepts anything Pillow reads (JPEG, PNG, WebP, GIF, TIFF, BMP) in any mode (RGBA and
     palette transparency composited on white, grayscale, CMYK). Refuses empty, unreadable,
     truncated, too small and decompression-bomb images before decoding the pixels.
+    With ``max_size`` an 8-bit photo is scaled down before the float conversion, with the same
+    pixels as ``fit_within`` afterwards: a 27 MP photo then never exists as 324 MB of float32.
     """
     if len(data) == 0:
         raise StyleInputError(f"{what} is empty (0 bytes)")
@@ -87,6 +91,10 @@ def decode_image(data: bytes, what: str) -> np.ndarray:
             f"{what} is truncated or corrupt ({img.format} {width}x{height}: {exc})"
         ) from None
     img = ImageOps.exif_transpose(img)
+    if max_size and img.mode in EIGHT_BIT_MODES:
+        size = fitted_size(img.width, img.height, max_size, what)
+        if size is not None:
+            img = img.convert("RGB").resize(size, Image.Resampling.LANCZOS)
     return to_rgb_array(img)
 
 
@@ -108,8 +116,17 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
 def fit_within(rgb: np.ndarray, max_size: int, what: str) -> np.ndarray:
     """Downscale so the longest side is at most ``max_size`` (never upscale); Lanczos filter."""
     height, width = rgb.shape[:2]
-    if max_size <= 0 or max(height, width) <= max_size:
+    size = fitted_size(width, height, max_size, what)
+    if size is None:
         return rgb
+    img = Image.fromarray(to_uint8(rgb)).resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def fitted_size(width: int, height: int, max_size: int, what: str) -> tuple[int, int] | None:
+    """(width, height) with the longest side ``max_size``, or None when no downscale is needed."""
+    if max_size <= 0 or max(height, width) <= max_size:
+        return None
     scale = max_size / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if min(size) < MIN_SIDE:
@@ -117,8 +134,7 @@ def fit_within(rgb: np.ndarray, max_size: int, what: str) -> np.ndarray:
             f"{what} is {width}x{height}: at max_size={max_size} its short side would be "
             f"{min(size)} px, below {MIN_SIDE}; raise max_size"
         )
-    img = Image.fromarray(to_uint8(rgb)).resize(size, Image.Resampling.LANCZOS)
-    return np.asarray(img, dtype=np.float32) / 255.0
+    return size
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from neuralstyle.styles import Catalog, Resolved
 
 ARTIFACT_KEY = "networks"
 MAX_SIZE_LIMIT = 2048  # ~0.5 GB per 32-channel activation at 2048^2: keeps a server alive
+SHRINK_ABOVE_PIXELS = 1024 * 1024  # larger runs give onnxruntime's arena memory back
 DEFAULT_PARAMS: dict[str, Any] = {
     "max_size": 1024,
     "strength": 1.0,
@@ -92,6 +93,11 @@ class Engine:
             name: ort.InferenceSession(str(root / info["file"]), options, providers=providers)
             for name, info in self.catalog.networks.items()
         }
+        # onnxruntime's CPU arena keeps its peak forever (~1 GB after one 2048 px run, 3 GB seen
+        # in a server). Runs above the default size hand it back; default-size runs keep the
+        # arena, which is ~25% faster at 1024 px than no arena.
+        self.shrink_arena = ort.RunOptions()
+        self.shrink_arena.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def run(self, rgb: np.ndarray, style: Resolved) -> np.ndarray:
         """Stylize RGB [H, W, 3] in 0..1; the output is cropped back to the input size.
@@ -100,18 +106,20 @@ class Engine:
         """
         height, width = rgb.shape[:2]
         x = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32)
+        options = self.shrink_arena if height * width > SHRINK_ABOVE_PIXELS else None
         if style.network is not None:
-            out = self.networks[style.network].run(None, {"image": x})[0]
+            out = self.networks[style.network].run(None, {"image": x}, options)[0]
         else:
-            out = self.multistyle.run(None, {"image": x, "style_weights": style.weights})[0]
+            feeds = {"image": x, "style_weights": style.weights}
+            out = self.multistyle.run(None, feeds, options)[0]
         return out[0, :, :height, :width].transpose(1, 2, 0)
 
 
 def stylize_row(engine: Engine, image_b64: str, style_spec: str, params: Params, what: str) -> dict:
     """One request row: decode, check, resize, stylize, blend, encode."""
     style = engine.catalog.resolve(str(style_spec) if isinstance(style_spec, int) else style_spec)
-    original = imaging.decode_image(imaging.b64decode(image_b64, what), what)
-    original = imaging.fit_within(original, params.max_size, what)
+    original = imaging.decode_image(imaging.b64decode(image_b64, what), what, params.max_size)
+    original = imaging.fit_within(original, params.max_size, what)  # modes decode did not fit
     out = engine.run(original, style)
     if params.preserve_color:
         out = imaging.preserve_colors(out, original)

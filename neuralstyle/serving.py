@@ -1,0 +1,248 @@
+"""The one home for starting ``mlflow models serve``: tests, the demo, the pipeline and the benchmark.
+
+    with serve_model("models:/style-transfer@champion", tracking_uri="sqlite:///mlflow.db") as url:
+        StyleServerClient(url).predict(frame)
+
+It runs the same command a user types (``mlflow models serve -m <uri> --env-manager local -h
+127.0.0.1 -p <port>``) in its own process group, with the limits below set on purpose rather than
+inherited from whatever the caller's environment holds. docs/serving.md explains each limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from neuralstyle import config
+
+HOST = "127.0.0.1"
+# MLflow's default is 60 s (mlflow/environment_variables.py, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT).
+# A 20 MB photo takes a few seconds and a batch of rows at max_size=2048 tens of seconds; 300 s
+# matches StyleServerClient's read timeout so the client sees the server's 504, not its own.
+REQUEST_TIMEOUT_S = 300
+# uvicorn --limit-concurrency: connections + tasks in flight before it answers 503 (which the
+# client retries with backoff). MLflow buffers each body whole (~27 MB for a 20 MB photo) and a
+# photo near Pillow's 89.5 MP limit peaks near 2 GB while decoding, so this bounds memory.
+LIMIT_CONCURRENCY = 8
+READY_TIMEOUT_S = 180.0
+STOP_GRACE_S = 10.0
+LOG_TAIL_LINES = 30
+
+
+class ServerStartError(RuntimeError):
+    """``mlflow models serve`` exited or never answered ``/ping``; the message has its log tail."""
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port nobody listens on right now (the OS picks it; a race is retried by the caller)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_command(model_uri: str, port: int, timeout_s: int, workers: int) -> list[str]:
+    """The ``mlflow models serve`` command line, with the interpreter running this code."""
+    return [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+        "--env-manager", "local", "-h", HOST, "-p", str(port),
+        "--timeout", str(timeout_s), "--workers", str(workers),
+    ]
+
+
+def serve_env(
+    tracking_uri: str | None, timeout_s: int, limit_concurrency: int
+) -> dict[str, str]:
+    """The server's environment: registry, limits, and ``uvicorn`` on PATH.
+
+    MLflow starts the server as ``bash -c "exec uvicorn ..."``, so ``uvicorn`` must be on PATH
+    even when the virtual environment is not activated; its own bin folder goes first.
+    """
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = config.tracking_uri(tracking_uri)
+    env.setdefault("MLFLOW_REGISTRY_URI", env["MLFLOW_TRACKING_URI"])
+    env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(timeout_s)
+    # uvicorn's CLI reads UVICORN_<OPTION> (click auto_envvar_prefix); MLflow passes env through.
+    env["UVICORN_LIMIT_CONCURRENCY"] = str(limit_concurrency)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Server:
+    """A running ``mlflow models serve`` process group and where its log goes."""
+
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of the server's stdout+stderr, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        """True while the process we started has not exited."""
+        return self.process.poll() is None
+
+    def rss_bytes(self) -> int:
+        """Resident memory of every process in the server's group (the CLI, uvicorn, workers)."""
+        return sum(_rss_bytes(pid) for pid in _group_pids(self.process.pid))
+
+    def stop(self) -> None:
+        """SIGTERM the whole group, SIGKILL it after a grace period; safe to call twice."""
+        pgid = self.process.pid  # start_new_session=True: the leader's pid is the group id
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+            # The grace period is for the whole group: the mlflow CLI (the leader) dies at
+            # once, uvicorn finishes in-flight requests first.
+            deadline = time.monotonic() + STOP_GRACE_S
+            while time.monotonic() < deadline:
+                self.process.poll()  # reap the leader so it does not linger as a zombie
+                if not _group_pids(pgid):
+                    return
+                time.sleep(0.1)
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """Live pids whose process group is ``pgid`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _rss_bytes(pid: int) -> int:
+    """Resident set size of one process, 0 if it is gone."""
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _ping(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_server(
+    model_uri: str = config.DEFAULT_MODEL_URI,
+    *,
+    port: int | None = None,
+    tracking_uri: str | None = None,
+    timeout_s: int = REQUEST_TIMEOUT_S,
+    workers: int = 1,
+    limit_concurrency: int = LIMIT_CONCURRENCY,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+) -> Server:
+    """Start the server and return once ``/ping`` answers; the caller must ``stop()`` it.
+
+    With ``port=None`` a free port is picked, and picked again (up to 3 tries) if another
+    process takes it between the check and the bind.
+    """
+    attempts = 1 if port is not None else 3
+    for attempt in range(attempts):
+        chosen = port if port is not None else free_port()
+        server = _launch(model_uri, chosen, tracking_uri, timeout_s, workers, limit_concurrency)
+        try:
+            _wait_ready(server, model_uri, ready_timeout_s)
+            return server
+        except ServerStartError as exc:
+            server.stop()
+            port_taken = "address already in use" in str(exc).lower()
+            if not port_taken or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _launch(
+    model_uri: str, port: int, tracking_uri: str | None, timeout_s: int, workers: int,
+    limit_concurrency: int,
+) -> Server:
+    log = tempfile.NamedTemporaryFile(  # kept after a failed start: the error names it
+        prefix=f"mlflow-serve-{port}-", suffix=".log", delete=False
+    )
+    with log:
+        process = subprocess.Popen(
+            serve_command(model_uri, port, timeout_s, workers),
+            env=serve_env(tracking_uri, timeout_s, limit_concurrency),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Server(f"http://{HOST}:{port}", process, Path(log.name))
+
+
+def _wait_ready(server: Server, model_uri: str, ready_timeout_s: float) -> None:
+    """Poll ``/ping``; fail fast with the log tail if the process dies, or after the deadline."""
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise ServerStartError(
+                f"mlflow models serve -m {model_uri} exited with status "
+                f"{server.process.returncode} before answering {server.url}/ping; "
+                f"log tail ({server.log_path}):\n{server.log_tail()}"
+            )
+        if _ping(server.url):
+            return
+        time.sleep(0.25)
+    raise ServerStartError(
+        f"mlflow models serve -m {model_uri} did not answer {server.url}/ping within "
+        f"{ready_timeout_s:.0f} s; log tail ({server.log_path}):\n{server.log_tail()}"
+    )
+
+
+@contextlib.contextmanager
+def running_server(model_uri: str = config.DEFAULT_MODEL_URI, **kwargs) -> Iterator[Server]:
+    """``start_server`` as a context manager: the group is always stopped, the log removed."""
+    server = start_server(model_uri, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()
+        with contextlib.suppress(OSError):
+            server.log_path.unlink()
+
+
+@contextlib.contextmanager
+def serve_model(
+    model_uri: str = config.DEFAULT_MODEL_URI,
+    *,
+    port: int | None = None,
+    tracking_uri: str | None = None,
+    timeout_s: int = REQUEST_TIMEOUT_S,
+    workers: int = 1,
+    limit_concurrency: int = LIMIT_CONCURRENCY,
+) -> Iterator[str]:
+    """Serve ``model_uri`` on 127.0.0.1 and yield its base URL; always stops the server."""
+    with running_server(
+        model_uri, port=port, tracking_uri=tracking_uri, timeout_s=timeout_s, workers=workers,
+        limit_concurrency=limit_concurrency,
+    ) as server:
+        yield server.url
