@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
+# `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install demo test lint package serve clean
 
@@ -28,7 +30,7 @@ package: install  ## package the networks into the local registry (sqlite:///mlf
 	$(PY) package_models.py
 
 serve: install  ## serve models:/style-transfer@champion on 127.0.0.1:5001
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(VENV)/bin/mlflow models serve \
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} mlflow models serve \
 		-m models:/style-transfer@champion --env-manager local -h 127.0.0.1 -p 5001
 
 clean:

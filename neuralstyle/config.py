@@ -22,10 +22,13 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 
 def use_tracking(uri: str | None = None) -> str:
-    """Point MLflow's tracking and registry at ``uri`` (registry follows tracking by default)."""
+    """Point MLflow at ``uri``; the registry follows it unless ``MLFLOW_REGISTRY_URI`` is set.
+
+    ``mlflow.set_registry_uri`` is deliberately not called: it exports ``MLFLOW_REGISTRY_URI``,
+    which would pin every later call and every subprocess to the first registry used.
+    """
     import mlflow
 
     resolved = tracking_uri(uri)
     mlflow.set_tracking_uri(resolved)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or resolved)
     return resolved

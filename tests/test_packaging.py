@@ -16,8 +16,16 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
+def clean_env(uri: str) -> dict[str, str]:
+    """This process's environment pointed at ``uri``, without another run's experiment or run."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID",
+                        "MLFLOW_REGISTRY_URI")}
+    return env | {"MLFLOW_TRACKING_URI": uri}
+
+
 def run_cli(*args: str, cwd: Path, uri: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env = clean_env(uri)
     return subprocess.run([sys.executable, str(REPO / "package_models.py"), *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=300)
 
@@ -77,7 +85,7 @@ def test_mlflow_run_entry_point(tmp_path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     client.create_experiment("packaging", artifact_location=str(tmp_path / "artifacts"))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env = clean_env(uri)
     proc = subprocess.run(
         [str(Path(sys.executable).with_name("mlflow")), "run", str(REPO), "-e", "package_models",
          "--env-manager", "local", "--experiment-name", "packaging"],
