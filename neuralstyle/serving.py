@@ -65,12 +65,15 @@ def serve_env(
 ) -> dict[str, str]:
     """The server's environment: registry, limits, and ``uvicorn`` on PATH.
 
-    MLflow starts the server as ``bash -c "exec uvicorn ..."``, so ``uvicorn`` must be on PATH
-    even when the virtual environment is not activated; its own bin folder goes first.
+    An explicit ``tracking_uri`` is the registry too, so a ``MLFLOW_REGISTRY_URI`` left in the
+    environment cannot send the server to another registry. MLflow starts the server as
+    ``bash -c "exec uvicorn ..."``, so ``uvicorn`` must be on PATH even when the virtual
+    environment is not activated; its own bin folder goes first.
     """
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = config.tracking_uri(tracking_uri)
-    env.setdefault("MLFLOW_REGISTRY_URI", env["MLFLOW_TRACKING_URI"])
+    if tracking_uri is not None:
+        env["MLFLOW_REGISTRY_URI"] = tracking_uri
     env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(timeout_s)
     # uvicorn's CLI reads UVICORN_<OPTION> (click auto_envvar_prefix); MLflow passes env through.
     env["UVICORN_LIMIT_CONCURRENCY"] = str(limit_concurrency)
