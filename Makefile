@@ -29,9 +29,10 @@ lint: install
 package: install  ## package the networks into the local registry (sqlite:///mlflow.db)
 	$(PY) package_models.py
 
-serve: install  ## serve models:/style-transfer@champion on 127.0.0.1:5001
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} mlflow models serve \
-		-m models:/style-transfer@champion --env-manager local -h 127.0.0.1 -p 5001
+serve: install  ## serve models:/style-transfer@champion on 127.0.0.1:5001 (limits: docs/serving.md)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} UVICORN_LIMIT_CONCURRENCY=8 \
+		mlflow models serve -m models:/style-transfer@champion --env-manager local \
+		-h 127.0.0.1 -p 5001 --timeout 300
 
 clean:
 	rm -rf out data .pytest_cache .ruff_cache
