@@ -80,3 +80,14 @@ def test_fit_within_scales_down_only() -> None:
     assert imaging.fit_within(big, 2000, "x").shape == (300, 600, 3)
     with pytest.raises(StyleInputError, match="below 32"):
         imaging.fit_within(np.zeros((40, 4000, 3), np.float32), 1000, "strip.png")
+
+
+@pytest.mark.parametrize(("mode", "fmt"), [("RGB", "JPEG"), ("L", "PNG"), ("CMYK", "TIFF")])
+def test_early_downscale_gives_the_same_pixels(photos, mode: str, fmt: str) -> None:
+    """Scaling 8-bit photos before the float conversion (to save memory) changes no pixel."""
+    img = Image.open(io.BytesIO(photos["coffee"])).convert(mode)
+    data = encode(img, fmt)
+    early = imaging.decode_image(data, "coffee", max_size=256)
+    late = imaging.fit_within(imaging.decode_image(data, "coffee"), 256, "coffee")
+    assert early.shape == late.shape == (171, 256, 3)
+    assert np.array_equal(imaging.to_uint8(early), imaging.to_uint8(late))
