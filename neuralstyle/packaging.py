@@ -32,9 +32,11 @@ REPO_DIR = PACKAGE_DIR.parent
 PARITY_TOLERANCE = 1e-3  # vs the original ONNX graph, 0..1 scale
 EXPORT_TOLERANCE = 1e-4  # exported ONNX vs the PyTorch module
 PARITY_STYLES = ("0", "7", "19", "3:0.5,12:0.5")
-# The files that define what a served model does; their hash is the model's code version.
-SERVING_FILES = (
-    "__init__.py", "errors.py", "imaging.py", "styles.py", "pyfunc_model.py", "model_code.py"
+# The files that define what a model version is (how it is built and what it does when served);
+# their hash is the version's code_version, so a change to any of them makes a new version.
+MODEL_FILES = (
+    "__init__.py", "errors.py", "imaging.py", "styles.py", "pyfunc_model.py", "model_code.py",
+    "networks.py", "weights.py", "packaging.py",
 )
 
 
@@ -59,9 +61,9 @@ def serving_requirements() -> list[str]:
 
 
 def code_version() -> str:
-    """sha256 (first 12 hex) over the serving code files."""
+    """sha256 (first 12 hex) over the files that build and serve the model."""
     digest = hashlib.sha256()
-    for name in SERVING_FILES:
+    for name in MODEL_FILES:
         digest.update(name.encode() + b"\0" + (PACKAGE_DIR / name).read_bytes())
     return digest.hexdigest()[:12]
 
@@ -114,6 +116,7 @@ def export_onnx(module, example: tuple, path: Path, input_names: list[str]) -> N
         torch.onnx.export(
             module, example, str(path), dynamo=True, input_names=input_names,
             output_names=["stylized"], dynamic_shapes=shapes, opset_version=18, verbose=False,
+            external_data=False,  # one self-contained file per network (< 2 GB)
         )
 
 
