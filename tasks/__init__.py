@@ -1,6 +1,9 @@
 """Luigi pipeline tasks for Stylize: S3 in and out, forced reruns, Canvas submissions.
 
+    luigi --module tasks Stylize --image s3://bucket/photos/cat.jpg --style 7
+    luigi --module tasks StylizeBatch --images s3://bucket/photos/ --results out/photos --workers 2
     luigi --module tasks S3Download --s3-path s3://bucket/photos/cat.jpg
+    python -m tasks.run --image s3://bucket/photos/cat.jpg   # the same, logged as an MLflow run
 
 Importing this package registers the tasks with Luigi (so ``--module tasks`` finds them); it
 opens no files and makes no clients or network calls.
@@ -18,7 +21,9 @@ from tasks.base import (
     remove_outputs,
     upload_file_atomic,
 )
+from tasks.batch import StylizeBatch, list_images
 from tasks.canvas import SubmitToCanvas, submit_file_to_canvas
+from tasks.stylize import PublishStylized, Stylize, StylizeToCanvas
 from tasks.targets import (
     S3ObjectTarget,
     SuffixAtomicLocalTarget,
@@ -30,13 +35,18 @@ from tasks.targets import (
 __all__ = [
     "ForceableTask",
     "LocalFileExists",
+    "PublishStylized",
     "S3Download",
     "S3FileExists",
     "S3ObjectTarget",
     "S3Upload",
+    "Stylize",
+    "StylizeBatch",
+    "StylizeToCanvas",
     "SubmitToCanvas",
     "SuffixAtomicLocalTarget",
     "download_s3_object",
+    "list_images",
     "local_input_path",
     "mirror_path",
     "parse_s3_uri",

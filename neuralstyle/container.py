@@ -1,0 +1,120 @@
+"""The Docker executor: serve the registered model from its serving image for one job.
+
+    with model_container("models:/style-transfer@champion") as url:
+        StyleServerClient(url).predict(frame)
+
+The image is ``neuralstyle.images.ensure_serving_image``'s (``mlflow models build-docker
+--env-manager local`` plus the project's front proxy), tagged by the model version and reused
+when present; on hosts without Docker Hub build its base first (docker/README.md). The container
+publishes the image's port 8080 on a free 127.0.0.1 port and is stopped and removed when the
+block ends, also on failure. Containers this module did not start are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from neuralstyle import config
+from neuralstyle.serving import free_port
+
+log = logging.getLogger(__name__)
+
+LABEL = "org.stylize.started-by"
+READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 10
+LOG_TAIL_LINES = 30
+
+
+class ContainerError(RuntimeError):
+    """No engine answers, or the container exited or never answered ``/ping``."""
+
+
+def docker_client() -> Any:
+    """A Docker SDK client from the environment (DOCKER_HOST, else the default socket)."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:
+        raise ContainerError(
+            f"no Docker engine answers ({type(exc).__name__}: {exc}); start one with "
+            "`sudo docker/engine.sh start`, or use the local or server executor"
+        ) from None
+    return client
+
+
+def _logs_tail(container: Any) -> str:
+    try:
+        return container.logs(tail=LOG_TAIL_LINES).decode(errors="replace")
+    except Exception as exc:  # the container may be gone already
+        return f"(no logs: {exc})"
+
+
+def wait_ready(container: Any, url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Poll ``/ping`` until it answers; fail fast with the log tail if the container exits."""
+    from neuralstyle.client import StyleServerClient
+
+    client = StyleServerClient(url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        container.reload()
+        if container.status in ("exited", "dead"):
+            raise ContainerError(
+                f"container {container.short_id} exited before answering {url}/ping; "
+                f"log tail:\n{_logs_tail(container)}"
+            )
+        if client.ping():
+            return
+        time.sleep(0.25)
+    raise ContainerError(
+        f"container {container.short_id} did not answer {url}/ping within {timeout_s:.0f} s; "
+        f"log tail:\n{_logs_tail(container)}"
+    )
+
+
+def remove_container(container: Any) -> None:
+    """Stop and remove a container this module started; quiet when it is already gone."""
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        container.stop(timeout=STOP_TIMEOUT_S)
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        container.remove(force=True)
+
+
+@contextlib.contextmanager
+def model_container(
+    model_uri: str = config.DEFAULT_MODEL_URI,
+    *,
+    tracking_uri: str | None = None,
+    image: str | None = None,
+    client: Any | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+) -> Iterator[str]:
+    """Start the model's serving container on 127.0.0.1, yield its URL, always remove it.
+
+    ``image`` runs that tag as is instead of ensuring the model's serving image (built once,
+    minutes; reused after). ``client`` is a Docker SDK client (default: from the environment).
+    """
+    from neuralstyle import images
+
+    client = client or docker_client()
+    tag = image or images.ensure_serving_image(model_uri, tracking_uri)
+    port = free_port()
+    container = client.containers.run(
+        tag, detach=True, ports={images.SERVING_CONTAINER_PORT: ("127.0.0.1", port)},
+        labels={LABEL: "neuralstyle.container", "org.stylize.model-uri": model_uri},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        log.info("started container %s from %s on %s", container.short_id, tag, url)
+        wait_ready(container, url, ready_timeout_s)
+        yield url
+    finally:
+        remove_container(container)
+        log.info("stopped and removed container %s", container.short_id)

@@ -1,0 +1,292 @@
+"""Run the Stylize pipeline (Luigi, local scheduler) and log it as an MLflow run.
+
+    mlflow run . -e stylize --env-manager local -P image=s3://bucket/photo.jpg -P style=7 \\
+        -P output=out/photo-7.jpg
+    python -m tasks.run --image s3://bucket/photo.jpg --style 7 --output out/photo-7.jpg
+    python -m tasks.run --image s3://bucket/in/ --output s3://bucket/out/ --workers 2   # a batch
+    python -m tasks.run --image photo.jpg --executor server --server-url http://127.0.0.1:5001
+
+``--image`` is one photo (s3://bucket/key or a path), or many: an S3 prefix ending in ``/`` or
+a folder. ``--output`` is a file or an s3:// key (one photo), a folder or an s3:// prefix (many).
+Under ``mlflow run`` the run MLflow created (``MLFLOW_RUN_ID``) gets the params, latency metrics
+and the result image; otherwise a new run is started. Exit status: 0 when every photo was
+stylized, 1 when one failed (the last lines say which and why) or the executor could not start,
+2 for bad arguments (a malformed s3:// URI, executor server without a URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from neuralstyle import config
+from neuralstyle.pyfunc_model import DEFAULT_PARAMS
+
+EXECUTORS = ("local", "server", "docker")
+DEFAULT_BATCH_RESULTS = "out"
+
+
+def _optional(text: str) -> str | None:
+    """MLflow passes an empty parameter as ''; treat it as "not given"."""
+    return text or None
+
+
+def _executor(text: str) -> str | None:
+    if not text:
+        return None
+    if text not in EXECUTORS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(EXECUTORS)}")
+    return text
+
+
+def _whole(text: str) -> int:
+    """An integer, also written as MLflow's float parameters are (``1024.0``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(value)
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI flags (the MLproject ``stylize`` entry maps its parameters onto these one to one)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.run", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--image", required=True,
+                        help="s3://bucket/key or a path; many: s3://bucket/prefix/ or a folder")
+    parser.add_argument("--style", default=config.DEFAULT_STYLE,
+                        help="index 0..25, a name or a blend '3:0.5,12:0.5' (default: %(default)s)")
+    parser.add_argument("--output", type=_optional, default=None,
+                        help="result file or s3:// key; for many photos a folder or s3:// prefix "
+                             "(default: out/<image stem>-<style>.jpg; many: out/)")
+    parser.add_argument("--executor", type=_executor, default=None,
+                        help="local | server | docker (default: server if --server-url is given, "
+                             "else local)")
+    parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,
+                        help="model for the local and docker executors (default: %(default)s)")
+    parser.add_argument("--server-url", type=_optional, default=None,
+                        help="running server for the server executor (default: none)")
+    parser.add_argument("--tracking-uri", type=_optional, default=None,
+                        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
+                             f"{config.DEFAULT_TRACKING_URI})")
+    parser.add_argument("--max-size", type=_whole, default=DEFAULT_PARAMS["max_size"],
+                        help="longest side in px (default: %(default)s)")
+    parser.add_argument("--strength", type=float, default=DEFAULT_PARAMS["strength"],
+                        help="0..1, mix of stylized and original (default: %(default)s)")
+    parser.add_argument("--preserve-color", type=_bool, default=DEFAULT_PARAMS["preserve_color"],
+                        help="true keeps the photo's colours (default: %(default)s)")
+    parser.add_argument("--quality", type=_whole, default=DEFAULT_PARAMS["quality"],
+                        help="JPEG/WebP quality 1..100 (default: %(default)s)")
+    parser.add_argument("--workers", type=_whole, default=1,
+                        help="Luigi workers, photos stylized at once (default: %(default)s)")
+    parser.add_argument("--force", action="store_true",
+                        help="download and stylize again even if the result exists (default: off)")
+    return parser
+
+
+def photo_settings(args: argparse.Namespace, executor: str | None, server_url: str | None
+                   ) -> dict[str, Any]:
+    """The Stylize parameters from the command line."""
+    return {
+        "style": args.style, "executor": executor, "model_uri": args.model_uri,
+        "server_url": server_url, "tracking_uri": args.tracking_uri,
+        "max_size": args.max_size, "strength": args.strength,
+        "preserve_color": args.preserve_color, "quality": args.quality, "force": args.force,
+    }
+
+
+def build_task(args: argparse.Namespace, executor: str | None, server_url: str | None) -> Any:
+    """The one task to build: a Stylize, a PublishStylized (s3:// output) or a StylizeBatch."""
+    from tasks import PublishStylized, Stylize, StylizeBatch
+    from tasks.batch import is_batch_location
+
+    settings = photo_settings(args, executor, server_url)
+    if is_batch_location(args.image):
+        return StylizeBatch(images=args.image, results=args.output or DEFAULT_BATCH_RESULTS,
+                            **settings)
+    if args.output and args.output.startswith("s3://"):
+        return PublishStylized(image=args.image, s3_path=args.output, **settings)
+    return Stylize(image=args.image, output_path=args.output, **settings)
+
+
+def photo_tasks(task: Any) -> list[Any]:
+    """The per-photo tasks a summary counts (the batch's children, or the task itself)."""
+    from tasks import StylizeBatch
+
+    if isinstance(task, StylizeBatch):
+        try:
+            return list(task.requires())
+        except Exception:
+            return [task]
+    return [task]
+
+
+def where(task: Any) -> str:
+    """Where the result of one photo task is, for the final message."""
+    from tasks import PublishStylized, StylizeBatch
+
+    if isinstance(task, StylizeBatch):
+        return task.results
+    if isinstance(task, PublishStylized):
+        return f"{task.s3_path} (local copy {Path(task.staging_file()).resolve()})"
+    return str(Path(task.output_file()).resolve())
+
+
+def _log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Log params the run does not have yet (``mlflow run`` has logged the entry's own)."""
+    from mlflow.entities import Param
+
+    have = client.get_run(run_id).data.params
+    fresh = [Param(k, str(v)) for k, v in params.items() if k not in have and v is not None]
+    if fresh:
+        client.log_batch(run_id, params=fresh)
+
+
+def _stylize_results(tasks: list[Any]) -> list[Any]:
+    """StylizeResults of the photos run in this process (forked workers do not send them back)."""
+    from tasks import Stylize
+
+    found = []
+    for task in tasks:
+        try:
+            stylize = task if isinstance(task, Stylize) else task.requires()
+        except Exception:  # a batch whose listing failed
+            continue
+        if isinstance(stylize, Stylize) and stylize.result is not None:
+            found.append(stylize.result)
+    return found
+
+
+def warm_local_model(model_uri: str, tracking_uri: str | None) -> None:
+    """Load the model in this process before Luigi forks its workers.
+
+    Each worker process is a fork: with the model already loaded it shares it (copy on write)
+    instead of loading it again for every photo (~2 s each on 2 cores). Loading it here is also
+    what keeps a forked worker from replacing the parent's model-from-code, whose onnxruntime
+    sessions would then be freed in the child, which hangs.
+    """
+    import io
+
+    from PIL import Image
+
+    from neuralstyle.inference import LocalPredictor, stylize_bytes
+
+    blank = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(blank, "PNG")
+    stylize_bytes(blank.getvalue(), config.DEFAULT_STYLE, LocalPredictor(model_uri, tracking_uri),
+                  {"max_size": 64})
+
+
+def run_pipeline(args: argparse.Namespace, executor: str | None, server_url: str | None
+                 ) -> tuple[Any, Any, float]:
+    """Build the task with Luigi; return (task, Luigi's result, seconds)."""
+    import luigi
+    from luigi.configuration import get_config
+
+    started = time.perf_counter()
+    task = build_task(args, executor, server_url)
+    if args.workers > 1 and (executor or ("server" if server_url else "local")) == "local":
+        warm_local_model(args.model_uri, args.tracking_uri)
+    # Local scheduler unless luigi.cfg says otherwise ([core] local_scheduler = false -> luigid).
+    local = get_config().getboolean("core", "local_scheduler", True)
+    result = luigi.build([task], local_scheduler=local, workers=args.workers,
+                         detailed_summary=True)
+    return task, result, time.perf_counter() - started
+
+
+def model_version(model_uri: str, tracking_uri: str) -> str | None:
+    """The registry version ``model_uri`` points at now, for the run's params; None if unknown."""
+    try:
+        from neuralstyle.images import resolve_model
+
+        return resolve_model(model_uri, tracking_uri).version
+    except Exception:  # not registered (yet): the task itself will say so, clearly
+        return None
+
+
+def log_outcome(task: Any, result: Any, seconds: float) -> tuple[str, int]:
+    """Metrics, Luigi's summary and the result image into the active run; (summary line, failed)."""
+    import mlflow
+
+    from tasks.report import outcomes, summary_line
+    from tasks.stylize import stylized_path
+
+    photos = photo_tasks(task)
+    found = outcomes(result, photos)
+    line = summary_line(found)
+    ok = sum(o.ok for o in found)
+    failed = len(found) - ok
+    metrics = {"seconds_total": seconds, "photos_ok": ok, "photos_failed": failed}
+    if ok:
+        metrics["seconds_per_photo"] = seconds / ok
+    stylized = _stylize_results(photos)
+    if stylized:
+        metrics["seconds_stylize_mean"] = sum(r.seconds for r in stylized) / len(stylized)
+        if len(stylized) == 1:
+            metrics.update(width=stylized[0].width, height=stylized[0].height,
+                           output_bytes=stylized[0].bytes_written)
+    mlflow.log_metrics(metrics)
+    mlflow.log_text(f"{result.summary_text}\n{line}\n", "luigi_summary.txt")
+    if len(photos) == 1 and found[0].ok:
+        mlflow.log_artifact(str(stylized_path(photos[0])), artifact_path="result")
+    return line, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import mlflow
+
+    from neuralstyle.container import model_container
+    from tasks.stylize import one_line
+
+    tracking = config.use_tracking(args.tracking_uri)
+    args.tracking_uri = tracking
+    executor = args.executor or ("server" if args.server_url else "local")
+    with mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID") or None) as run:
+        run_id = run.info.run_id
+        params: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "tracking_uri"}
+        params["executor_used"] = executor
+        if executor in ("local", "docker"):
+            params["model_version"] = model_version(args.model_uri, tracking)
+        _log_params(mlflow.MlflowClient(), run_id, params)
+        try:
+            if executor == "docker":
+                # One container for the whole build (a batch too), removed when it ends.
+                with model_container(args.model_uri, tracking_uri=tracking) as url:
+                    task, result, seconds = run_pipeline(args, "server", url)
+            else:
+                task, result, seconds = run_pipeline(args, args.executor, args.server_url)
+        except Exception as exc:  # bad arguments, no Docker engine, a container that fails
+            print(f"stylize: error: {one_line(exc)}", file=sys.stderr)
+            mlflow.end_run(status="FAILED")
+            return 2 if isinstance(exc, ValueError) else 1
+        line, failed = log_outcome(task, result, seconds)
+        print(f"stylize: {line}")
+        print(f"result: {where(task)}")
+        print(f"mlflow: run {run_id} in {tracking} (experiment {run.info.experiment_id}); "
+              f"see it with: mlflow ui --backend-store-uri {tracking}")
+        if failed:
+            mlflow.end_run(status="FAILED")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Stylize one photo with the served model, and publish the result to S3 or Canvas.
+
+    luigi --module tasks Stylize --image s3://photos/cat.jpg --style 7 --output-path out/cat-7.jpg
+    luigi --module tasks Stylize --image cat.jpg --executor server --server-url http://127.0.0.1:5001
+    luigi --module tasks PublishStylized --image s3://photos/cat.jpg --s3-path s3://results/cat-7.jpg
+
+Executors (where the model runs; the output is the same):
+  local   the registered model loaded in this process (``model_uri``),
+  server  a running ``mlflow models serve`` or build-docker container at ``server_url``,
+  docker  a container this task starts from the model's build-docker image and removes after.
+The default is ``server`` when a ``server_url`` is set (parameter or ``[Stylize]`` in luigi.cfg),
+else ``local``. Every write is atomic: a failed task leaves no output and no temporary file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import luigi
+from luigi.util import inherits
+
+from neuralstyle import config
+from neuralstyle.errors import is_input_error
+from neuralstyle.inference import Predictor, StylizeResult, default_output
+from neuralstyle.pyfunc_model import DEFAULT_PARAMS
+from tasks.base import (
+    ForceableTask,
+    LocalFileExists,
+    S3Download,
+    S3Upload,
+    local_input_path,
+    mirror_path,
+)
+from tasks.canvas import SubmitToCanvas
+from tasks.targets import SuffixAtomicLocalTarget
+
+logger = logging.getLogger("luigi-interface.tasks")
+
+EXECUTORS = ("local", "server", "docker")
+# Where results bound for S3 are written before their upload (mirrors the S3 key, like downloads).
+STAGING_ROOT = "out"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: MLflow's ``message`` when it has one, else ``str``."""
+    text = str(getattr(exc, "message", None) or exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+class Stylize(ForceableTask):
+    """One photo (S3 or local) -> the style-transfer model -> an image file, atomically.
+
+    ``--force`` removes the result and passes down to the S3 download, so both run again.
+    """
+
+    image = luigi.Parameter(description="photo to stylize: s3://bucket/key or a local path")
+    style = luigi.Parameter(
+        default=config.DEFAULT_STYLE,
+        description=f"style index 0..25, a name or a blend '3:0.5,12:0.5' "
+        f"(default: {config.DEFAULT_STYLE})",
+    )
+    output_path = luigi.OptionalParameter(
+        default=None,
+        description="result file; its suffix (.jpg/.png/.webp) sets the format "
+        "(default: out/<image stem>-<style>.jpg)",
+    )
+    executor = luigi.OptionalChoiceParameter(
+        default=None, choices=EXECUTORS, var_type=str,
+        description="local | server | docker (default: server if server_url is set, else local)",
+    )
+    model_uri = luigi.Parameter(
+        default=config.DEFAULT_MODEL_URI,
+        description=f"model for the local and docker executors (default: {config.DEFAULT_MODEL_URI})",
+    )
+    server_url = luigi.OptionalParameter(
+        default=None, description="running server for executor server (default: none)"
+    )
+    tracking_uri = luigi.OptionalParameter(
+        default=None, significant=False,
+        description="MLflow registry for model_uri (default: $MLFLOW_TRACKING_URI, else "
+        f"{config.DEFAULT_TRACKING_URI})",
+    )
+    max_size = luigi.IntParameter(
+        default=DEFAULT_PARAMS["max_size"],
+        description=f"longest side in px (default: {DEFAULT_PARAMS['max_size']})",
+    )
+    strength = luigi.FloatParameter(
+        default=DEFAULT_PARAMS["strength"],
+        description=f"0..1, mix of stylized and original (default: {DEFAULT_PARAMS['strength']})",
+    )
+    preserve_color = luigi.BoolParameter(
+        default=DEFAULT_PARAMS["preserve_color"],
+        description="keep the photo's colours (default: false)",
+    )
+    quality = luigi.IntParameter(
+        default=DEFAULT_PARAMS["quality"],
+        description=f"JPEG/WebP quality 1..100 (default: {DEFAULT_PARAMS['quality']})",
+    )
+
+    # What the last run() in this process wrote (metrics for the entry point; not pickled back
+    # from forked worker processes).
+    result: StylizeResult | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resolved_executor()  # executor=server without a URL fails here, before any work
+        self.requires()  # a malformed S3 URI fails here, naming itself
+
+    def resolved_executor(self) -> str:
+        """The executor to use: the parameter, else ``server`` when a server URL is set."""
+        executor = self.executor or ("server" if self.server_url else "local")
+        if executor == "server" and not self.server_url:
+            raise ValueError(
+                f"Stylize {self.image}: executor server needs server_url "
+                "(--server-url http://127.0.0.1:5001, or [Stylize] server_url in luigi.cfg)"
+            )
+        return executor
+
+    def output_file(self) -> str:
+        """The result path: ``output_path``, else derived from the image and style only."""
+        return self.output_path or default_output(self.image, self.style)
+
+    def model_params(self) -> dict[str, Any]:
+        """Per-request params of the model contract (the format follows the output suffix)."""
+        return {
+            "max_size": self.max_size,
+            "strength": self.strength,
+            "preserve_color": self.preserve_color,
+            "quality": self.quality,
+        }
+
+    def requires(self) -> luigi.Task:
+        if str(self.image).startswith("s3://"):
+            return S3Download(s3_path=self.image, force=self.force)
+        return LocalFileExists(path=self.image)
+
+    def output(self) -> SuffixAtomicLocalTarget:
+        return SuffixAtomicLocalTarget(self.output_file(), format=luigi.format.Nop)
+
+    @contextlib.contextmanager
+    def predictor(self) -> Iterator[Predictor]:
+        """The model for this task's executor; a docker container lives only inside the block."""
+        from neuralstyle.inference import make_predictor
+
+        executor = self.resolved_executor()
+        if executor == "local":
+            yield make_predictor(self.model_uri, tracking_uri=self.tracking_uri)
+        elif executor == "server":
+            yield make_predictor(server_url=self.server_url)
+        else:
+            from neuralstyle.container import model_container
+
+            with model_container(self.model_uri, tracking_uri=self.tracking_uri) as url:
+                yield make_predictor(server_url=url)
+
+    def run(self) -> None:
+        from neuralstyle.inference import stylize_file
+
+        source = local_input_path(self)
+        try:
+            with self.predictor() as predictor:
+                # stylize_file writes through a suffix-keeping temporary, like this target.
+                self.result = stylize_file(
+                    source, self.output_file(), self.style, predictor, self.model_params()
+                )
+        except Exception as exc:
+            bad_photo = is_input_error(exc) and str(source) in one_line(exc)
+            if bad_photo and str(self.image).startswith("s3://"):
+                # The local copy of a bad photo is useless: drop it, so that a rerun after the
+                # photo is fixed in S3 downloads it again instead of failing on the stale copy.
+                source.unlink(missing_ok=True)
+            raise
+        logger.info(
+            "stylized %s -> %s (%dx%d, %s, %.2f s, executor %s)", self.image, self.output_file(),
+            self.result.width, self.result.height, self.result.style, self.result.seconds,
+            self.resolved_executor(),
+        )
+
+    def on_failure(self, exception: BaseException) -> str:
+        """One line naming the photo and the problem (Luigi logs the traceback itself)."""
+        message = one_line(exception)
+        return message if str(self.image) in message else f"{self.image}: {message}"
+
+
+@inherits(Stylize)
+class PublishStylized(S3Upload):
+    """Stylize a photo and upload the result to ``s3_path``; readers never see a partial object.
+
+    The result is written first to ``output_path`` (default: out/<bucket>/<key>) and kept there,
+    so a rerun after a failed upload does not stylize again. ``--force`` reruns all three steps.
+    """
+
+    def staging_file(self) -> str:
+        """Where the result is written before the upload: the parameter, else mirrors the key."""
+        return self.output_path or str(mirror_path(self.s3_path, STAGING_ROOT))
+
+    def requires(self) -> Stylize:
+        return self.clone(Stylize, output_path=self.staging_file())
+
+    def on_failure(self, exception: BaseException) -> str:
+        """One line naming the photo, the destination and the problem."""
+        return f"{self.image} -> {self.s3_path}: {one_line(exception)}"
+
+
+@inherits(Stylize)
+class StylizeToCanvas(SubmitToCanvas):
+    """Stylize a photo and submit the result to a Canvas assignment (once; a receipt marks it)."""
+
+    def requires(self) -> Stylize:
+        return self.clone(Stylize)
+
+
+def stylized_path(task: luigi.Task) -> Path:
+    """The local result file of a Stylize or of the task that wraps one."""
+    if isinstance(task, Stylize):
+        return Path(task.output_file())
+    return local_input_path(task)
