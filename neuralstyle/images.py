@@ -1,0 +1,537 @@
+"""The one home for building Docker images of the registered model.
+
+Two images, both tagged by the model version and the code version, labelled with what they hold,
+and reused while the model and the code are unchanged:
+
+* the **serving image** ``style-transfer:v<N>-<code>`` (also ``style-transfer:latest``):
+  ``mlflow models build-docker -m <uri> --env-manager local`` as MLflow makes it, plus one thin
+  layer that replaces MLflow's nginx.conf with ``docker/nginx.conf`` (answers ``/health`` and
+  ``/version``, 64 MB bodies, 310 s proxy timeout) and sets the server's limits::
+
+      tag = ensure_serving_image("models:/style-transfer@champion", "sqlite:///mlflow.db")
+      docker run --rm -p 127.0.0.1:5001:8080 <tag>        # SERVING_PORT: nginx in the container
+
+  ``lean=True`` makes ``style-transfer:v<N>-<code>-lean`` instead: the same, with mlflow-skinny
+  in place of mlflow (557 MB instead of 1.1 GB);
+
+* the **batch image** ``stylize:v<N>-<code>`` (also ``stylize:latest``): the project
+  ``Dockerfile``: the packaged model fetched into ``build/model/``, ``stylize.py`` and
+  ``neuralstyle/``, no torch, a non-root user, ``stylize.py`` as the entrypoint::
+
+      tag = ensure_batch_image("models:/style-transfer@champion", "sqlite:///mlflow.db")
+      docker run --rm --user "$(id -u):$(id -g)" -v "$PWD:/data" <tag> --image in.jpg --output out.jpg
+
+Builds run the docker CLI (and MLflow's CLI) as subprocesses and log their output line by line
+(logger ``neuralstyle.images``): a cold serving build takes minutes. docker/README.md says what
+each image contains and why; bench/results/docker.md has the measured sizes and times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from neuralstyle import config
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+NGINX_CONF = REPO_DIR / "docker" / "nginx.conf"
+BATCH_MODEL_DIR = Path("build") / "model"  # relative to the build context (the repo)
+
+SERVING_REPOSITORY = "style-transfer"
+BATCH_REPOSITORY = "stylize"
+# nginx listens here inside the serving container; publish it: -p 127.0.0.1:<host port>:8080.
+SERVING_PORT = 8080
+SERVING_CONTAINER_PORT = f"{SERVING_PORT}/tcp"  # the Docker SDK's ``ports=`` key
+
+# The serving container's limits, the same as neuralstyle/serving.py gives `mlflow models serve`
+# (docs/serving.md says why); docker/nginx.conf's proxy_read_timeout (310 s) sits above the first.
+SERVING_ENV = {
+    "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "300",
+    "UVICORN_LIMIT_CONCURRENCY": "8",
+    # MLflow's container starts one uvicorn worker per CPU, each with its own copy of the model;
+    # onnxruntime already uses every core for one photo. Override with -e MLFLOW_MODELS_WORKERS=N.
+    "MLFLOW_MODELS_WORKERS": "1",
+}
+
+# The thin layer on top of what build-docker makes, written out with the base image and MLflow's
+# nginx.conf path filled in. With the vfs storage driver every Dockerfile step (metadata ones too)
+# costs a container and a full copy of the image (~10 s for 1.1 GB), so there are as few steps as
+# possible: no ARG, all labels in one LABEL, and the only filesystem layer is the COPY.
+SERVING_LAYER = """\
+FROM {base}
+COPY nginx.conf {nginx_conf}
+ENV {env}
+EXPOSE {port}
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \\
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=4)"
+"""
+
+LABEL = "org.stylize"
+BUILD_LOG_TAIL = 40
+LOCK_DIR = Path(tempfile.gettempdir())
+
+# Where MLflow keeps its nginx.conf inside the image (it runs `nginx -c <that file>`), and a
+# check that the image has no torch; one `docker run` answers both.
+_PROBE = (
+    "import importlib.util, os; s = importlib.util.find_spec('mlflow'); "
+    "print(os.path.join(s.submodule_search_locations[0], 'models', 'container', "
+    "'scoring_server', 'nginx.conf')); print(importlib.util.find_spec('torch') is None)"
+)
+
+
+class ImageBuildError(RuntimeError):
+    """A build failed; the message holds the command, its exit status and its last lines."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a model URI points at right now, and the identity used to tag and reuse images."""
+
+    uri: str
+    tracking_uri: str
+    registry_uri: str
+    name: str | None  # None for URIs outside the registry (runs:/..., a path)
+    version: str | None
+    run_id: str
+    key: str  # the version's ``fingerprint`` tag (weights + code + styles + requirements)
+    code_version: str  # the version's ``code_version`` tag: the serving code inside the model
+
+    @property
+    def tag_suffix(self) -> str:
+        """``v3-1a2b3c4d5e6f`` for a registered version, ``uri-<hash>`` otherwise."""
+        if self.version is None:
+            return f"uri-{self.key[:12]}"
+        return _tag_safe(f"v{self.version}-{self.code_version}")
+
+
+def _tag_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", text).lstrip(".-")[:128]
+
+
+def _sha(*parts: str | bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
+
+
+def resolve_model(model_uri: str, tracking_uri: str | None = None) -> ModelRef:
+    """Resolve ``models:/name@alias`` or ``models:/name/N`` in the registry (sets no global
+    MLflow state).
+
+    Other URIs (``runs:/...``, a local folder) are built too, keyed by the URI (and for a local
+    folder by its files), without a version in the tag.
+    """
+    from mlflow import MlflowClient
+
+    tracking = config.tracking_uri(tracking_uri)
+    # An explicit tracking URI is the registry too (as in neuralstyle.serving): a leftover
+    # MLFLOW_REGISTRY_URI must not redirect it.
+    registry = tracking if tracking_uri else (os.environ.get("MLFLOW_REGISTRY_URI") or tracking)
+    alias = _ALIAS_URI.match(model_uri)
+    numbered = _VERSION_URI.match(model_uri)
+    if alias or numbered:
+        client = MlflowClient(tracking_uri=tracking, registry_uri=registry)
+        if alias:
+            mv = client.get_model_version_by_alias(alias["name"], alias["alias"])
+        else:
+            mv = client.get_model_version(numbered["name"], numbered["version"])
+        run_id = mv.run_id or ""
+        # Versions registered by package_models carry these tags; others get a key from where
+        # the registry says the version is (registry, name, version, run, source).
+        key = mv.tags.get("fingerprint") or _sha(registry, mv.name, str(mv.version), run_id,
+                                                 mv.source or "")
+        code = mv.tags.get("code_version") or key[:12]
+        return ModelRef(model_uri, tracking, registry, mv.name, str(mv.version), run_id, key, code)
+    path = Path(model_uri.removeprefix("file://"))
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        key = _sha(*(part for p in files for part in (str(p.relative_to(path)), p.read_bytes())))
+    else:
+        key = _sha(tracking, model_uri)
+    return ModelRef(model_uri, tracking, registry, None, None, "", key, key[:12])
+
+
+def _model_labels(model: ModelRef, kind: str, recipe: str) -> dict[str, str]:
+    """The ``org.stylize.*`` labels both images carry (the batch Dockerfile names the same)."""
+    return {
+        f"{LABEL}.kind": kind,
+        f"{LABEL}.model-uri": model.uri,
+        f"{LABEL}.model-name": model.name or "",
+        f"{LABEL}.model-version": model.version or "",
+        f"{LABEL}.model-run-id": model.run_id,
+        f"{LABEL}.model-fingerprint": model.key,
+        f"{LABEL}.code-version": model.code_version,
+        f"{LABEL}.recipe": recipe,
+    }
+
+
+# --- the docker CLI -------------------------------------------------------------------------
+
+
+def image_labels(tag: str) -> dict[str, str] | None:
+    """The labels of a local image, or None when no image has that tag."""
+    result = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", tag],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        if "no such image" in result.stderr.lower():
+            return None
+        raise ImageBuildError(f"docker image inspect {tag} failed: {result.stderr.strip()}"
+                              f"{_engine_hint(result.stderr)}")
+    return json.loads(result.stdout or "null") or {}
+
+
+def image_id(tag: str) -> str | None:
+    """The local image's id, or None when no image has that tag."""
+    result = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
+                            capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def remove_replaced(old_id: str | None, tag: str) -> None:
+    """Remove the image a rebuild of ``tag`` replaced, if it is ours and nothing else names it.
+
+    With the vfs storage driver every layer is a full copy of the image: a replaced serving
+    image left dangling holds gigabytes. Images still tagged, or used by a container, stay.
+    """
+    if not old_id or old_id == image_id(tag):
+        return
+    result = subprocess.run(
+        ["docker", "image", "inspect", "--format",
+         "{{json .RepoTags}} {{index .Config.Labels \"" + LABEL + ".kind\"}}", old_id],
+        capture_output=True, text=True)
+    if result.returncode != 0:
+        return
+    tags, _, kind = result.stdout.strip().partition(" ")
+    if json.loads(tags or "[]") or kind not in ("serving", "batch"):
+        return
+    removed = subprocess.run(["docker", "image", "rm", old_id], capture_output=True, text=True)
+    if removed.returncode == 0:
+        log.info("removed %s, the image %s replaced", old_id[:19], tag)
+    else:
+        log.info("kept %s, the image %s replaced: %s", old_id[:19], tag, removed.stderr.strip())
+
+
+def image_size_bytes(tag: str) -> int:
+    """The image's size as ``docker images`` reports it."""
+    out = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", tag],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip())
+
+
+def _engine_hint(text: str) -> str:
+    text = text.lower()
+    if "cannot connect to the docker daemon" in text or "permission denied" in text:
+        return " (no Docker engine answers: start one with `sudo docker/engine.sh start`)"
+    if ("pull access denied" in text or "not found" in text) and "python:" in text:
+        return " (the base image is missing: build it with `sudo docker/build-base.sh`)"
+    return ""
+
+
+def _run_streaming(command: list[str], what: str, env: dict[str, str] | None = None) -> float:
+    """Run a build command, log its output line by line; raise with its tail if it fails."""
+    if shutil.which(command[0]) is None and not Path(command[0]).exists():
+        raise ImageBuildError(f"{what}: `{command[0]}` is not installed (docker/README.md)")
+    log.info("%s: %s", what, " ".join(command))
+    started = time.perf_counter()
+    tail: list[str] = []
+    process = subprocess.Popen(
+        command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, errors="replace",
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        line = line.rstrip()
+        log.info("%s: %s", what, line)
+        tail = (tail + [line])[-BUILD_LOG_TAIL:]
+    if process.wait() != 0:
+        joined = "\n".join(tail)
+        raise ImageBuildError(
+            f"{what} failed (exit status {process.returncode}){_engine_hint(joined)}: "
+            f"{' '.join(command)}\nlast lines:\n{joined}"
+        )
+    seconds = time.perf_counter() - started
+    log.info("%s: done in %.0f s", what, seconds)
+    return seconds
+
+
+@contextlib.contextmanager
+def _build_lock(tag: str) -> Iterator[None]:
+    """One build per tag at a time on this machine (Luigi workers may ask together)."""
+    path = LOCK_DIR / f"stylize-image-{_tag_safe(tag.replace(':', '-'))}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _reusable(tag: str, wanted: dict[str, str]) -> bool:
+    labels = image_labels(tag)
+    if labels is None:
+        return False
+    stale = {k: (labels.get(k), v) for k, v in wanted.items() if labels.get(k) != v}
+    if stale:
+        log.info("image %s is stale, rebuilding: %s", tag,
+                 ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in stale.items()))
+        return False
+    return True
+
+
+def _identity(labels: dict[str, str]) -> dict[str, str]:
+    """The labels that decide reuse: what the model is (its fingerprint) and how the image is
+    made (the recipe). The URI, version and run id the image was built for are only recorded:
+    the same model registered again (another registry, a test session) reuses the image."""
+    keys = ("kind", "variant", "model-fingerprint", "recipe")
+    return {f"{LABEL}.{k}": labels[f"{LABEL}.{k}"] for k in keys if f"{LABEL}.{k}" in labels}
+
+
+def _label_build_args(labels: dict[str, str]) -> list[str]:
+    """``--build-arg MODEL_URI=...`` for the batch Dockerfile's one ARG + LABEL step (a
+    ``--label`` per key would cost the classic builder one step, ~8 s with vfs, each)."""
+    args = []
+    for key, value in sorted(labels.items()):
+        name = key.removeprefix(f"{LABEL}.").upper().replace("-", "_")
+        if name != "KIND":
+            args += ["--build-arg", f"{name}={value}"]
+    return args
+
+
+# --- the serving image ----------------------------------------------------------------------
+
+
+def serving_layer_dockerfile(base: str = "<build-docker image>",
+                             nginx_conf: str = "<MLflow's nginx.conf in the image>",
+                             labels: dict[str, str] | None = None) -> str:
+    """The thin layer's Dockerfile: FROM the build-docker image, our nginx.conf, limits, labels."""
+    env = " \\\n    ".join(f"{k}={v}" for k, v in SERVING_ENV.items())
+    text = SERVING_LAYER.format(base=base, nginx_conf=nginx_conf, env=env, port=SERVING_PORT)
+    if labels:
+        text += "LABEL " + " \\\n      ".join(
+            f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(labels.items())) + "\n"
+    return text
+
+
+def serving_recipe() -> str:
+    """Hash of what the thin layer adds: a change to docker/nginx.conf or the env rebuilds it."""
+    return _sha(serving_layer_dockerfile(), NGINX_CONF.read_bytes())[:16]
+
+
+def build_docker_command(model_uri: str, tag: str) -> list[str]:
+    """``mlflow models build-docker`` exactly as a user types it, with this interpreter."""
+    return [sys.executable, "-m", "mlflow", "models", "build-docker", "-m", model_uri, "-n", tag,
+            "--env-manager", "local"]
+
+
+def _probe(tag: str) -> tuple[str, bool]:
+    """(MLflow's nginx.conf path in the image, True when the image has no torch)."""
+    result = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python", tag, "-c", _PROBE],
+                            capture_output=True, text=True)
+    lines = result.stdout.split()
+    if result.returncode != 0 or len(lines) != 2:
+        raise ImageBuildError(f"cannot inspect {tag} (exit status {result.returncode}): "
+                              f"{(result.stderr or result.stdout).strip()[-2000:]}")
+    return lines[0], lines[1] == "True"
+
+
+def generate_dockerfile_command(model_uri: str, directory: str) -> list[str]:
+    """``mlflow models generate-dockerfile``: build-docker's Dockerfile and context, unbuilt."""
+    return [sys.executable, "-m", "mlflow", "models", "generate-dockerfile", "-m", model_uri,
+            "-d", directory, "--env-manager", "local"]
+
+
+def make_lean(context: Path) -> None:
+    """Edit a generated build-docker context to install mlflow-skinny instead of mlflow.
+
+    The Dockerfile's ``pip install mlflow==V`` becomes ``pip install mlflow-skinny==V`` plus the
+    model's numpy and pandas pins (the next step imports ``mlflow.pyfunc``, which needs them),
+    and the copied model's requirements.txt names mlflow-skinny, or that step would install the
+    full mlflow after all. Skinny ships no nginx.conf: the thin layer supplies ours.
+    """
+    requirements = context / "model_dir" / "requirements.txt"
+    lines = requirements.read_text().splitlines()
+    pins = {re.split(r"[=<>~! \[]", line, maxsplit=1)[0].lower(): line.strip() for line in lines
+            if line.strip() and not line.startswith(("#", "-"))}
+    if "mlflow" not in pins:
+        raise ImageBuildError(f"{requirements} names no mlflow requirement: cannot make it lean")
+    skinny = "mlflow-skinny" + pins["mlflow"][len("mlflow"):]
+    requirements.write_text("\n".join(skinny if line.strip() == pins["mlflow"] else line
+                                      for line in lines) + "\n")
+    dockerfile = context / "Dockerfile"
+    extra = " ".join(pins[name] for name in ("numpy", "pandas") if name in pins)
+    text, count = re.subn(r"^RUN pip install mlflow==(\S+)$",
+                          lambda m: f"RUN pip install mlflow-skinny=={m.group(1)} {extra}".rstrip(),
+                          dockerfile.read_text(), flags=re.MULTILINE)
+    if count != 1:
+        raise ImageBuildError(f"{dockerfile}: no `RUN pip install mlflow==...` line to replace "
+                              "(has MLflow's Dockerfile template changed?)")
+    dockerfile.write_text(text)
+
+
+def _build_stock(model: ModelRef, stock: str, lean: bool) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": model.tracking_uri,
+           "MLFLOW_REGISTRY_URI": model.registry_uri}
+    if not lean:
+        _run_streaming(build_docker_command(model.uri, stock), "mlflow models build-docker", env)
+        return
+    with tempfile.TemporaryDirectory(prefix="stylize-serving-lean-") as ctx:
+        _run_streaming(generate_dockerfile_command(model.uri, ctx),
+                       "mlflow models generate-dockerfile", env)
+        make_lean(Path(ctx))
+        _run_streaming(["docker", "build", "--pull=false", "--force-rm", "-t", stock, ctx],
+                       "docker build (lean serving image)")
+
+
+def ensure_serving_image(model_uri: str, tracking_uri: str | None = None, *,
+                         rebuild: bool = False, lean: bool = False) -> str:
+    """The serving image's tag for ``model_uri``, built if it is missing or stale.
+
+    ``style-transfer:v<N>-<code version>`` (and ``style-transfer:latest``): MLflow's
+    ``build-docker`` image (kept as ``style-transfer:build-docker-<fingerprint>``, so a change to
+    docker/nginx.conf rebuilds only the thin layer) plus our nginx.conf and limits. Reused when
+    its labels say it holds this model (fingerprint) and this layer recipe. ``rebuild=True``
+    runs both builds again (Docker's layer cache still applies to build-docker's steps).
+
+    ``lean=True``: ``style-transfer:v<N>-<code version>-lean``, the same Dockerfile from
+    ``mlflow models generate-dockerfile`` with mlflow-skinny instead of mlflow (half the size,
+    a third of the build time; see :func:`make_lean`), same thin layer; not tagged ``latest``.
+
+    Run it with ``SERVING_CONTAINER_PORT`` (8080/tcp, nginx) published on 127.0.0.1.
+    """
+    model = resolve_model(model_uri, tracking_uri)
+    variant = "lean" if lean else "full"
+    tag = f"{SERVING_REPOSITORY}:{model.tag_suffix}{'-lean' if lean else ''}"
+    labels = {**_model_labels(model, "serving", serving_recipe()), f"{LABEL}.variant": variant}
+    with _build_lock(tag):
+        if not rebuild and _reusable(tag, _identity(labels)):
+            log.info("reusing %s for %s", tag, model_uri)
+            return tag
+        replaced = image_id(tag)
+        prefix = "generated-lean" if lean else "build-docker"
+        stock = f"{SERVING_REPOSITORY}:{prefix}-{model.key[:12]}"
+        if rebuild or image_labels(stock) is None:
+            _build_stock(model, stock, lean)
+        conf_path, torch_free = _probe(stock)
+        if not torch_free:
+            raise ImageBuildError(f"{stock} contains torch: the model's requirements must not "
+                                  "pull it in (neuralstyle.packaging.serving_requirements)")
+        with tempfile.TemporaryDirectory(prefix="stylize-serving-layer-") as ctx:
+            Path(ctx, "Dockerfile").write_text(serving_layer_dockerfile(stock, conf_path, labels))
+            shutil.copyfile(NGINX_CONF, Path(ctx, "nginx.conf"))
+            latest = [] if lean else ["-t", f"{SERVING_REPOSITORY}:latest"]
+            _run_streaming(
+                ["docker", "build", "--pull=false", "--force-rm", *(["--no-cache"] if rebuild else []),
+                 "-t", tag, *latest, ctx],
+                "docker build (serving layer)",
+            )
+        remove_replaced(replaced, tag)
+    return tag
+
+
+# --- the batch image ------------------------------------------------------------------------
+
+
+def batch_context_files(context: Path = REPO_DIR) -> list[Path]:
+    """The files of the build context that go into the batch image (the .dockerignore keeps
+    the rest out), in a stable order; the model is hashed through its fingerprint instead."""
+    files = [context / "Dockerfile", context / ".dockerignore", context / "stylize.py"]
+    files += sorted(p for p in (context / "neuralstyle").rglob("*.py")
+                    if "__pycache__" not in p.parts)
+    return files
+
+
+def batch_recipe(context: Path = REPO_DIR) -> str:
+    """Hash of the Dockerfile, .dockerignore, stylize.py and neuralstyle/**.py."""
+    return _sha(*(part for p in batch_context_files(context)
+                  for part in (str(p.relative_to(context)), p.read_bytes())))[:16]
+
+
+def download_model(model: ModelRef, destination: Path) -> Path:
+    """Fetch the model's pyfunc folder into ``destination`` (replaced whole, never half-written)."""
+    import mlflow.artifacts
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=destination.parent))
+    try:
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=model.uri, dst_path=str(staging), tracking_uri=model.tracking_uri,
+            registry_uri=model.registry_uri,
+        )
+        if not (staging / "MLmodel").is_file():
+            raise ImageBuildError(f"{model.uri} downloaded without an MLmodel file: not a model")
+        old = destination.with_name(destination.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if destination.exists():
+            destination.rename(old)
+        staging.rename(destination)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
+
+
+def model_python_version(model_dir: Path) -> str:
+    """The Python the model was logged with (python_env.yaml), which names the base image."""
+    text = (model_dir / "python_env.yaml").read_text()
+    found = re.search(r"^python:\s*([0-9][0-9.]*)\s*$", text, re.MULTILINE)
+    if not found:
+        raise ImageBuildError(f"{model_dir}/python_env.yaml names no Python version")
+    return found.group(1)
+
+
+def ensure_batch_image(model_uri: str, tracking_uri: str | None = None, *, rebuild: bool = False,
+                       context: Path = REPO_DIR) -> str:
+    """The batch image's tag for ``model_uri``, built from the project Dockerfile if needed.
+
+    ``stylize:v<N>-<code version of this checkout>`` (and ``stylize:latest``). Before building,
+    the model's pyfunc folder is downloaded into ``<context>/build/model/`` (what the Dockerfile
+    copies), and the base image is ``python:<the model's Python>-slim``, as for build-docker.
+    Reused when its labels say it holds this model and these files.
+    """
+    from neuralstyle.packaging import code_version
+
+    model = resolve_model(model_uri, tracking_uri)
+    identity = f"v{model.version}" if model.version else f"uri-{model.key[:12]}"
+    tag = f"{BATCH_REPOSITORY}:{_tag_safe(f'{identity}-{code_version()}')}"
+    labels = _model_labels(model, "batch", batch_recipe(context))
+    labels[f"{LABEL}.code-version"] = code_version()  # the code that runs is this checkout's
+    with _build_lock(tag):
+        if not rebuild and _reusable(tag, _identity(labels)):
+            log.info("reusing %s for %s", tag, model_uri)
+            return tag
+        replaced = image_id(tag)
+        model_dir = download_model(model, context / BATCH_MODEL_DIR)
+        base = f"python:{model_python_version(model_dir)}-slim"
+        _run_streaming(
+            ["docker", "build", "--pull=false", "--force-rm", *(["--no-cache"] if rebuild else []),
+             "--build-arg", f"BASE_IMAGE={base}", *_label_build_args(labels),
+             "-t", tag, "-t", f"{BATCH_REPOSITORY}:latest", str(context)],
+            "docker build (batch image)",
+        )
+        remove_replaced(replaced, tag)
+    return tag

@@ -1,0 +1,407 @@
+"""The Docker images: the serving image (build-docker + our front proxy) and the batch image.
+
+Each image is built once per session by ``neuralstyle.images`` (reused across sessions while the
+model fingerprint and the recipe are unchanged), then used the way a user would: the serving
+image through a port published on 127.0.0.1, the batch image with ``docker run`` and a bind
+mount. Containers are always removed. Figures (build, cold start, latency) are printed as
+``[docker] ...`` lines; bench/results/docker.md records them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import re
+import socket
+import statistics
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from oracle import PIXEL_TOLERANCE, decode_b64, decode_rgb, max_level_diff
+from PIL import Image
+
+from neuralstyle import images
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 180.0
+TEST_LABEL = "org.stylize.test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def report(config: pytest.Config, line: str) -> None:
+    """Show a measured figure in the test output, also without ``-s``."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        reporter.write_line(f"[docker] {line}")
+
+
+def frame_for(data: bytes, style: str = "7") -> pd.DataFrame:
+    return pd.DataFrame({"image": [base64.b64encode(data).decode("ascii")], "style": [style]})
+
+
+def request_body(data: bytes, style: str = "7", params: dict | None = None) -> str:
+    body = {"dataframe_split": {"columns": ["image", "style"],
+                                "data": [[base64.b64encode(data).decode("ascii"), style]]}}
+    if params:
+        body["params"] = params
+    return json.dumps(body)
+
+
+def assert_rebuilds_nothing(ensure, *args) -> tuple[str, float]:
+    """Call ``ensure`` with every build command forbidden; return its tag and seconds."""
+    started = time.perf_counter()
+    with mock.patch.object(images, "_run_streaming",
+                           side_effect=AssertionError("the unchanged image was rebuilt")):
+        tag = ensure(*args)
+    return tag, time.perf_counter() - started
+
+
+# --- the front proxy's configuration (no engine needed) ------------------------------------
+
+
+def test_nginx_conf_fits_the_server_limits() -> None:
+    from neuralstyle import serving
+
+    text = images.NGINX_CONF.read_text()
+    server_timeout = int(images.SERVING_ENV["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"])
+    assert server_timeout == serving.REQUEST_TIMEOUT_S  # same limits as `mlflow models serve`
+    assert images.SERVING_ENV["UVICORN_LIMIT_CONCURRENCY"] == str(serving.LIMIT_CONCURRENCY)
+    read_timeouts = {int(t) for t in re.findall(r"proxy_read_timeout (\d+)s;", text)}
+    assert read_timeouts and min(read_timeouts) > server_timeout, (
+        "nginx must wait longer than the server, so a slow request gets MLflow's own 504")
+    body_limits = set(re.findall(r"client_max_body_size (\d+)m;", text))
+    assert body_limits == {"64"}, f"one body limit for every path, got {body_limits}"
+    assert 64e6 > 25e6 * 4 / 3 + 1e6  # a 25 MB photo as base64 JSON fits
+    routes = re.search(r"location ~ \^/\((.*?)\)\$", text)
+    assert routes and set(routes.group(1).split("|")) == {"ping", "health", "version",
+                                                          "invocations"}
+
+
+# --- the serving image ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def serving_image(docker_client, registry, request) -> str:
+    started = time.perf_counter()
+    tag = images.ensure_serving_image(registry.model_uri, registry.tracking_uri)
+    ensured_s = time.perf_counter() - started
+    image_id = docker_client.images.get(tag).id
+    again, reuse_s = assert_rebuilds_nothing(
+        images.ensure_serving_image, registry.model_uri, registry.tracking_uri)
+    assert again == tag and docker_client.images.get(tag).id == image_id
+    assert reuse_s < 15, f"reusing {tag} took {reuse_s:.1f} s"
+    size = images.image_size_bytes(tag)
+    report(request.config, f"serving image {tag}: {size / 1e6:.0f} MB; ensure took "
+                           f"{ensured_s:.2f} s (a build when not cached), reuse {reuse_s:.2f} s")
+    return tag
+
+
+@contextlib.contextmanager
+def serving(docker_client, tag: str):
+    """Run a serving image on a free 127.0.0.1 port until /ping answers; always remove it."""
+    port = free_port()
+    started = time.perf_counter()
+    container = docker_client.containers.create(
+        tag, ports={images.SERVING_CONTAINER_PORT: ("127.0.0.1", port)},
+        labels={TEST_LABEL: "tests/test_docker.py"},
+    )
+    try:
+        created_s = time.perf_counter() - started
+        container.start()
+        start = time.perf_counter()
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            container.reload()
+            if container.status in ("exited", "dead"):
+                pytest.fail(f"{tag} exited before answering /ping:\n"
+                            f"{container.logs(tail=40).decode(errors='replace')}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            if time.perf_counter() - start > READY_TIMEOUT_S:
+                pytest.fail(f"{tag} did not answer /ping within {READY_TIMEOUT_S:.0f} s:\n"
+                            f"{container.logs(tail=40).decode(errors='replace')}")
+            time.sleep(0.1)
+        yield SimpleNamespace(url=url, container=container, created_s=created_s,
+                              cold_start_s=time.perf_counter() - start)
+    finally:
+        container.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def serving_container(docker_client, serving_image, request):
+    """The serving image on a free 127.0.0.1 port, ready; always removed afterwards."""
+    with serving(docker_client, serving_image) as running:
+        report(request.config, f"cold start: container create {running.created_s:.1f} s, start "
+                               f"-> first /ping 200 {running.cold_start_s:.1f} s "
+                               f"({running.created_s + running.cold_start_s:.1f} s in all)")
+        yield running
+
+
+def test_serving_image_holds_the_model_and_our_proxy(docker_client, serving_container,
+                                                     serving_image, registry) -> None:
+    labels = docker_client.images.get(serving_image).labels
+    assert labels["org.stylize.kind"] == "serving"
+    assert labels["org.stylize.model-version"] == registry.version
+    assert serving_image == f"style-transfer:v{registry.version}-{labels['org.stylize.code-version']}"
+    container = serving_container.container
+    no_torch = container.exec_run(
+        ["python", "-c", "import importlib.util; assert importlib.util.find_spec('torch') is None"])
+    assert no_torch.exit_code == 0, no_torch.output.decode(errors="replace")
+    conf = container.exec_run(["sh", "-c", "cat \"$(python -c \"import importlib.util, os; print("
+                               "os.path.join(importlib.util.find_spec('mlflow')."
+                               "submodule_search_locations[0], 'models/container/scoring_server/"
+                               "nginx.conf'))\")\""])
+    assert conf.exit_code == 0 and conf.output == images.NGINX_CONF.read_bytes()
+    env = dict(e.split("=", 1) for e in docker_client.images.get(serving_image).attrs["Config"]["Env"])
+    for key, value in images.SERVING_ENV.items():
+        assert env.get(key) == value, key
+
+
+def test_health_version_and_unknown_paths(serving_container) -> None:
+    url = serving_container.url
+    assert requests.get(f"{url}/health", timeout=10).status_code == 200
+    version = requests.get(f"{url}/version", timeout=10)
+    assert version.status_code == 200 and "3.17.2" in version.text
+    unknown = requests.get(f"{url}/admin", timeout=10)
+    assert unknown.status_code == 404 and "/invocations" in unknown.json()["message"]
+
+
+def test_container_stylizes_like_the_in_process_model(serving_container, model, photos) -> None:
+    from neuralstyle.client import StyleServerClient
+
+    frame = frame_for(photos["chelsea"])  # odd-sized, 451x300
+    params = {"format": "png"}
+    served = StyleServerClient(serving_container.url).predict(frame, params=params).iloc[0]
+    local = model.predict(frame, params=params).iloc[0]
+    assert (served["width"], served["height"], served["style"]) == (
+        local["width"], local["height"], local["style"])
+    diff = max_level_diff(decode_b64(served["image"]), decode_b64(local["image"]))
+    assert diff <= PIXEL_TOLERANCE, f"container vs in-process differ by {diff} levels"
+
+
+def test_latency_of_one_1024px_photo(serving_container, photos, request) -> None:
+    from neuralstyle.client import StyleServerClient
+
+    photo = Image.open(io.BytesIO(photos["astronaut"])).convert("RGB").resize((1024, 1024),
+                                                                             Image.LANCZOS)
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=95)
+    frame = frame_for(buf.getvalue())
+    client = StyleServerClient(serving_container.url)
+    client.predict(frame)  # warm-up: the first run sizes onnxruntime's arena
+    seconds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        row = client.predict(frame).iloc[0]
+        seconds.append(time.perf_counter() - started)
+        assert (row["width"], row["height"]) == (1024, 1024)
+    report(request.config, f"one 1024x1024 photo ({len(buf.getvalue()) / 1e3:.0f} kB JPEG, "
+                           f"style 7, JPEG out) through the container: median "
+                           f"{statistics.median(seconds):.3f} s, min {min(seconds):.3f} s, "
+                           f"max {max(seconds):.3f} s over {len(seconds)} runs")
+    assert statistics.median(seconds) < 30
+
+
+def big_noisy_jpeg(rgb: np.ndarray, width: int = 4200, height: int = 2800) -> bytes:
+    """A real photo upscaled with noise, JPEG quality 100: over 10 MB, under Pillow's limit."""
+    assert width * height < Image.MAX_IMAGE_PIXELS
+    big = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC), dtype=np.int16)
+    noise = np.random.default_rng(7).integers(-24, 25, size=big.shape, dtype=np.int16)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(big + noise, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=100)
+    return out.getvalue()
+
+
+def test_a_photo_over_10mb_passes_the_front_proxy(serving_container, photos, request) -> None:
+    data = big_noisy_jpeg(decode_rgb(photos["chelsea"]))
+    assert len(data) >= 10_000_000, f"only {len(data) / 1e6:.1f} MB"
+    body = request_body(data)
+    started = time.perf_counter()
+    response = requests.post(f"{serving_container.url}/invocations", data=body,
+                             headers={"Content-Type": "application/json"}, timeout=(5, 300))
+    seconds = time.perf_counter() - started
+    assert response.status_code == 200, response.text[:500]
+    row = response.json()["predictions"][0]
+    assert (row["width"], row["height"]) == (1024, 683)  # scaled to max_size, aspect kept
+    report(request.config, f"{len(data) / 1e6:.1f} MB JPEG (4200x2800, {len(body) / 1e6:.1f} MB "
+                           f"request) through nginx: 200 in {seconds:.2f} s")
+
+
+def test_a_body_over_the_limit_gets_a_json_413(serving_container) -> None:
+    """nginx refuses on the declared length alone, before reading (or buffering) the body."""
+    port = int(serving_container.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 70000000\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert "64 MB" in json.loads(payload)["message"]
+
+
+def test_a_bad_request_gets_a_4xx_with_the_reason_and_serving_goes_on(serving_container,
+                                                                      photos) -> None:
+    from neuralstyle.client import StyleServerClient
+    from neuralstyle.errors import StyleInputError
+
+    url = serving_container.url
+    bad = requests.post(f"{url}/invocations", data=request_body(b"hello, I am text"),
+                        headers={"Content-Type": "application/json"}, timeout=(5, 60))
+    assert 400 <= bad.status_code < 500
+    assert "not a JPEG/PNG/WebP image" in bad.json()["message"]
+    client = StyleServerClient(url, retries=0)
+    with pytest.raises(StyleInputError, match="unknown style|style"):
+        client.predict(frame_for(photos["chelsea"], style="no-such-style"))
+    malformed = requests.post(f"{url}/invocations", data="{not json",
+                              headers={"Content-Type": "application/json"}, timeout=(5, 60))
+    assert 400 <= malformed.status_code < 500
+    row = client.predict(frame_for(photos["chelsea"])).iloc[0]
+    assert (row["width"], row["height"]) == (451, 300)
+
+
+def test_lean_serving_image_serves_the_same_at_half_the_size(docker_client, registry, model,
+                                                            photos, serving_image,
+                                                            request) -> None:
+    """The mlflow-skinny variant: same model, same proxy, no tracking-server dependencies."""
+    started = time.perf_counter()
+    tag = images.ensure_serving_image(registry.model_uri, registry.tracking_uri, lean=True)
+    ensured_s = time.perf_counter() - started
+    assert tag == serving_image + "-lean"
+    size, full = images.image_size_bytes(tag), images.image_size_bytes(serving_image)
+    assert size < 0.7 * full, f"lean {size / 1e6:.0f} MB vs full {full / 1e6:.0f} MB"
+    with serving(docker_client, tag) as running:
+        assert requests.get(f"{running.url}/health", timeout=10).status_code == 200
+        probe = running.container.exec_run(
+            ["python", "-c", "import importlib.util as u, importlib.metadata as m; "
+             "assert u.find_spec('torch') is None; print(sorted(d.metadata['Name'] for d in "
+             "m.distributions() if d.metadata['Name'].lower().startswith('mlflow')))"])
+        assert probe.exit_code == 0, probe.output
+        assert b"'mlflow'" not in probe.output and b"mlflow-skinny" in probe.output.lower()
+        frame = frame_for(photos["chelsea"])
+        params = {"format": "png"}
+        body = request_body(photos["chelsea"], params=params)
+        served = requests.post(f"{running.url}/invocations", data=body, timeout=(5, 120),
+                               headers={"Content-Type": "application/json"})
+        assert served.status_code == 200, served.text[:500]
+        local = model.predict(frame, params=params).iloc[0]
+        diff = max_level_diff(decode_b64(served.json()["predictions"][0]["image"]),
+                              decode_b64(local["image"]))
+        assert diff <= PIXEL_TOLERANCE
+        report(request.config, f"lean serving image {tag}: {size / 1e6:.0f} MB (full "
+                               f"{full / 1e6:.0f} MB); ensure took {ensured_s:.1f} s; cold start "
+                               f"{running.created_s:.1f} s create + {running.cold_start_s:.1f} s")
+
+
+# --- the batch image -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch_image(docker_client, registry, request) -> str:
+    started = time.perf_counter()
+    tag = images.ensure_batch_image(registry.model_uri, registry.tracking_uri)
+    ensured_s = time.perf_counter() - started
+    again, reuse_s = assert_rebuilds_nothing(
+        images.ensure_batch_image, registry.model_uri, registry.tracking_uri)
+    assert again == tag and reuse_s < 15
+    report(request.config, f"batch image {tag}: {images.image_size_bytes(tag) / 1e6:.0f} MB; "
+                           f"ensure took {ensured_s:.2f} s, reuse {reuse_s:.2f} s")
+    return tag
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> tuple[Path, str]:
+    """A folder to bind-mount at /data, owned by the uid:gid the container runs as.
+
+    As a user: ``--user "$(id -u):$(id -g)"``. Under root (CI) an unprivileged uid with no
+    passwd entry in the image stands in for that user, so the non-root path is what runs.
+    """
+    folder = tmp_path / "data"
+    folder.mkdir()
+    uid, gid = (os.getuid(), os.getgid()) if os.getuid() != 0 else (4242, 4242)
+    os.chown(folder, uid, gid)
+    return folder, f"{uid}:{gid}"
+
+
+def run_batch(docker_client, tag: str, data: Path, user: str, args: list[str]):
+    """``docker run --rm --user U -v data:/data <tag> ARGS``: exit status, output, and the
+    seconds from ``docker run`` to the exit (removing the container is not counted)."""
+    started = time.perf_counter()
+    container = docker_client.containers.run(
+        tag, args, user=user, volumes={str(data): {"bind": "/data", "mode": "rw"}}, detach=True,
+        labels={TEST_LABEL: "tests/test_docker.py"},
+    )
+    try:
+        status = container.wait(timeout=300)["StatusCode"]
+        seconds = time.perf_counter() - started
+        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    return status, output, seconds
+
+
+def test_batch_image_is_lean_and_unprivileged(docker_client, batch_image, registry) -> None:
+    image = docker_client.images.get(batch_image)
+    assert image.attrs["Config"]["User"] == "10001:10001"
+    assert image.attrs["Config"]["Entrypoint"] == ["python", "/app/stylize.py", "--model-uri",
+                                                   "/app/model"]
+    assert image.labels["org.stylize.model-version"] == registry.version
+    output = docker_client.containers.run(
+        batch_image, entrypoint=["python", "-c"], remove=True,
+        command=["import importlib.util as u, importlib.metadata as m; "
+                 "assert u.find_spec('torch') is None; m.version('mlflow-skinny'); "
+                 "print('full mlflow' if m.distributions(name='mlflow') and "
+                 "list(m.distributions(name='mlflow')) else 'skinny')"],
+    )
+    assert output.strip() == b"skinny"  # no torch, and mlflow-skinny rather than mlflow
+
+
+def test_batch_image_stylizes_a_photo_like_in_process(docker_client, batch_image, data_dir,
+                                                      model, photos, request) -> None:
+    data, user = data_dir
+    (data / "in.jpg").write_bytes(photos["chelsea"])
+    status, output, seconds = run_batch(docker_client, batch_image, data, user, [
+        "--image", "/data/in.jpg", "--style", "7", "--output", "/data/out.png"])
+    assert status == 0, output
+    assert "wrote /data/out.png (451x300" in output
+    out = data / "out.png"
+    assert f"{out.stat().st_uid}:{out.stat().st_gid}" == user  # the caller's file
+    local = model.predict(frame_for(photos["chelsea"]), params={"format": "png"}).iloc[0]
+    diff = max_level_diff(decode_rgb(out.read_bytes()), decode_b64(local["image"]))
+    assert diff <= PIXEL_TOLERANCE, f"batch image vs in-process differ by {diff} levels"
+    report(request.config, f"batch: docker run of one 451x300 photo, run to exit: {seconds:.1f} s")
+
+
+def test_batch_image_bad_input_exits_2_and_writes_nothing(docker_client, batch_image,
+                                                          data_dir) -> None:
+    data, user = data_dir
+    (data / "bad.jpg").write_bytes(b"hello, I am text")
+    status, output, _ = run_batch(docker_client, batch_image, data, user, [
+        "--image", "bad.jpg", "--output", "bad-out.png"])  # relative to /data, the workdir
+    assert status == 2, output
+    assert "bad.jpg is not a JPEG/PNG/WebP image" in output
+    assert sorted(p.name for p in data.iterdir()) == ["bad.jpg"]  # no output, no temp file
