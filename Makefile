@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 # `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install demo test lint package serve clean
+.PHONY: install demo test lint package serve docker-serving docker-batch clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ serve: install  ## serve models:/style-transfer@champion on 127.0.0.1:5001 (limi
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} UVICORN_LIMIT_CONCURRENCY=8 \
 		mlflow models serve -m models:/style-transfer@champion --env-manager local \
 		-h 127.0.0.1 -p 5001 --timeout 300
+
+docker-serving: install  ## build (or reuse) the serving image style-transfer (docker/README.md)
+	$(PY) -m neuralstyle.images serving
+
+docker-batch: install  ## build (or reuse) the batch image stylize from ./Dockerfile
+	$(PY) -m neuralstyle.images batch
 
 clean:
 	rm -rf out data .pytest_cache .ruff_cache

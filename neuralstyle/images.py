@@ -535,3 +535,34 @@ def ensure_batch_image(model_uri: str, tracking_uri: str | None = None, *, rebui
         )
         remove_replaced(replaced, tag)
     return tag
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m neuralstyle.images serving|batch``: build (or reuse) an image, print its tag."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m neuralstyle.images", description=main.__doc__)
+    parser.add_argument("kind", choices=["serving", "batch"],
+                        help="serving: build-docker image + our proxy; batch: the project Dockerfile")
+    parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,
+                        help="registered model to put in the image (default: %(default)s)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
+                             f"{config.DEFAULT_TRACKING_URI})")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="build even if a current image exists (default: off)")
+    parser.add_argument("--lean", action="store_true",
+                        help="serving image on mlflow-skinny, ~half the size (default: off)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.kind == "serving":
+        tag = ensure_serving_image(args.model_uri, args.tracking_uri, rebuild=args.rebuild,
+                                   lean=args.lean)
+    else:
+        tag = ensure_batch_image(args.model_uri, args.tracking_uri, rebuild=args.rebuild)
+    print(tag)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
