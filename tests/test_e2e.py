@@ -18,7 +18,8 @@ import boto3
 import pytest
 from oracle import PIXEL_TOLERANCE, decode_rgb, max_level_diff, oracle_uint8
 
-from neuralstyle.serving import free_port, serve_model
+from neuralstyle import demo
+from neuralstyle.serving import serve_model
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_AWS = {
@@ -31,17 +32,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def s3_server(tmp_path: Path) -> Iterator[str]:
-    """moto's S3 server on a free 127.0.0.1 port; its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on a free 127.0.0.1 port (the demo's own helper); its endpoint URL."""
+    with demo.s3_server() as endpoint:
+        yield endpoint
 
 
 def s3_client(endpoint: str) -> Any:
