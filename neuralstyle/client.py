@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -29,6 +30,40 @@ MESSAGE_CHARS = 500
 
 class ServerError(RuntimeError):
     """The server failed (5xx after retries) or could not be reached."""
+
+
+class NotReady(ServerError):
+    """A starting server died or did not answer ``/ping`` in time (the message says which)."""
+
+
+def ping(url: str) -> bool:
+    """True when ``url`` answers ``/ping`` with 200 (one quick try, no retries)."""
+    try:
+        return requests.get(f"{url}/ping", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_for_ping(
+    url: str,
+    timeout_s: float,
+    exit_reason: Callable[[], str | None] = lambda: None,
+    interval_s: float = 0.25,
+) -> None:
+    """Poll ``/ping`` until 200: the one readiness wait for servers and containers alike.
+
+    ``exit_reason`` returns why the thing serving ``url`` has stopped (``"exited"``), or None
+    while it runs, so a dead process fails at once instead of at the deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reason = exit_reason()
+        if reason:
+            raise NotReady(f"{reason} before answering {url}/ping")
+        if ping(url):
+            return
+        time.sleep(interval_s)
+    raise NotReady(f"did not answer {url}/ping within {timeout_s:.0f} s")
 
 
 class StyleServerClient:
@@ -63,19 +98,14 @@ class StyleServerClient:
 
     def ping(self) -> bool:
         """True when the server answers ``/ping`` with 200 (one quick try, no retries)."""
-        try:
-            return requests.get(f"{self.url}/ping", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
+        return ping(self.url)
 
     def wait_ready(self, timeout_s: float = 120.0, interval_s: float = 0.5) -> None:
         """Poll ``/ping`` until it answers, or raise ServerError after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.ping():
-                return
-            time.sleep(interval_s)
-        raise ServerError(f"server {self.url} did not answer /ping within {timeout_s:.0f} s")
+        try:
+            wait_for_ping(self.url, timeout_s, interval_s=interval_s)
+        except NotReady as exc:
+            raise ServerError(f"server {exc}") from None
 
     def predict(self, frame: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """POST a DataFrame in ``dataframe_split`` form; return the predictions as a DataFrame."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,24 +56,18 @@ def _logs_tail(container: Any) -> str:
 
 def wait_ready(container: Any, url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Poll ``/ping`` until it answers; fail fast with the log tail if the container exits."""
-    from neuralstyle.client import StyleServerClient
+    from neuralstyle.client import NotReady, wait_for_ping
 
-    client = StyleServerClient(url)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def exit_reason() -> str | None:
         container.reload()
-        if container.status in ("exited", "dead"):
-            raise ContainerError(
-                f"container {container.short_id} exited before answering {url}/ping; "
-                f"log tail:\n{_logs_tail(container)}"
-            )
-        if client.ping():
-            return
-        time.sleep(0.25)
-    raise ContainerError(
-        f"container {container.short_id} did not answer {url}/ping within {timeout_s:.0f} s; "
-        f"log tail:\n{_logs_tail(container)}"
-    )
+        return "exited" if container.status in ("exited", "dead") else None
+
+    try:
+        wait_for_ping(url, timeout_s, exit_reason)
+    except NotReady as exc:
+        raise ContainerError(
+            f"container {container.short_id} {exc}; log tail:\n{_logs_tail(container)}"
+        ) from None
 
 
 def remove_container(container: Any) -> None:

@@ -18,8 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,14 +145,6 @@ def _rss_bytes(pid: int) -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def _ping(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def start_server(
     model_uri: str = config.DEFAULT_MODEL_URI,
     *,
@@ -204,21 +194,18 @@ def _launch(
 
 def _wait_ready(server: Server, model_uri: str, ready_timeout_s: float) -> None:
     """Poll ``/ping``; fail fast with the log tail if the process dies, or after the deadline."""
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise ServerStartError(
-                f"mlflow models serve -m {model_uri} exited with status "
-                f"{server.process.returncode} before answering {server.url}/ping; "
-                f"log tail ({server.log_path}):\n{server.log_tail()}"
-            )
-        if _ping(server.url):
-            return
-        time.sleep(0.25)
-    raise ServerStartError(
-        f"mlflow models serve -m {model_uri} did not answer {server.url}/ping within "
-        f"{ready_timeout_s:.0f} s; log tail ({server.log_path}):\n{server.log_tail()}"
-    )
+    from neuralstyle.client import NotReady, wait_for_ping
+
+    def exit_reason() -> str | None:
+        return None if server.alive() else f"exited with status {server.process.returncode}"
+
+    try:
+        wait_for_ping(server.url, ready_timeout_s, exit_reason)
+    except NotReady as exc:
+        raise ServerStartError(
+            f"mlflow models serve -m {model_uri} {exc}; "
+            f"log tail ({server.log_path}):\n{server.log_tail()}"
+        ) from None
 
 
 @contextlib.contextmanager
