@@ -17,7 +17,7 @@ import pandas as pd
 
 from neuralstyle import config, imaging
 from neuralstyle.atomic import write_bytes_atomic
-from neuralstyle.errors import StyleInputError
+from neuralstyle.errors import StyleInputError, is_input_error
 
 
 class Predictor(Protocol):
@@ -92,14 +92,10 @@ def stylize_bytes(
     try:
         row = predictor.predict(frame, params=params).iloc[0]
     except Exception as exc:
-        message = getattr(exc, "message", None) or str(exc)
+        if not is_input_error(exc):
+            raise
         # Name the file, not "row 0", when the model rejects a single image.
-        message = message.replace("image (row 0)", what)
-        if type(exc).__name__ == "StyleInputError" or getattr(exc, "error_code", "") == (
-            "INVALID_PARAMETER_VALUE"
-        ):
-            raise StyleInputError(message) from None
-        raise
+        raise StyleInputError(exc.message.replace("image (row 0)", what)) from None
     return base64.b64decode(row["image"]), row
 
 
