@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_MODEL_NAME = "style-transfer"
@@ -21,14 +23,48 @@ def tracking_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def use_tracking(uri: str | None = None) -> str:
-    """Point MLflow at ``uri``; the registry follows it unless ``MLFLOW_REGISTRY_URI`` is set.
+# What MLflow's fluent API exports into ``os.environ`` (set_tracking_uri, set_experiment,
+# start_run under ``mlflow run``): a later subprocess inherits whatever is left there.
+MLFLOW_STATE_VARS = (
+    "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+)
 
-    ``mlflow.set_registry_uri`` is deliberately not called: it exports ``MLFLOW_REGISTRY_URI``,
-    which would pin every later call and every subprocess to the first registry used.
+
+@contextlib.contextmanager
+def mlflow_scope(uri: str | None = None) -> Iterator[str]:
+    """Point MLflow at ``uri`` for the block, then leave the caller's environment as it was.
+
+    ``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI`` (and ``set_experiment``
+    ``MLFLOW_EXPERIMENT_ID``) into ``os.environ``; a caller that packages and then starts
+    ``mlflow run --experiment-name ...`` would otherwise fail with "Specify only one of
+    'experiment-name' or 'experiment-id'". Active runs started inside are ended on the way out.
     """
     import mlflow
 
+    saved = {name: os.environ.get(name) for name in MLFLOW_STATE_VARS}
     resolved = tracking_uri(uri)
     mlflow.set_tracking_uri(resolved)
-    return resolved
+    outer_run = _active_run_id()
+    try:
+        yield resolved
+    finally:
+        for _ in range(100):  # runs this block left open, innermost first
+            if _active_run_id() in (None, outer_run):
+                break
+            mlflow.end_run()
+        # None resets MLflow's global URI to "whatever the environment says", restored below.
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _active_run_id() -> str | None:
+    """The id of this thread's innermost active run, if any."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None

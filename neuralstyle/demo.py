@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from neuralstyle import config
+from neuralstyle import config, lineage
 
 BUCKET = "stylize-demo"
 KEY = "photos/chelsea.jpg"
@@ -45,7 +45,7 @@ def ensure_registered(model_name: str = config.DEFAULT_MODEL_NAME,
     except MlflowException:
         from neuralstyle.packaging import package_models
 
-        print(f"registry has no {model_name}@{alias}: packaging the networks (~20 s)")
+        print(f"registry has no {model_name}@{alias}: packaging the networks (~20 s)", flush=True)
         return package_models(model_name, alias, style_map=config.DEFAULT_STYLE_MAP).version
 
 
@@ -101,10 +101,15 @@ def pipeline_env(endpoint: str, tracking_uri: str) -> dict[str, str]:
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
+    with config.mlflow_scope() as uri:
+        version = ensure_registered()
+    return run_demo(uri, version)
+
+
+def run_demo(uri: str, version: str) -> int:
+    """Steps 2-5 against the registry at ``uri``, which holds ``version``."""
     from neuralstyle.serving import serve_model
 
-    uri = config.use_tracking()
-    version = ensure_registered()
     # The demo's own earlier result and download: remove them so the pipeline runs again
     # (otherwise Luigi sees the result and, rightly, does nothing).
     OUTPUT.unlink(missing_ok=True)
@@ -123,6 +128,7 @@ def main() -> int:
               file=sys.stderr)
         return proc.returncode
     print(f"result: {OUTPUT.resolve()} ({time.perf_counter() - started:.1f} s with both servers)")
+    print(f"lineage: {lineage.sidecar_path(OUTPUT.resolve())} (model version, style, params, sha256)")
     print(f"MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri} "
           f"-h 127.0.0.1 -p 5000, then open http://127.0.0.1:5000 (experiment {EXPERIMENT})")
     return 0

@@ -31,8 +31,8 @@ class Predictor(Protocol):
 def _load_model(model_uri: str, tracking_uri: str):
     import mlflow
 
-    config.use_tracking(tracking_uri)
-    return mlflow.pyfunc.load_model(model_uri)
+    with config.mlflow_scope(tracking_uri):
+        return mlflow.pyfunc.load_model(model_uri)
 
 
 class LocalPredictor:
@@ -68,6 +68,7 @@ class StylizeResult:
     style: str
     seconds: float
     bytes_written: int
+    lineage: dict[str, Any] | None = None
 
 
 def read_image_file(path: str | Path) -> bytes:
@@ -101,18 +102,35 @@ def stylize_bytes(
 
 def stylize_file(
     image: str | Path, output: str | Path, style: str, predictor: Predictor,
-    params: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None, *, input_uri: str | None = None,
+    model_uri: str | None = None, tracking_uri: str | None = None,
 ) -> StylizeResult:
-    """Stylize one file into ``output`` atomically; the format follows the output's suffix."""
+    """Stylize one file into ``output`` atomically, with its lineage sidecar beside it.
+
+    The format follows the output's suffix. The sidecar is written first: the result's existence
+    is what marks the work done, so a crash between the two leaves no result without lineage.
+    ``input_uri`` is where the photo came from (an s3:// URI) when ``image`` is a local copy.
+    """
+    from neuralstyle import lineage
+    from neuralstyle.pyfunc_model import DEFAULT_PARAMS
+
     started = time.perf_counter()
     params = dict(params or {})
     params.setdefault("format", imaging.format_for_path(str(output)))
     data = read_image_file(image)
     encoded, row = stylize_bytes(data, style, predictor, params, what=f"image {image}")
+    record = lineage.build_record(
+        input_uri=input_uri or str(image), input_bytes=data, output_uri=str(output),
+        output_bytes=encoded, style=style, resolved_style=str(row["style"]),
+        params={**DEFAULT_PARAMS, **params}, fingerprint=str(row.get("model", "") or ""),
+        model_uri=model_uri or getattr(predictor, "model_uri", None) or config.DEFAULT_MODEL_URI,
+        tracking_uri=config.tracking_uri(tracking_uri),
+    )
+    write_bytes_atomic(lineage.sidecar_path(output), lineage.to_json(record))
     write_bytes_atomic(output, encoded)
     return StylizeResult(
         Path(output), int(row["width"]), int(row["height"]), str(row["style"]),
-        time.perf_counter() - started, len(encoded),
+        time.perf_counter() - started, len(encoded), record,
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from neuralstyle import config
+from neuralstyle.pyfunc_model import IDENTITY_FILE
 from neuralstyle.styles import N_STYLES, Catalog, load_style_map, validate_network_name
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,12 @@ def fingerprint(catalog: Catalog) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def experiment_id_for(client, name: str) -> str:
+    """The id of experiment ``name``, created when missing."""
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found is not None else client.create_experiment(name)
+
+
 def find_existing(client, name: str, fp: str):
     """The registered version with this fingerprint, if any."""
     from mlflow.exceptions import MlflowException
@@ -293,7 +300,7 @@ def signature():
         inputs=Schema([ColSpec("string", "image"), ColSpec("string", "style")]),
         outputs=Schema([
             ColSpec("string", "image"), ColSpec("long", "width"), ColSpec("long", "height"),
-            ColSpec("string", "style"),
+            ColSpec("string", "style"), ColSpec("string", "model"),
         ]),
         params=ParamSchema(
             [ParamSpec(k, dtypes[type(v)], v) for k, v in DEFAULT_PARAMS.items()]
@@ -317,10 +324,9 @@ def package_models(
     from neuralstyle import samples, weights
 
     started = time.perf_counter()
-    config.use_tracking(tracking_uri)
-    client = MlflowClient()
     aliases = load_style_map(style_map)
-    with tempfile.TemporaryDirectory(prefix="stylize-package-") as tmp:
+    with config.mlflow_scope(tracking_uri), tempfile.TemporaryDirectory(prefix="stylize-package-") as tmp:
+        client = MlflowClient()
         catalog, checkpoint_paths = plan_catalog(list(checkpoints or []), aliases, Path(tmp))
         fp = fingerprint(catalog)
         existing = find_existing(client, model_name, fp)
@@ -331,10 +337,12 @@ def package_models(
         staging = Path(tmp) / "networks"
         staging.mkdir()
         metrics, params = build_networks(staging, catalog, checkpoint_paths)
-        if not os.environ.get("MLFLOW_RUN_ID"):
-            # Under `mlflow run` the run (and its experiment, --experiment-name) already exists.
-            mlflow.set_experiment(experiment)
-        with mlflow.start_run(run_name="package_models") as run:
+        (staging / IDENTITY_FILE).write_text(json.dumps({"fingerprint": fp}))
+        # Under `mlflow run` the run (and its experiment, --experiment-name) already exists and
+        # MLFLOW_RUN_ID names it; otherwise our experiment, without mlflow.set_experiment (which
+        # would export MLFLOW_EXPERIMENT_ID to every later subprocess).
+        experiment_id = None if os.environ.get("MLFLOW_RUN_ID") else experiment_id_for(client, experiment)
+        with mlflow.start_run(run_name="package_models", experiment_id=experiment_id) as run:
             mlflow.log_params({
                 **params, "model_name": model_name, "alias": alias,
                 "styles": ",".join(catalog.names()), "code_version": code_version(),

@@ -8,6 +8,7 @@ Logged as a model from code (``model_code.py``), so loading it unpickles no Pyth
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,11 @@ from neuralstyle.errors import StyleInputError
 from neuralstyle.styles import Catalog, Resolved
 
 ARTIFACT_KEY = "networks"
+IDENTITY_FILE = "identity.json"  # {"fingerprint": ...}: the registry tags the version with the same
+OUTPUT_COLUMNS = ["image", "width", "height", "style", "model"]
 MAX_SIZE_LIMIT = 2048  # ~0.5 GB per 32-channel activation at 2048^2: keeps a server alive
 SHRINK_ABOVE_PIXELS = 1024 * 1024  # larger runs give onnxruntime's arena memory back
+SIZE_MULTIPLE = 4  # two stride-2 convolutions, then two x2 upsamplings
 DEFAULT_PARAMS: dict[str, Any] = {
     "max_size": 1024,
     "strength": 1.0,
@@ -83,6 +87,8 @@ class Engine:
 
         root = Path(root)
         self.catalog = Catalog.load(root / "catalog.json")
+        identity = root / IDENTITY_FILE  # absent in versions packaged before lineage existed
+        self.fingerprint = json.loads(identity.read_text())["fingerprint"] if identity.is_file() else ""
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = ["CPUExecutionProvider"]
@@ -100,19 +106,31 @@ class Engine:
         self.shrink_arena.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def run(self, rgb: np.ndarray, style: Resolved) -> np.ndarray:
-        """Stylize RGB [H, W, 3] in 0..1; the output is cropped back to the input size.
+        """Stylize RGB [H, W, 3] in 0..1 at its own size; the output has the input's size.
 
-        Two stride-2 layers then two x2 upsamplings make odd sides come back one pixel larger.
+        The networks halve the image twice and double it twice, so a side that is not a
+        multiple of 4 is reflect-padded up to one (bottom and right, as the original pipeline
+        does) and the result cropped back. Running it unpadded and cropping would stretch the
+        content by up to ~1.5 px toward the far edges.
         """
         height, width = rgb.shape[:2]
-        x = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32)
-        options = self.shrink_arena if height * width > SHRINK_ABOVE_PIXELS else None
+        padded = pad_to_multiple(rgb, SIZE_MULTIPLE)
+        x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
+        options = self.shrink_arena if x.shape[2] * x.shape[3] > SHRINK_ABOVE_PIXELS else None
         if style.network is not None:
             out = self.networks[style.network].run(None, {"image": x}, options)[0]
         else:
             feeds = {"image": x, "style_weights": style.weights}
             out = self.multistyle.run(None, feeds, options)[0]
         return out[0, :, :height, :width].transpose(1, 2, 0)
+
+
+def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
+    """Reflect-pad [H, W, C] at the bottom and right so both sides are multiples of ``multiple``."""
+    pad_h, pad_w = (-rgb.shape[0]) % multiple, (-rgb.shape[1]) % multiple
+    if not (pad_h or pad_w):
+        return rgb
+    return np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
 
 
 def stylize_row(engine: Engine, image_b64: str, style_spec: str, params: Params, what: str) -> dict:
@@ -131,6 +149,7 @@ def stylize_row(engine: Engine, image_b64: str, style_spec: str, params: Params,
         "width": int(out.shape[1]),
         "height": int(out.shape[0]),
         "style": style.label,
+        "model": engine.fingerprint,
     }
 
 
@@ -154,4 +173,4 @@ class StyleTransferModel(mlflow.pyfunc.PythonModel):
             stylize_row(self.engine, row.image, row.style, parsed, what=f"image (row {i})")
             for i, row in enumerate(model_input.itertuples(index=False))
         ]
-        return pd.DataFrame(rows, columns=["image", "width", "height", "style"])
+        return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)

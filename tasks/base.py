@@ -92,6 +92,7 @@ def upload_file_atomic(
     *,
     client: Any | None = None,
     config: Any | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> str:
     """Upload the whole local file to ``uri``; readers never see a partial object. Return ``uri``.
 
@@ -101,7 +102,8 @@ def upload_file_atomic(
     ``multipart_threshold`` (8 MiB) and a multipart upload above it; when a part fails,
     s3transfer calls AbortMultipartUpload, so neither an object nor parts are left. (A process
     killed mid-upload can leave invisible parts that are billed until a lifecycle rule with
-    AbortIncompleteMultipartUpload removes them.) ``config`` is a boto3 TransferConfig.
+    AbortIncompleteMultipartUpload removes them.) ``config`` is a boto3 TransferConfig;
+    ``metadata`` becomes the object's user metadata (``x-amz-meta-*``), sent with the same PUT.
     """
     path = Path(local)
     if not path.is_file():
@@ -111,10 +113,12 @@ def upload_file_atomic(
     bucket, key = parse_s3_uri(uri)
     s3 = boto3_s3(client)
     size = path.stat().st_size
-    extra: dict[str, str] = {}
+    extra: dict[str, Any] = {}
     content_type = mimetypes.guess_type(path.name)[0]
     if content_type:
         extra["ContentType"] = content_type
+    if metadata:
+        extra["Metadata"] = metadata
     try:
         with _progress(size, path.name) as bar:
             s3.upload_file(
@@ -319,4 +323,13 @@ class S3Upload(ForceableTask):
         return S3ObjectTarget(self.s3_path, client=s3_client(), format=luigi.format.Nop)
 
     def run(self) -> None:
-        upload_file_atomic(local_input_path(self), self.s3_path)
+        """Upload; a lineage sidecar beside the file travels as the object's metadata."""
+        from neuralstyle import lineage
+
+        local = local_input_path(self)
+        record = lineage.read_sidecar(local)
+        metadata = None
+        if record is not None:
+            record["output"]["uri"] = self.s3_path
+            metadata = lineage.s3_metadata(record)
+        upload_file_atomic(local, self.s3_path, metadata=metadata)

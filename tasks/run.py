@@ -17,6 +17,7 @@ stylized, 1 when one failed (the last lines say which and why) or the executor c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -221,6 +222,22 @@ def model_version(model_uri: str, tracking_uri: str) -> str | None:
         return None
 
 
+def _lineage_records(photos: list[Any]) -> list[dict[str, Any]]:
+    """The lineage sidecars of the results that exist (workers write them to disk)."""
+    from neuralstyle import lineage
+    from tasks.stylize import stylized_path
+
+    records = []
+    for photo in photos:
+        try:
+            record = lineage.read_sidecar(stylized_path(photo))
+        except Exception:  # a batch whose listing failed, an unreadable sidecar
+            continue
+        if record is not None:
+            records.append(record)
+    return records
+
+
 def log_outcome(task: Any, result: Any, seconds: float) -> tuple[str, int]:
     """Metrics, Luigi's summary and the result image into the active run; (summary line, failed)."""
     import mlflow
@@ -244,6 +261,10 @@ def log_outcome(task: Any, result: Any, seconds: float) -> tuple[str, int]:
                            output_bytes=stylized[0].bytes_written)
     mlflow.log_metrics(metrics)
     mlflow.log_text(f"{result.summary_text}\n{line}\n", "luigi_summary.txt")
+    records = _lineage_records(photos)
+    if records:
+        mlflow.log_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records),
+                        "lineage.jsonl")
     if len(photos) == 1 and found[0].ok:
         mlflow.log_artifact(str(stylized_path(photos[0])), artifact_path="result")
     return line, failed
@@ -251,13 +272,18 @@ def log_outcome(task: Any, result: Any, seconds: float) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with config.mlflow_scope(args.tracking_uri) as tracking:
+        args.tracking_uri = tracking
+        return _main(args, tracking)
+
+
+def _main(args: argparse.Namespace, tracking: str) -> int:
+    """The pipeline as one MLflow run, inside ``main``'s MLflow scope."""
     import mlflow
 
     from neuralstyle.container import model_container
     from tasks.stylize import one_line
 
-    tracking = config.use_tracking(args.tracking_uri)
-    args.tracking_uri = tracking
     executor = args.executor or ("server" if args.server_url else "local")
     with mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID") or None) as run:
         run_id = run.info.run_id

@@ -165,7 +165,9 @@ class Stylize(ForceableTask):
             with self.predictor() as predictor:
                 # stylize_file writes through a suffix-keeping temporary, like this target.
                 self.result = stylize_file(
-                    source, self.output_file(), self.style, predictor, self.model_params()
+                    source, self.output_file(), self.style, predictor, self.model_params(),
+                    input_uri=str(self.image), model_uri=self.model_uri,
+                    tracking_uri=self.tracking_uri,
                 )
         except Exception as exc:
             bad_photo = is_input_error(exc) and str(source) in one_line(exc)

