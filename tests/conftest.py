@@ -38,9 +38,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
         result = package_models(style_map=str(REPO / "styles.json"), tracking_uri=uri)
     finally:
         os.chdir(cwd)
-        # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; subprocesses (mlflow run, other
-        # registries) must not inherit this registry's experiment.
-        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     yield Registry(uri, root, "models:/style-transfer@champion", result.version, result.metrics)
     if previous is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)

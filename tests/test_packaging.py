@@ -96,3 +96,39 @@ def test_mlflow_run_entry_point(tmp_path) -> None:
     run = client.get_run(version.run_id)
     assert run.data.tags.get("mlflow.project.entryPoint") == "package_models"
     assert run.data.metrics["parity_max_abs_diff"] <= 1e-3
+
+
+def test_packaging_in_process_leaves_no_mlflow_state_behind(tmp_path, monkeypatch) -> None:
+    """A caller that packages and then starts `mlflow run` behaves like a fresh process.
+
+    This is `make demo`'s first run on a fresh clone: package in-process, then a child
+    `mlflow run --experiment-name ...`. No fixture scrubs MLflow's variables first: whatever
+    the library leaves in os.environ, the child inherits.
+    """
+    import mlflow
+
+    from neuralstyle.config import MLFLOW_STATE_VARS
+    from neuralstyle.packaging import package_models
+
+    monkeypatch.chdir(tmp_path)  # artifacts under tmp_path/mlruns, as the demo's under the repo
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    uri_before = mlflow.get_tracking_uri()
+    result = package_models(style_map=str(REPO / "styles.json"), tracking_uri=uri)
+    assert result.created and result.version == "1"
+    after = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    assert after == before, f"left behind: {set(after.items()) ^ set(before.items())}"
+    assert not any(k in after and k not in before for k in MLFLOW_STATE_VARS)
+    assert mlflow.active_run() is None
+    assert mlflow.get_tracking_uri() == uri_before
+
+    # Exactly what this process holds, with the venv's bin on PATH as after `. .venv/bin/activate`.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("mlflow")), "run", str(REPO), "-e", "package_models",
+         "--env-manager", "local", "--experiment-name", "after-packaging"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "version 1 already holds these weights and code" in proc.stdout + proc.stderr
