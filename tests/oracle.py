@@ -91,3 +91,14 @@ def peer_rgb(data: bytes, style: int | dict[int, float], **kwargs) -> np.ndarray
     """The original pipeline's result for encoded ``data`` (bytes in, pixels out), uint8 RGB."""
     result = _peer().stylize(Image.open(io.BytesIO(data)), style=style, **kwargs)
     return np.asarray(result.convert("RGB"))
+
+
+def assert_matches_peer(image_b64: str, photo: bytes, style, label: str, **peer_kwargs) -> None:
+    """Our served result (base64 PNG) vs the original pipeline on ``photo``: same size, and at
+    most ``PATH_TOLERANCE`` levels apart; the figure is printed."""
+    got = decode_b64(image_b64)
+    want = peer_rgb(photo, style, **peer_kwargs)
+    assert got.shape == want.shape, f"{label}: {got.shape} vs the original's {want.shape}"
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    print(f"{label}: max {diff.max()}/255, {int((diff > 8).sum())} values over 8/255")
+    assert diff.max() <= PATH_TOLERANCE, label

@@ -28,13 +28,12 @@ import pytest
 import requests
 from oracle import (
     PARITY_SIZES,
-    PATH_TOLERANCE,
     PIXEL_TOLERANCE,
+    assert_matches_peer,
     decode_b64,
     decode_rgb,
     max_level_diff,
     parity_photo,
-    peer_rgb,
 )
 from PIL import Image
 
@@ -218,12 +217,8 @@ def test_container_whole_path_matches_the_original_pipeline(serving_container, w
                            data=request_body(photo, "7", {"format": "png"}),
                            headers={"Content-Type": "application/json"}, timeout=120)
     assert answer.status_code == 200, answer.text[:500]
-    got = decode_b64(answer.json()["predictions"][0]["image"])
-    want = peer_rgb(photo, 7)
-    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
-    print(f"container {width}x{height} style 7: max {diff.max()}/255")
-    assert got.shape == want.shape == (height, width, 3)
-    assert diff.max() <= PATH_TOLERANCE
+    assert_matches_peer(answer.json()["predictions"][0]["image"], photo, 7,
+                        f"container {width}x{height} style 7")
 
 
 def test_latency_of_one_1024px_photo(serving_container, photos, request) -> None:

