@@ -16,6 +16,10 @@ DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
 DEFAULT_EXPERIMENT = "style-transfer"
 DEFAULT_STYLE_MAP = "styles.json"
 DEFAULT_STYLE = "7"
+# Photos one loaded model decodes, stylizes and encodes at once; other rows wait for a slot
+# (docs/serving.md, "Under load"). onnxruntime already uses every core for one photo.
+PARALLEL_PHOTOS_ENV = "STYLIZE_PARALLEL_PHOTOS"
+DEFAULT_PARALLEL_PHOTOS = 2
 
 
 def tracking_uri(explicit: str | None = None) -> str:

@@ -59,11 +59,16 @@ BATCH_REPOSITORY = "stylize"
 SERVING_PORT = 8080
 SERVING_CONTAINER_PORT = f"{SERVING_PORT}/tcp"  # the Docker SDK's ``ports=`` key
 
-# The serving container's limits, the same as neuralstyle/serving.py gives `mlflow models serve`
-# (docs/serving.md says why); docker/nginx.conf's proxy_read_timeout (310 s) sits above the first.
+# The serving container's limits (docs/serving.md says why). The request timeout is
+# `mlflow models serve`'s; docker/nginx.conf's proxy_read_timeout (310 s) sits above it. nginx
+# holds the queue (limit_conn: at most serving.LIMIT_CONCURRENCY /invocations requests go on to
+# uvicorn at once, one connection each), so uvicorn's own limit is only a backstop above it,
+# with room for /ping and /health and for connections nginx has closed that uvicorn has not yet
+# seen; nginx adds Retry-After to every 503, so uvicorn sends no header of its own.
 SERVING_ENV = {
     "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "300",
-    "UVICORN_LIMIT_CONCURRENCY": "8",
+    "UVICORN_LIMIT_CONCURRENCY": "48",
+    "STYLIZE_PARALLEL_PHOTOS": "2",
     # MLflow's container starts one uvicorn worker per CPU, each with its own copy of the model;
     # onnxruntime already uses every core for one photo. Override with -e MLFLOW_MODELS_WORKERS=N.
     "MLFLOW_MODELS_WORKERS": "1",

@@ -37,7 +37,7 @@ PARITY_STYLES = ("0", "7", "19", "3:0.5,12:0.5")
 # their hash is the version's code_version, so a change to any of them makes a new version.
 MODEL_FILES = (
     "__init__.py", "errors.py", "imaging.py", "styles.py", "pyfunc_model.py", "model_code.py",
-    "networks.py", "weights.py", "packaging.py",
+    "networks.py", "weights.py", "packaging.py", "config.py",
 )
 
 

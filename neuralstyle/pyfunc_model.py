@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from neuralstyle import imaging
+from neuralstyle.config import DEFAULT_PARALLEL_PHOTOS, PARALLEL_PHOTOS_ENV
 from neuralstyle.errors import StyleInputError
 from neuralstyle.styles import Catalog, Resolved
 
@@ -153,11 +156,23 @@ def stylize_row(engine: Engine, image_b64: str, style_spec: str, params: Params,
     }
 
 
+def parallel_photos() -> int:
+    """``STYLIZE_PARALLEL_PHOTOS`` (default 2): bounds the decode/run memory of a busy server."""
+    text = os.environ.get(PARALLEL_PHOTOS_ENV, "").strip() or str(DEFAULT_PARALLEL_PHOTOS)
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{PARALLEL_PHOTOS_ENV}={text!r} must be a whole number >= 1 "
+                         f"(photos stylized at once; default {DEFAULT_PARALLEL_PHOTOS})")
+    return int(text)
+
+
 class StyleTransferModel(mlflow.pyfunc.PythonModel):
     """``models:/style-transfer@champion``: see DESIGN.md, "The model contract"."""
 
     def load_context(self, context) -> None:
         self.engine = Engine(context.artifacts[ARTIFACT_KEY])
+        # The server runs predict in up to min(32, cpus + 4) threads at once; a decoded photo
+        # near Pillow's limit alone peaks near 2 GB, so only a few are in memory at a time.
+        self.slots = threading.BoundedSemaphore(parallel_photos())
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -169,8 +184,9 @@ class StyleTransferModel(mlflow.pyfunc.PythonModel):
                 f"input is missing column(s) {missing}: expected 'image' (base64) and 'style'"
             )
         parsed = Params.parse(params)
-        rows = [
-            stylize_row(self.engine, row.image, row.style, parsed, what=f"image (row {i})")
-            for i, row in enumerate(model_input.itertuples(index=False))
-        ]
+        rows = []
+        for i, row in enumerate(model_input.itertuples(index=False)):
+            with self.slots:  # per row, so one many-row request cannot hold every slot
+                rows.append(stylize_row(self.engine, row.image, row.style, parsed,
+                                        what=f"image (row {i})"))
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)

@@ -23,16 +23,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuralstyle import config
+from neuralstyle.config import DEFAULT_PARALLEL_PHOTOS, PARALLEL_PHOTOS_ENV
 
 HOST = "127.0.0.1"
 # MLflow's default is 60 s (mlflow/environment_variables.py, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT).
 # A 20 MB photo takes a few seconds and a batch of rows at max_size=2048 tens of seconds; 300 s
 # matches StyleServerClient's read timeout so the client sees the server's 504, not its own.
 REQUEST_TIMEOUT_S = 300
-# uvicorn --limit-concurrency: connections + tasks in flight before it answers 503 (which the
-# client retries with backoff). MLflow buffers each body whole (~27 MB for a 20 MB photo) and a
-# photo near Pillow's 89.5 MP limit peaks near 2 GB while decoding, so this bounds memory.
-LIMIT_CONCURRENCY = 8
+# The queue (docs/serving.md, "Under load"). uvicorn --limit-concurrency: once open connections
+# (idle keep-alive ones too) or requests in flight reach it, uvicorn answers every new request
+# 503. 32 lets 16+ keep-alive clients wait their turn instead of bouncing (8 turned away most
+# requests of 8 such clients) and bounds the buffered bodies (~27 MB for a 20 MB photo).
+LIMIT_CONCURRENCY = 32
+# Sent on every response (uvicorn --header; MLflow's app cannot add headers to its 503s, nor can
+# a model); clients heed Retry-After only on 503/429/3xx (RFC 9110 10.2.3). 5 s is uvicorn's
+# --timeout-keep-alive: by then idle keep-alive connections have closed and left the count.
+RETRY_AFTER_S = 5
+# The variables serve_env sets on purpose; `make serve`, docs/serving.md and bench/load.py show
+# the same values (tests/test_load.py checks).
+LIMIT_VARIABLES = ("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "UVICORN_LIMIT_CONCURRENCY",
+                   "UVICORN_HEADERS", "STYLIZE_PARALLEL_PHOTOS")
 READY_TIMEOUT_S = 180.0
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 30
@@ -59,7 +69,8 @@ def serve_command(model_uri: str, port: int, timeout_s: int, workers: int) -> li
 
 
 def serve_env(
-    tracking_uri: str | None, timeout_s: int, limit_concurrency: int
+    tracking_uri: str | None, timeout_s: int, limit_concurrency: int = LIMIT_CONCURRENCY,
+    parallel_photos: int = DEFAULT_PARALLEL_PHOTOS,
 ) -> dict[str, str]:
     """The server's environment: registry, limits, and ``uvicorn`` on PATH.
 
@@ -73,8 +84,11 @@ def serve_env(
     if tracking_uri is not None:
         env["MLFLOW_REGISTRY_URI"] = tracking_uri
     env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(timeout_s)
-    # uvicorn's CLI reads UVICORN_<OPTION> (click auto_envvar_prefix); MLflow passes env through.
+    # uvicorn's CLI reads UVICORN_<PARAMETER NAME> (click auto_envvar_prefix; --header's is
+    # HEADERS, space-separated Name:Value pairs); MLflow passes the environment through.
     env["UVICORN_LIMIT_CONCURRENCY"] = str(limit_concurrency)
+    env["UVICORN_HEADERS"] = f"Retry-After:{RETRY_AFTER_S}"
+    env[PARALLEL_PHOTOS_ENV] = str(parallel_photos)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -153,6 +167,7 @@ def start_server(
     timeout_s: int = REQUEST_TIMEOUT_S,
     workers: int = 1,
     limit_concurrency: int = LIMIT_CONCURRENCY,
+    parallel_photos: int = DEFAULT_PARALLEL_PHOTOS,
     ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> Server:
     """Start the server and return once ``/ping`` answers; the caller must ``stop()`` it.
@@ -163,7 +178,8 @@ def start_server(
     attempts = 1 if port is not None else 3
     for attempt in range(attempts):
         chosen = port if port is not None else free_port()
-        server = _launch(model_uri, chosen, tracking_uri, timeout_s, workers, limit_concurrency)
+        server = _launch(model_uri, chosen, tracking_uri, timeout_s, workers,
+                         serve_env(tracking_uri, timeout_s, limit_concurrency, parallel_photos))
         try:
             _wait_ready(server, model_uri, ready_timeout_s)
             return server
@@ -177,7 +193,7 @@ def start_server(
 
 def _launch(
     model_uri: str, port: int, tracking_uri: str | None, timeout_s: int, workers: int,
-    limit_concurrency: int,
+    env: dict[str, str],
 ) -> Server:
     log = tempfile.NamedTemporaryFile(  # kept after a failed start: the error names it
         prefix=f"mlflow-serve-{port}-", suffix=".log", delete=False
@@ -185,7 +201,7 @@ def _launch(
     with log:
         process = subprocess.Popen(
             serve_command(model_uri, port, timeout_s, workers),
-            env=serve_env(tracking_uri, timeout_s, limit_concurrency),
+            env=env,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -229,10 +245,11 @@ def serve_model(
     timeout_s: int = REQUEST_TIMEOUT_S,
     workers: int = 1,
     limit_concurrency: int = LIMIT_CONCURRENCY,
+    parallel_photos: int = DEFAULT_PARALLEL_PHOTOS,
 ) -> Iterator[str]:
     """Serve ``model_uri`` on 127.0.0.1 and yield its base URL; always stops the server."""
     with running_server(
         model_uri, port=port, tracking_uri=tracking_uri, timeout_s=timeout_s, workers=workers,
-        limit_concurrency=limit_concurrency,
+        limit_concurrency=limit_concurrency, parallel_photos=parallel_photos,
     ) as server:
         yield server.url

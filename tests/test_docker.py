@@ -92,7 +92,16 @@ def test_nginx_conf_fits_the_server_limits() -> None:
     text = images.NGINX_CONF.read_text()
     server_timeout = int(images.SERVING_ENV["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"])
     assert server_timeout == serving.REQUEST_TIMEOUT_S  # same limits as `mlflow models serve`
-    assert images.SERVING_ENV["UVICORN_LIMIT_CONCURRENCY"] == str(serving.LIMIT_CONCURRENCY)
+    # The queue: nginx lets as many /invocations requests in as `make serve` lets connections
+    # (docs/serving.md, "Under load"), uvicorn's own limit stays above that, 503s say when to
+    # come back, and the JSON 503 names the limit.
+    queue = re.findall(r"limit_conn model_queue (\d+);", text)
+    assert queue == [str(serving.LIMIT_CONCURRENCY)]
+    assert int(images.SERVING_ENV["UVICORN_LIMIT_CONCURRENCY"]) > serving.LIMIT_CONCURRENCY
+    assert images.SERVING_ENV["STYLIZE_PARALLEL_PHOTOS"] == str(serving.DEFAULT_PARALLEL_PHOTOS)
+    assert re.search(r"map \$status \$retry_after \{\s*503 (\d+);", text).group(1) == str(
+        serving.RETRY_AFTER_S)
+    assert f"{serving.LIMIT_CONCURRENCY} requests are already running or queued" in text
     read_timeouts = {int(t) for t in re.findall(r"proxy_read_timeout (\d+)s;", text)}
     assert read_timeouts and min(read_timeouts) > server_timeout, (
         "nginx must wait longer than the server, so a slow request gets MLflow's own 504")
@@ -304,6 +313,76 @@ def test_a_bad_request_gets_a_4xx_with_the_reason_and_serving_goes_on(serving_co
     assert 400 <= malformed.status_code < 500
     row = client.predict(frame_for(photos["chelsea"])).iloc[0]
     assert (row["width"], row["height"]) == (451, 300)
+
+
+# --- under load, through nginx (docs/serving.md, "Under load") ------------------------------
+
+
+def test_16_keepalive_clients_through_nginx_get_no_5xx(serving_container, request) -> None:
+    from test_load import CLIENTS, SECONDS, assert_served_everyone
+
+    from bench.load import container_rss, photo_jpegs, request_bodies, run_load
+
+    result = run_load(serving_container.url, clients=CLIENTS, seconds=SECONDS,
+                      bodies=request_bodies(photo_jpegs()),
+                      rss=lambda: container_rss(serving_container.container))
+    report(request.config, f"under load through nginx: {result.summary()}")
+    assert_served_everyone(result)
+
+
+def test_past_the_queue_nginx_answers_503_with_retry_after(serving_container) -> None:
+    """Requests in flight up to nginx's limit_conn: the next one gets a JSON 503 with
+    Retry-After at once, /ping still answers, and afterwards requests are served again."""
+    from bench.load import photo_jpegs
+    from neuralstyle import serving
+
+    url = serving_container.url
+    host, port = url.removeprefix("http://").split(":")
+    body = request_body(photo_jpegs()[1])
+    headers = {"Content-Type": "application/json"}
+    # Each of these has sent its headers and waits on a body that never comes: in flight for nginx.
+    stalled = []
+    try:
+        for _ in range(serving.LIMIT_CONCURRENCY):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: 1000\r\n\r\n{")
+            stalled.append(sock)
+        time.sleep(0.5)
+        refused = requests.post(f"{url}/invocations", data=body, headers=headers, timeout=(5, 60))
+        assert refused.status_code == 503, refused.text[:300]
+        assert refused.headers["Retry-After"] == str(serving.RETRY_AFTER_S)
+        assert refused.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert f"{serving.LIMIT_CONCURRENCY} requests" in refused.json()["message"]
+        assert requests.get(f"{url}/ping", timeout=10).status_code == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:  # nginx frees each slot when it sees that client go
+        again = requests.post(f"{url}/invocations", data=body, headers=headers, timeout=(5, 60))
+        if again.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert again.status_code == 200, again.text[:300]
+    assert "Retry-After" not in again.headers
+
+
+def test_overload_through_nginx_is_only_503s_with_retry_after(serving_container,
+                                                              request) -> None:
+    """Half again as many clients as the queue holds: the rest are refused, nothing fails."""
+    from bench.load import photo_jpegs, request_bodies, run_load
+    from neuralstyle import serving
+
+    clients = serving.LIMIT_CONCURRENCY * 3 // 2
+    result = run_load(serving_container.url, clients=clients, seconds=10,
+                      bodies=request_bodies(photo_jpegs()))
+    report(request.config, f"overload through nginx: {result.summary()}")
+    statuses = {a.status for a in result.answers}
+    assert statuses <= {200, 400, 503}, result.statuses
+    assert 503 in statuses and 200 in statuses, result.statuses
+    refused = [a for a in result.answers if a.status == 503]
+    assert all(a.retry_after == str(serving.RETRY_AFTER_S) for a in refused)
 
 
 def test_lean_serving_image_serves_the_same_at_half_the_size(docker_client, registry, model,

@@ -116,10 +116,16 @@ def test_docs_show_the_command_and_limits_serving_uses() -> None:
                                              serving.REQUEST_TIMEOUT_S, 1))
     assert "-m mlflow models serve -m models:/style-transfer@champion --env-manager local " \
            "-h 127.0.0.1 -p 5001" in command
-    env = serving.serve_env(None, serving.REQUEST_TIMEOUT_S, serving.LIMIT_CONCURRENCY)
-    for name in ("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "UVICORN_LIMIT_CONCURRENCY"):
+    env = serving.serve_env(None, serving.REQUEST_TIMEOUT_S)
+    for name in serving.LIMIT_VARIABLES:
         assert f"export {name}={env[name]} " in block, name
     assert f"--timeout {serving.REQUEST_TIMEOUT_S}" in command
+    assert env["UVICORN_HEADERS"] == f"Retry-After:{serving.RETRY_AFTER_S}"
+    # `make serve` sets the same limits (its --timeout is the request timeout).
+    recipe = (REPO / "Makefile").read_text().split("\nserve:", 1)[1].split("\n\n", 1)[0]
+    assert f"--timeout {env['MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT']}" in recipe
+    for name in serving.LIMIT_VARIABLES[1:]:
+        assert f"{name}={env[name]} " in recipe, f"make serve: {name}"
 
 
 @pytest.mark.integration

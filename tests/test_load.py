@@ -1,0 +1,152 @@
+"""Under load, as shipped: plain keep-alive clients against the settings ``make serve`` uses.
+
+16 clients (``bench/load.py``'s ``run_load``: a thread and a ``requests.Session`` each, no
+retries) post 512 px photos for 20 s, one in five truncated, to a server started by
+``neuralstyle.serving`` with its defaults (the ones ``make serve`` sets; tests/test_serve.py
+checks they agree). Past the queue a request is refused with 503 and ``Retry-After``. The
+container's counterparts are in tests/test_docker.py. Figures are printed as ``[load]`` lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+import requests
+
+from bench.load import LoadResult, photo_jpegs, request_bodies, run_load
+from neuralstyle import config, pyfunc_model, serving
+from neuralstyle.serving import Server, running_server
+
+CLIENTS = 16
+SECONDS = 20.0
+
+
+def report(request: pytest.FixtureRequest, line: str) -> None:
+    """Show a measured figure in the test output, also without ``-s``."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        reporter.write_line(f"[load] {line}")
+
+
+def assert_served_everyone(result: LoadResult) -> None:
+    """No 5xx, no connection errors; every good photo a 200, every bad one a 400."""
+    failures = [a for a in result.answers if a.status == 0 or a.status >= 500]
+    assert not failures, (f"{len(failures)} of {len(result.answers)} requests failed: "
+                          f"{result.statuses}; first: {failures[0]}")
+    wrong = [a for a in result.answers if a.status != (400 if a.bad_photo else 200)]
+    assert not wrong, f"{len(wrong)} answers with the wrong status, first: {wrong[0]}"
+    assert sum(a.bad_photo for a in result.answers) >= 1, "no bad photo was sent"
+    assert len(result.answers) >= result.clients, f"too few answers: {result.summary()}"
+
+
+def test_parallel_photos_comes_from_the_environment(monkeypatch) -> None:
+    monkeypatch.delenv(config.PARALLEL_PHOTOS_ENV, raising=False)
+    assert pyfunc_model.parallel_photos() == config.DEFAULT_PARALLEL_PHOTOS == 2
+    monkeypatch.setenv(config.PARALLEL_PHOTOS_ENV, " 3 ")
+    assert pyfunc_model.parallel_photos() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(config.PARALLEL_PHOTOS_ENV, bad)
+        with pytest.raises(ValueError, match=f"STYLIZE_PARALLEL_PHOTOS='{bad}' must be a whole"):
+            pyfunc_model.parallel_photos()
+
+
+@pytest.mark.slow
+def test_at_most_two_photos_are_stylized_at_once(model, photos, monkeypatch) -> None:
+    """Six threads predict at once (the server's pool on 2 cores); two photos run at a time."""
+    running, peak, lock = [0], [0], threading.Lock()
+    # The module the loaded model runs (MLflow may import the model's own copy of the code).
+    module = sys.modules[type(model.unwrap_python_model()).__module__]
+    real = module.stylize_row
+
+    def counted(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.05)  # long enough for the threads to overlap if nothing stops them
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(module, "stylize_row", counted)
+    frame = pd.DataFrame({"image": [base64.b64encode(photos["chelsea"]).decode("ascii")] * 2,
+                          "style": ["7", "19"]})
+    results: list[pd.DataFrame] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        model.predict(frame, params={"max_size": 128}))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == 6 and all(r["width"].tolist() == [128, 128] for r in results)
+    assert peak[0] == config.DEFAULT_PARALLEL_PHOTOS
+
+
+@pytest.fixture(scope="module")
+def server(registry) -> Iterator[Server]:
+    """``mlflow models serve`` with serve_model's defaults: make serve's limits."""
+    with running_server(registry.model_uri, tracking_uri=registry.tracking_uri) as srv:
+        yield srv
+
+
+@pytest.mark.integration
+def test_16_keepalive_clients_get_no_5xx(server, request) -> None:
+    result = run_load(server.url, clients=CLIENTS, seconds=SECONDS,
+                      bodies=request_bodies(photo_jpegs()), rss=server.rss_bytes)
+    report(request, f"make serve's settings: {result.summary()}")
+    assert_served_everyone(result)
+
+
+def _body(photo: bytes) -> str:
+    return json.dumps({"dataframe_split": {"columns": ["image", "style"],
+                                           "data": [[base64.b64encode(photo).decode(), "7"]]}})
+
+
+@contextlib.contextmanager
+def idle_connections(url: str, count: int) -> Iterator[None]:
+    """``count`` open TCP connections that send nothing, like idle keep-alive clients."""
+    host, port = url.removeprefix("http://").split(":")
+    sockets = [socket.create_connection((host, int(port)), timeout=5) for _ in range(count)]
+    try:
+        time.sleep(0.5)  # uvicorn registers each connection as it accepts it
+        yield
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.mark.integration
+def test_past_the_queue_a_request_gets_503_with_retry_after(server) -> None:
+    """uvicorn's limit counts open connections: at the limit every new request is refused,
+    with Retry-After; one connection fewer and it is served; afterwards all is well again."""
+    body = _body(photo_jpegs()[1])
+    headers = {"Content-Type": "application/json"}
+    limit = serving.LIMIT_CONCURRENCY
+    with idle_connections(server.url, limit - 2):  # + this request's connection = limit - 1
+        served = requests.post(f"{server.url}/invocations", data=body, headers=headers, timeout=60)
+    assert served.status_code == 200, served.text[:300]
+    with idle_connections(server.url, limit - 1):  # + this request's connection = limit
+        refused = requests.post(f"{server.url}/invocations", data=body, headers=headers,
+                                timeout=60)
+    assert refused.status_code == 503, refused.text[:300]
+    assert refused.headers["Retry-After"] == str(serving.RETRY_AFTER_S)
+    deadline = time.monotonic() + 10
+    while True:  # uvicorn sees the closed connections leave a moment later
+        again = requests.post(f"{server.url}/invocations", data=body, headers=headers, timeout=60)
+        if again.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert again.status_code == 200, again.text[:300]
