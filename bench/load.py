@@ -63,6 +63,7 @@ class LoadResult:
     wall_s: float
     answers: list[Answer] = field(default_factory=list)
     peak_rss_bytes: int = 0
+    load_average: float = 0.0  # 1-minute load average of this machine when the run started
 
     @property
     def statuses(self) -> dict[str, int]:
@@ -170,6 +171,7 @@ def run_load(url: str, *, clients: int = 16, seconds: float = 20.0,
     sampler = threading.Thread(target=sample_rss, daemon=True) if rss else None
     if sampler:
         sampler.start()
+    load_average = os.getloadavg()[0]
     started = time.monotonic()
     deadline = started + seconds
     threads = [threading.Thread(target=_client, args=(url, bodies, i * 7, deadline, answers, lock),
@@ -183,7 +185,7 @@ def run_load(url: str, *, clients: int = 16, seconds: float = 20.0,
     if sampler:
         sampler.join()
         peak[0] = max(peak[0], rss())
-    return LoadResult(clients, wall, answers, peak[0])
+    return LoadResult(clients, wall, answers, peak[0], load_average)
 
 
 def container_rss(container) -> int:
@@ -246,7 +248,7 @@ def report(rows: list[tuple[str, list[LoadResult]]], argv: list[str], machine: d
            settings: str) -> str:
     """The Markdown report: machine, command, one line per run, the medians."""
     lines = ["# Under load: plain keep-alive clients against the served model", "",
-             f"Command: `python bench/load.py {shlex.join(argv)}`".replace(" `", " `", 1), "",
+             f"Command: `{shlex.join(['python', 'bench/load.py', *argv])}`", "",
              "Each client is a thread with its own `requests.Session` (one keep-alive connection, "
              "no retries) posting one 512 px sample photo (JPEG, style 7, default params) after "
              "another; every fifth photo is a truncated JPEG that must be answered 400. "
@@ -255,20 +257,22 @@ def report(rows: list[tuple[str, list[LoadResult]]], argv: list[str], machine: d
              "or every process in the container), sampled every 0.25 s.", "",
              settings, "", "| Machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in machine.items()]
-    lines += ["", "| Target | run | photos/s | p50 (s) | p95 (s) | statuses | peak RSS (MB) |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| Target | run | photos/s | p50 (s) | p95 (s) | statuses | peak RSS (MB) | "
+              "load avg at start |", "|---|---|---|---|---|---|---|---|"]
     for name, results in rows:
         for i, r in enumerate(results, 1):
             statuses = ", ".join(f"{k}: {v}" for k, v in r.statuses.items())
             lines.append(f"| {name} | {i} | {r.photos_per_s:.1f} | {r.percentile(0.5):.2f} | "
-                         f"{r.percentile(0.95):.2f} | {statuses} | {r.peak_rss_bytes / 1e6:.0f} |")
+                         f"{r.percentile(0.95):.2f} | {statuses} | {r.peak_rss_bytes / 1e6:.0f} | "
+                         f"{r.load_average:.1f} |")
         lines.append(
             f"| **{name}** | median | {statistics.median(r.photos_per_s for r in results):.1f} | "
             f"{statistics.median(r.percentile(0.5) for r in results):.2f} | "
             f"{statistics.median(r.percentile(0.95) for r in results):.2f} | | "
-            f"{statistics.median(r.peak_rss_bytes for r in results) / 1e6:.0f} |")
-    lines += ["", "These machines are shared: compare targets within one run of this script, "
-              "not with another machine's figures.", ""]
+            f"{statistics.median(r.peak_rss_bytes for r in results) / 1e6:.0f} | |")
+    lines += ["", "These machines are shared: a load average near or above nproc means other work "
+              "took CPU time during the run; compare targets within one run of this script, not "
+              "with another machine's figures.", ""]
     return "\n".join(lines)
 
 
