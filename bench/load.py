@@ -226,14 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
 def _serve_target(model_uri: str, tracking_uri: str) -> Iterator[tuple[str, Callable[[], int]]]:
+    """``mlflow models serve`` with make serve's settings: its URL and its process group's RSS."""
     from neuralstyle.serving import running_server
 
     with running_server(model_uri, tracking_uri=tracking_uri) as server:
         yield server.url, server.rss_bytes
 
 
+@contextlib.contextmanager
 def _container_target(model_uri: str, tracking_uri: str) -> Iterator[tuple[str, Callable[[], int]]]:
+    """The serving image run as the pipeline's docker executor runs it: URL and container RSS."""
     from neuralstyle import container as containers
 
     client = containers.docker_client()
@@ -292,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     with registry(args.tracking_uri) as tracking_uri:
         for name, target in targets:
             results = []
-            with contextlib.contextmanager(target)(model_uri, tracking_uri) as (url, rss):
+            with target(model_uri, tracking_uri) as (url, rss):
                 for run in range(args.runs):
                     result = run_load(url, clients=args.clients, seconds=args.seconds,
                                       bodies=bodies, rss=rss)
