@@ -91,7 +91,8 @@ class LoadResult:
         return (f"{self.clients} clients, {len(self.answers)} requests in {self.wall_s:.1f} s: "
                 f"{self.photos_per_s:.1f} photos/s, p50 {self.percentile(0.5):.2f} s, "
                 f"p95 {self.percentile(0.95):.2f} s, statuses {self.statuses}, "
-                f"peak RSS {self.peak_rss_bytes / 1e6:.0f} MB")
+                + (f"peak RSS {self.peak_rss_bytes / 1e6:.0f} MB" if self.peak_rss_bytes
+                   else "RSS not sampled"))
 
 
 def photo_jpegs(size: int = PHOTO_SIZE) -> list[bytes]:
