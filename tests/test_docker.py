@@ -333,6 +333,8 @@ def test_16_keepalive_clients_through_nginx_get_no_5xx(serving_container, reques
 def test_past_the_queue_nginx_answers_503_with_retry_after(serving_container) -> None:
     """Requests in flight up to nginx's limit_conn: the next one gets a JSON 503 with
     Retry-After at once, /ping still answers, and afterwards requests are served again."""
+    from test_load import post_until_not_503
+
     from bench.load import photo_jpegs
     from neuralstyle import serving
 
@@ -358,12 +360,7 @@ def test_past_the_queue_nginx_answers_503_with_retry_after(serving_container) ->
     finally:
         for sock in stalled:
             sock.close()
-    deadline = time.monotonic() + 10
-    while True:  # nginx frees each slot when it sees that client go
-        again = requests.post(f"{url}/invocations", data=body, headers=headers, timeout=(5, 60))
-        if again.status_code != 503 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    again = post_until_not_503(url, body)  # nginx frees each slot when it sees that client go
     assert again.status_code == 200, again.text[:300]
     assert "Retry-After" not in again.headers
 
