@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 # `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install demo test lint package serve docker-serving docker-batch clean
+.PHONY: install demo test test-fast lint package serve docker-serving docker-batch clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ demo: install  ## package the models if needed and stylize a bundled sample phot
 test: install  ## lint, then every test (docker tests skip, with a reason, without an engine)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+test-fast: install  ## the inner loop: lint + the fast tests (no slow, integration or docker tests)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not slow and not integration and not docker"
 
 lint: install
 	$(PY) -m ruff check .
