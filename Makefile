@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 # `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install demo test lint package serve docker-serving docker-batch clean
+.PHONY: install install-spark demo test lint package serve docker-serving docker-batch clean
 
 install: $(VENV)/.installed
 
@@ -15,10 +15,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[package,pipeline,dev]"
 	touch $@
 
+# Spark (tasks/spark.py, `mlflow run . -e stylize_spark`): pyspark, and Java 17 on PATH
+# (Debian: apt-get install -y openjdk-17-jre-headless; .ci/run does it). Not part of `make demo`.
+install-spark: $(VENV)/.installed-spark
+
+$(VENV)/.installed-spark: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[spark]"
+	touch $@
+
 demo: install  ## package the models if needed and stylize a bundled sample photo
 	$(PY) -m neuralstyle.demo
 
-test: install  ## lint, then every test (docker tests skip, with a reason, without an engine)
+test: install install-spark  ## lint, then every test (docker tests skip, with a reason, without an engine)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
