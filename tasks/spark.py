@@ -328,7 +328,10 @@ def spark_session(conf: dict[str, str]) -> Iterator[Any]:
 
 
 def is_local(spark: Any) -> bool:
-    return spark.sparkContext.master.startswith("local")
+    """True for ``local`` and ``local[N]``: executors are threads of this driver's JVM and
+    import our code from this environment (``local-cluster[...]`` has executors of its own)."""
+    master = spark.sparkContext.master
+    return master == "local" or master.startswith("local[")
 
 
 def ship_code(spark: Any, folder: Path) -> None:
