@@ -66,14 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def measure_spark(master: str, photos_dir: str, tracking_uri: str, model_uri: str) -> dict:
     """In this (fresh) process: session start, model check, a cold job and a warm job."""
-    from tasks.spark import JobSettings, check_model, make_plan, run_job, spark_session
+    from tasks.spark import JobSettings, make_plan, prepare, run_job, spark_session
 
     config.use_tracking(tracking_uri)
     settings = JobSettings(images=photos_dir, output="unused", model_uri=model_uri,
                            tracking_uri=tracking_uri, master=master)
     found: dict = {}
     started = time.perf_counter()
-    check_model(model_uri, tracking_uri, settings.style, settings.params())
+    ctx, fingerprint = prepare(settings)
     found["model_check"] = time.perf_counter() - started
     started = time.perf_counter()
     with spark_session(settings.conf()) as spark:
@@ -82,7 +82,8 @@ def measure_spark(master: str, photos_dir: str, tracking_uri: str, model_uri: st
             results = tempfile.mkdtemp(prefix=f"bench-spark-{name}-")
             plan = make_plan(photos_dir, results, settings.style, settings.suffix)
             result = run_job(spark, plan, style=settings.style, model_uri=model_uri,
-                             params=settings.params(), photos_per_task=settings.photos_per_task)
+                             params=settings.params(), photos_per_task=settings.photos_per_task,
+                             ctx=ctx, fingerprint=fingerprint)
             assert result.ok == plan.listed and not result.failures, result.failures
             assert len(list(Path(results).glob("*.jpg"))) == plan.listed
             found[name] = result.seconds_job
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         photos_dir = work / "photos"
         make_photos(photos_dir, args.photos, args.size)
         load_before = os.getloadavg()
+        tracking = (f"`{args.model_uri}` from {args.tracking_uri}" if args.tracking_uri
+                    else f"`{args.model_uri}` packaged from this checkout into a temp registry")
         for round_ in range(args.runs):
             for name in (BARE, LUIGI):
                 print(f"round {round_ + 1}/{args.runs}: {name}", flush=True)
@@ -212,14 +215,12 @@ def main(argv: list[str] | None = None) -> int:
                     [sys.executable, __file__, "--measure-spark", master, "--photos-dir",
                      str(photos_dir), "--tracking-uri", tracking_uri, "--model-uri",
                      args.model_uri], work))
-        load_after = os.getloadavg()
-    tracking = (f"`{args.model_uri}` from {args.tracking_uri}" if args.tracking_uri
-                else f"`{args.model_uri}` packaged from this checkout into a temp registry")
-    text = report(command, machine(), loop, spark, args.photos, args.size, tracking,
-                  (load_before[0], load_after[0]))
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
+            # The report so far, after every round (a long run stopped early still tells).
+            text = report(command, machine(), loop, spark, args.photos, args.size, tracking,
+                          (load_before[0], os.getloadavg()[0]))
+            output = Path(args.output)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(text)
     print(text)
     return 0
 

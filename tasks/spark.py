@@ -45,6 +45,8 @@ from luigi.contrib.spark import PySparkTask
 
 from neuralstyle import config
 from neuralstyle.pyfunc_model import DEFAULT_PARAMS
+from tasks.batch import RESULT_SUFFIXES
+from tasks.stylize import one_line
 
 DEFAULT_MASTER = "local[2]"
 # MLflow's spark_udf gets Arrow batches of spark.sql.execution.arrow.maxRecordsPerBatch rows
@@ -59,14 +61,14 @@ DEFAULT_EXECUTOR_MEMORY = "2g"
 # Address-space cap (RLIMIT_AS) of each Python worker; onnxruntime at 1024 px needs ~1.2 GB RSS
 # and maps far more address space than it touches, so the cap is generous. "" = no cap.
 DEFAULT_PYSPARK_MEMORY = "6g"
-RESULT_SUFFIXES = (".jpg", ".png", ".webp")
 # Passed to executors so that they reach the same S3 (credentials are not: executors use their
 # own chain, an instance role on a real cluster).
 EXECUTOR_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION",
                 "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
-READ_SCHEMA = "source string, result string, image string"
+READ_SCHEMA = "source string, result string, image string, input_sha256 string, input_bytes long"
 WRITE_SCHEMA = "source string, result string, error string, bytes long, width int, height int"
 RESULT_TYPE = "image string, width int, height int, style string"
+FINGERPRINT = "model"  # the output column naming the model that made a result (lineage)
 
 
 # ----------------------------------------------------------------------------- the plan (driver)
@@ -172,19 +174,14 @@ def check_photo(data: bytes, what: str, max_size: int) -> None:
     imaging.fitted_size(rgb.shape[1], rgb.shape[0], max_size, what)
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as one line (the pipeline's own wording)."""
-    from tasks.stylize import one_line as _one_line
-
-    return _one_line(exc)
-
-
 def read_partition(batches: Iterator[Any], *, max_size: int, rejected: Any) -> Iterator[Any]:
-    """mapInPandas: (source, result) -> (source, result, base64 image) for the good photos only."""
+    """mapInPandas: (source, result) -> (source, result, base64 image, sha256, size) for the good
+    photos only."""
     import base64
 
     import pandas as pd
 
+    from neuralstyle.lineage import sha256_bytes
     from tasks.targets import boto3_s3
 
     s3 = None
@@ -201,28 +198,63 @@ def read_partition(batches: Iterator[Any], *, max_size: int, rejected: Any) -> I
                 message = one_line(exc)
                 bad.append((source, message if source in message else f"{source}: {message}"))
                 continue
-            rows.append((source, result, base64.b64encode(data).decode("ascii")))
+            rows.append((source, result, base64.b64encode(data).decode("ascii"),
+                         sha256_bytes(data), len(data)))
         if bad:
             rejected.add(bad)
-        yield pd.DataFrame(rows, columns=["source", "result", "image"])
+        yield pd.DataFrame(rows, columns=["source", "result", "image", "input_sha256",
+                                          "input_bytes"])
 
 
-def write_result(result: str, data: bytes, s3: Any) -> None:
-    """One result in one piece: a single PUT (S3), or a temporary sibling renamed into place."""
+@dataclass(frozen=True)
+class LineageContext:
+    """What every result's lineage record shares, resolved once on the driver (executors do not
+    ask the registry)."""
+
+    model_uri: str
+    tracking_uri: str
+    version: str | None
+    style: str
+    params: dict[str, Any]
+
+
+def lineage_record(ctx: LineageContext, row: Any, data: bytes) -> dict[str, Any]:
+    """The result's lineage record (``neuralstyle.lineage``'s schema)."""
+    from neuralstyle import lineage
+
+    # The input's bytes stayed in the read stage: only their sha256 and size came along.
+    record = lineage.build_record(
+        input_uri=row.source, input_bytes=b"", output_uri=row.result, output_bytes=data,
+        style=ctx.style, resolved_style=str(row.style), params=ctx.params,
+        fingerprint=str(getattr(row, FINGERPRINT, "") or ""), model_uri=ctx.model_uri,
+        tracking_uri=None,
+    )
+    record["input"].update(sha256=row.input_sha256, bytes=int(row.input_bytes))
+    record["model"].update(version=ctx.version, registry=ctx.tracking_uri)
+    return record
+
+
+def write_result(result: str, data: bytes, record: dict[str, Any], s3: Any) -> None:
+    """One result in one piece: a single PUT carrying the lineage as metadata (S3), or the
+    lineage sidecar then the result, each a temporary sibling renamed into place (a folder)."""
     import mimetypes
 
+    from neuralstyle import lineage
     from neuralstyle.atomic import write_bytes_atomic
     from tasks.targets import parse_s3_uri
 
     if result.startswith("s3://"):
         bucket, key = parse_s3_uri(result)
         kind = mimetypes.guess_type(key)[0] or "application/octet-stream"
-        s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=kind)
+        s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=kind,
+                      Metadata=lineage.s3_metadata(record))
     else:
+        # The sidecar first: the result's existence marks the work done (as stylize_file does).
+        write_bytes_atomic(lineage.sidecar_path(result), lineage.to_json(record))
         write_bytes_atomic(result, data)
 
 
-def write_partition(batches: Iterator[Any]) -> Iterator[Any]:
+def write_partition(batches: Iterator[Any], *, ctx: LineageContext) -> Iterator[Any]:
     """mapInPandas: stylized rows -> written results, one small status row each (no pixels)."""
     import base64
 
@@ -233,17 +265,16 @@ def write_partition(batches: Iterator[Any]) -> Iterator[Any]:
     s3 = None
     for batch in batches:
         rows = []
-        for source, result, image, width, height in zip(
-            batch["source"], batch["result"], batch["image"], batch["width"], batch["height"],
-            strict=True,
-        ):
+        for row in batch.itertuples(index=False):
+            source, result, image, width, height = (row.source, row.result, row.image,
+                                                    row.width, row.height)
             try:
                 if not isinstance(image, str) or not image:
                     raise ValueError("the model returned no image for it")
                 data = base64.b64decode(image)
                 if s3 is None and result.startswith("s3://"):
                     s3 = boto3_s3()
-                write_result(result, data, s3)
+                write_result(result, data, lineage_record(ctx, row, data), s3)
                 rows.append((source, result, None, len(data), int(width), int(height)))
             except Exception as exc:
                 rows.append((source, result, f"writing {result}: {one_line(exc)}", 0, 0, 0))
@@ -422,21 +453,22 @@ def model_params(max_size: int, strength: float, preserve_color: bool, quality: 
 
 
 def check_model(model_uri: str, tracking_uri: str | None, style: str, params: dict[str, Any]
-                ) -> None:
+                ) -> Any:
     """Stylize a blank 64 px image on the driver: an unknown style, bad params or a model that
-    does not load fail here, in the model's own words, before Spark starts."""
+    does not load fail here, in the model's own words, before Spark starts. Returns the answer
+    row (its ``model`` column is the fingerprint the lineage records)."""
     from PIL import Image
 
     from neuralstyle.inference import LocalPredictor, stylize_bytes
 
     blank = io.BytesIO()
     Image.new("RGB", (64, 64)).save(blank, "PNG")
-    stylize_bytes(blank.getvalue(), style, LocalPredictor(model_uri, tracking_uri),
-                  {**params, "max_size": 64}, what="a blank test image")
+    return stylize_bytes(blank.getvalue(), style, LocalPredictor(model_uri, tracking_uri),
+                         {**params, "max_size": 64}, what="a blank test image")[1]
 
 
 def run_job(spark: Any, plan: Plan, *, style: str, model_uri: str, params: dict[str, Any],
-            photos_per_task: int) -> JobResult:
+            photos_per_task: int, ctx: LineageContext, fingerprint: bool) -> JobResult:
     """Read, check, stylize and write every planned photo; bad photos fail only their rows."""
     import mlflow
     from pyspark.sql import functions as F  # noqa: N812
@@ -449,7 +481,9 @@ def run_job(spark: Any, plan: Plan, *, style: str, model_uri: str, params: dict[
     result.partitions = max(1, min(len(plan.todo),
                                    max(sc.defaultParallelism,
                                        math.ceil(len(plan.todo) / photos_per_task))))
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=RESULT_TYPE, env_manager="local",
+    # Models packaged before lineage have no fingerprint column; spark_udf needs the exact fields.
+    result_type = RESULT_TYPE + (f", {FINGERPRINT} string" if fingerprint else "")
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type, env_manager="local",
                                   params=params)
     todo = spark.createDataFrame(sc.parallelize(plan.todo, result.partitions),
                                  "source string, result string")
@@ -458,11 +492,12 @@ def run_job(spark: Any, plan: Plan, *, style: str, model_uri: str, params: dict[
         todo.mapInPandas(read, READ_SCHEMA)
         .withColumn("out", udf(F.struct(F.col("image").alias("image"),
                                         F.lit(style).alias("style"))))
-        .select("source", "result", "out.image", "out.width", "out.height")
+        .select("source", "result", "input_sha256", "input_bytes", "out.*")
     )
     started = time.perf_counter()
     with MemoryWatch(jvm_pid(spark) if is_local(spark) else None) as watch:
-        rows = stylized.mapInPandas(write_partition, WRITE_SCHEMA).collect()
+        write = functools.partial(write_partition, ctx=ctx)
+        rows = stylized.mapInPandas(write, WRITE_SCHEMA).collect()
         watch.sample()
     result.seconds_job = time.perf_counter() - started
     result.memory = dict(watch.peak)
@@ -541,16 +576,9 @@ def metrics(result: JobResult, seconds_session: float) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------ the CLI
 
-def _whole(text: str) -> int:
-    """An integer, also written as MLflow's float parameters are (``4.0``)."""
-    from tasks.run import _whole as whole
-
-    return whole(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """CLI flags (the MLproject ``stylize_spark`` entry maps its parameters onto these)."""
-    from tasks.run import _bool, _optional
+    from tasks.run import _bool, _optional, _whole  # the same parsing as the Luigi entry point
 
     parser = argparse.ArgumentParser(prog="python -m tasks.spark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -624,6 +652,16 @@ class JobSettings:
                             self.suffix)
 
 
+def _inside(inner: str, outer: str) -> bool:
+    """True when the folder or prefix ``inner`` is ``outer`` or lies under it."""
+    if inner.startswith("s3://") != outer.startswith("s3://"):
+        return False
+    if inner.startswith("s3://"):
+        return (inner.rstrip("/") + "/").startswith(outer.rstrip("/") + "/")
+    inner_path, outer_path = Path(inner).resolve(), Path(outer).resolve()
+    return inner_path == outer_path or outer_path in inner_path.parents
+
+
 def validate(settings: JobSettings) -> None:
     """Bad arguments fail before Spark starts, naming the argument."""
     from neuralstyle.pyfunc_model import Params
@@ -635,9 +673,29 @@ def validate(settings: JobSettings) -> None:
             parse_s3_uri(where, allow_empty_key=True)
         elif not where:
             raise ValueError(f"--{name} is empty: give s3://bucket/prefix/ or a folder")
+    if _inside(settings.output, settings.images):
+        raise ValueError(f"--output {settings.output} is inside --images {settings.images}: the "
+                         "results would be stylized again as photos next time; pick another place")
     if settings.arrow_batch < 1 or settings.photos_per_task < 1:
         raise ValueError("--arrow-batch and --photos-per-task must be at least 1")
     Params.parse(settings.params())  # the model's own check: max_size, strength, quality
+
+
+def prepare(settings: JobSettings) -> tuple[LineageContext, bool]:
+    """Check the model on the driver; the lineage shared by every result, and whether the model
+    reports its fingerprint."""
+    from neuralstyle import lineage
+
+    answer = check_model(settings.model_uri, settings.tracking_uri, settings.style,
+                         settings.params())
+    tracking = config.tracking_uri(settings.tracking_uri)
+    fingerprint = str(answer.get(FINGERPRINT, "") or "")
+    name = lineage.model_name_of(settings.model_uri)
+    version = (lineage.registry_version(tracking, name, fingerprint)
+               if name and fingerprint else None)
+    ctx = LineageContext(settings.model_uri, tracking, version, settings.style,
+                         {**DEFAULT_PARAMS, **settings.params()})
+    return ctx, FINGERPRINT in answer
 
 
 def stylize_on_spark(settings: JobSettings, spark: Any | None = None,
@@ -648,7 +706,7 @@ def stylize_on_spark(settings: JobSettings, spark: Any | None = None,
     from tasks.run import model_version
 
     validate(settings)
-    check_model(settings.model_uri, settings.tracking_uri, settings.style, settings.params())
+    ctx, fingerprint = prepare(settings)
     plan = make_plan(settings.images, settings.output, settings.style, settings.suffix)
     marker = success_location(settings.output, settings.style)
     remove_marker(marker)
@@ -660,7 +718,8 @@ def stylize_on_spark(settings: JobSettings, spark: Any | None = None,
         if not is_local(spark) and plan.todo:
             ship_code(spark, Path(stack.enter_context(tempfile.TemporaryDirectory())))
         result = run_job(spark, plan, style=settings.style, model_uri=settings.model_uri,
-                         params=settings.params(), photos_per_task=settings.photos_per_task)
+                         params=settings.params(), photos_per_task=settings.photos_per_task,
+                         ctx=ctx, fingerprint=fingerprint)
     report = report_location(settings.output, settings.style)
     text = report_csv(result.failures)
     put_text(report, text)
@@ -795,6 +854,15 @@ class StylizeSpark(PySparkTask):
             return S3ObjectTarget(marker, client=s3_client())
         return luigi.LocalTarget(marker)
 
+    def on_failure(self, exception: BaseException) -> str:
+        """One line for Luigi's summary: the job's own last word, not spark-submit's whole log."""
+        text = f"{getattr(exception, 'out', '') or ''}\n{getattr(exception, 'err', '') or ''}"
+        for line in reversed(text.splitlines()):
+            for mark in ("RuntimeError: ", "stylize_spark: error: "):
+                if mark in line:
+                    return line.split(mark, 1)[1].strip()
+        return super().on_failure(exception)
+
     def main(self, sc: Any, *args: Any) -> None:
         """In the spark-submit process: the same run as ``python -m tasks.spark``."""
         import mlflow
@@ -805,8 +873,7 @@ class StylizeSpark(PySparkTask):
             result, report = stylize_on_spark(self.settings(), SparkSession(sc))
         print(f"StylizeSpark: {summary_line(result)}")
         if result.failures:
-            raise RuntimeError(f"{result.failed} photos failed (see {report}): "
-                               f"{summary_line(result)}")
+            raise RuntimeError(f"{summary_line(result)} (report: {report})")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,15 @@ def test_s3_prefix_of_27_photos_with_3_bad_ones_then_reruns_do_only_what_is_miss
     assert got.format == "JPEG" and got.size == expected.size == Image.open(io.BytesIO(good[key])).size
     diff = np.abs(np.asarray(got, np.int16) - np.asarray(expected, np.int16))
     assert diff.max() <= 1, diff.max()
+    # Its lineage travels as the object's metadata: which version made it, from which bytes.
+    import hashlib
+
+    meta = s3.head_object(Bucket="photos", Key=result_key(key))["Metadata"]
+    assert meta["model-version"] == registry.version
+    assert meta["input-uri"] == f"s3://photos/{key}"
+    assert meta["input-sha256"] == hashlib.sha256(good[key]).hexdigest()
+    assert meta["output-sha256"] == hashlib.sha256(got_bytes).hexdigest()
+    assert meta["style"] == "style-07"
 
     # 2. Fix one photo; the rerun stylizes only it and leaves the 24 results untouched.
     s3.put_object(Bucket="photos", Key="in/bad/cut.jpg", Body=good["in/photo-01.png"])
@@ -226,7 +235,14 @@ def test_luigi_pyspark_task_on_a_folder_fails_on_a_bad_photo_then_completes(
     assert proc.returncode == 3, out[-4000:]
     assert "4 photos listed, 0 already done, 3 stylized, 1 failed" in out, out[-4000:]
     assert sorted(p.name for p in results.iterdir()) == [
-        "_stylize-report-7.csv", "astronaut-7.jpg", "chelsea-7.jpg", "coffee-7.jpg"]
+        "_stylize-report-7.csv", "astronaut-7.jpg", "astronaut-7.jpg.lineage.json",
+        "chelsea-7.jpg", "chelsea-7.jpg.lineage.json", "coffee-7.jpg", "coffee-7.jpg.lineage.json"]
+    from neuralstyle import lineage
+
+    record = lineage.read_sidecar(results / "chelsea-7.jpg")
+    assert record["model"]["version"] == registry.version
+    assert record["input"]["uri"] == str(photos / "chelsea.jpg")
+    assert record["output"]["sha256"] == lineage.sha256_bytes((results / "chelsea-7.jpg").read_bytes())
     assert "broken.jpg is not a JPEG/PNG/WebP image" in (results / "_stylize-report-7.csv").read_text()
     first = {p.name: p.stat().st_mtime_ns for p in results.glob("*-7.jpg")}
 
