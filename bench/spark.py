@@ -68,7 +68,6 @@ def measure_spark(master: str, photos_dir: str, tracking_uri: str, model_uri: st
     """In this (fresh) process: session start, model check, a cold job and a warm job."""
     from tasks.spark import JobSettings, make_plan, prepare, run_job, spark_session
 
-    config.use_tracking(tracking_uri)
     settings = JobSettings(images=photos_dir, output="unused", model_uri=model_uri,
                            tracking_uri=tracking_uri, master=master)
     found: dict = {}
@@ -76,7 +75,7 @@ def measure_spark(master: str, photos_dir: str, tracking_uri: str, model_uri: st
     ctx, fingerprint = prepare(settings)
     found["model_check"] = time.perf_counter() - started
     started = time.perf_counter()
-    with spark_session(settings.conf()) as spark:
+    with config.mlflow_scope(tracking_uri), spark_session(settings.conf()) as spark:
         found["session_start"] = time.perf_counter() - started
         for name in ("cold", "warm"):
             results = tempfile.mkdtemp(prefix=f"bench-spark-{name}-")
@@ -136,7 +135,7 @@ def report(command: str, info: dict[str, str], loop: dict[str, list[float]],
         "rocket) in a local folder, so S3 is not part of the figures; style 7, JPEG out, "
         "default params; each run writes all results into a fresh folder. Each round runs "
         "every configuration once, each in a fresh Python process; the medians are over the "
-        "rounds. Spark: `tasks.spark.run_job` (the job `python -m tasks.spark` and `mlflow run "
+        "rounds. Spark: `tasks.spark.run_job` (the job `python -m tasks.run_spark` and `mlflow run "
         ". -e stylize_spark` run), Arrow batches of 4 rows, 32 photos per Spark task, the "
         "model loaded once per task by `mlflow.pyfunc.spark_udf(..., env_manager=\"local\")`; "
         "a *cold* job is the first in its session (Python workers start and import pandas, "

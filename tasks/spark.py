@@ -2,8 +2,8 @@
 
     mlflow run . -e stylize_spark --env-manager local -P images=s3://bucket/in/ \\
         -P output=s3://bucket/out/ -P style=7
-    python -m tasks.spark --images s3://bucket/in/ --output s3://bucket/out/ --style 7
-    python -m tasks.spark --images s3://bucket/in/ --output s3://bucket/out/ --master spark://host:7077
+    python -m tasks.run_spark --images s3://bucket/in/ --output s3://bucket/out/ --style 7
+    python -m tasks.run_spark --images s3://bucket/in/ --output s3://bucket/out/ --master yarn
     luigi --module tasks StylizeSpark --images s3://bucket/in/ --results s3://bucket/out/
 
 The driver lists the photos and the results that already exist (a rerun does only what is
@@ -22,7 +22,6 @@ or the job could not run, 2 for bad arguments.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import functools
@@ -576,54 +575,6 @@ def metrics(result: JobResult, seconds_session: float) -> dict[str, float]:
     return found
 
 
-# ------------------------------------------------------------------------------------ the CLI
-
-def build_parser() -> argparse.ArgumentParser:
-    """CLI flags (the MLproject ``stylize_spark`` entry maps its parameters onto these)."""
-    from tasks.run import _bool, _optional, _whole  # the same parsing as the Luigi entry point
-
-    parser = argparse.ArgumentParser(prog="python -m tasks.spark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", required=True,
-                        help="photos: s3://bucket/prefix/ or a local folder")
-    parser.add_argument("--output", required=True,
-                        help="results: s3://bucket/prefix/ (one PUT each) or a local folder")
-    parser.add_argument("--style", default=config.DEFAULT_STYLE,
-                        help="index 0..25, a name or a blend '3:0.5,12:0.5' (default: %(default)s)")
-    parser.add_argument("--suffix", default=".jpg", choices=RESULT_SUFFIXES,
-                        help="format of the results (default: %(default)s)")
-    parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,
-                        help="registered model (default: %(default)s)")
-    parser.add_argument("--tracking-uri", type=_optional, default=None,
-                        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
-                             f"{config.DEFAULT_TRACKING_URI})")
-    parser.add_argument("--master", default=DEFAULT_MASTER,
-                        help="Spark master: local[N], spark://host:7077, yarn (default: %(default)s)")
-    parser.add_argument("--arrow-batch", type=_whole, default=DEFAULT_ARROW_BATCH,
-                        help="rows per Arrow batch handed to the model "
-                             "(spark.sql.execution.arrow.maxRecordsPerBatch; default: %(default)s)")
-    parser.add_argument("--photos-per-task", type=_whole, default=DEFAULT_PHOTOS_PER_TASK,
-                        help="photos per Spark task; each task loads the model once "
-                             "(default: %(default)s)")
-    parser.add_argument("--driver-memory", default=DEFAULT_DRIVER_MEMORY,
-                        help="JVM heap of the driver, and of the executors in local mode "
-                             "(default: %(default)s)")
-    parser.add_argument("--executor-memory", default=DEFAULT_EXECUTOR_MEMORY,
-                        help="JVM heap per executor on a cluster (default: %(default)s)")
-    parser.add_argument("--pyspark-memory", default=DEFAULT_PYSPARK_MEMORY,
-                        help="address-space cap per Python worker, spark.executor.pyspark.memory; "
-                             "'' for none (default: %(default)s)")
-    parser.add_argument("--max-size", type=_whole, default=DEFAULT_PARAMS["max_size"],
-                        help="longest side in px (default: %(default)s)")
-    parser.add_argument("--strength", type=float, default=DEFAULT_PARAMS["strength"],
-                        help="0..1, mix of stylized and original (default: %(default)s)")
-    parser.add_argument("--preserve-color", type=_bool, default=DEFAULT_PARAMS["preserve_color"],
-                        help="true keeps the photo's colours (default: %(default)s)")
-    parser.add_argument("--quality", type=_whole, default=DEFAULT_PARAMS["quality"],
-                        help="JPEG/WebP quality 1..100 (default: %(default)s)")
-    return parser
-
-
 @dataclass(frozen=True)
 class JobSettings:
     """Everything a run needs, from the CLI or from the Luigi task's parameters."""
@@ -702,7 +653,8 @@ def prepare(settings: JobSettings) -> tuple[LineageContext, bool]:
 
 def stylize_on_spark(settings: JobSettings, spark: Any | None = None,
                      seconds_session: float = 0.0) -> tuple[JobResult, str]:
-    """The whole run inside the active MLflow run: plan, job, report, marker, metrics."""
+    """The whole run inside the active MLflow run (and its scope): plan, job, report, marker,
+    metrics."""
     import mlflow
 
     from tasks.run import model_version
@@ -734,39 +686,6 @@ def stylize_on_spark(settings: JobSettings, spark: Any | None = None,
     mlflow.set_tag("model_version",
                    model_version(settings.model_uri, config.tracking_uri(settings.tracking_uri)))
     return result, report
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import mlflow
-
-    from neuralstyle.errors import is_input_error
-
-    settings = JobSettings(**vars(args))
-    tracking = config.use_tracking(settings.tracking_uri)
-    with mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID") or None) as run:
-        from tasks.run import _log_params
-
-        _log_params(mlflow.MlflowClient(), run.info.run_id,
-                    {**vars(args), "tracking_uri": None, **{f"spark.{k}": v for k, v in
-                     settings.conf().items() if "arrow" in k or "memory" in k}})
-        try:
-            result, report = stylize_on_spark(settings)
-        except Exception as exc:  # bad arguments, no Java, an unknown style, a job that died
-            print(f"stylize_spark: error: {one_line(exc)}", file=sys.stderr)
-            mlflow.end_run(status="FAILED")
-            return 2 if isinstance(exc, ValueError) or is_input_error(exc) else 1
-        print(f"stylize_spark: {summary_line(result)}")
-        if result.ok:
-            print(f"stylize_spark: {result.ok / result.seconds_job:.2f} photos/s on "
-                  f"{settings.master}, {result.partitions} tasks; peak RSS: "
-                  + ", ".join(f"{k} {v:.0f} MB" for k, v in result.memory.items()))
-        print(f"results: {settings.output}  report: {report}")
-        print(f"mlflow: run {run.info.run_id} in {tracking}")
-        if result.failures:
-            mlflow.end_run(status="FAILED")
-            return 1
-    return 0
 
 
 # ---------------------------------------------------------------------------------- for Luigi
@@ -866,17 +785,13 @@ class StylizeSpark(PySparkTask):
         return super().on_failure(exception)
 
     def main(self, sc: Any, *args: Any) -> None:
-        """In the spark-submit process: the same run as ``python -m tasks.spark``."""
+        """In the spark-submit process: the same run as ``python -m tasks.run_spark``."""
         import mlflow
         from pyspark.sql import SparkSession
 
-        config.use_tracking(self.tracking_uri)
-        with mlflow.start_run():
+        with config.mlflow_scope(self.tracking_uri), mlflow.start_run():
             result, report = stylize_on_spark(self.settings(), SparkSession(sc))
         print(f"StylizeSpark: {summary_line(result)}")
         if result.failures:
             raise RuntimeError(f"{summary_line(result)} (report: {report})")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -118,7 +118,7 @@ def last_run_metrics(registry: Any) -> tuple[str, dict[str, float]]:
 
 
 def spark_job(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tasks.spark", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "tasks.run_spark", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=900)
 
 
