@@ -15,9 +15,6 @@ complete PUT per S3 object, a temporary sibling renamed into place in a local fo
 photo fails only its own row: the job finishes, writes ``_stylize-report-<style>.csv`` (key,
 error) beside the results and logs counts, throughput and peak memory to an MLflow run. When
 every photo is done it also writes ``_SUCCESS-<style>`` (the Luigi task's output).
-
-Exit status: 0 when every photo is stylized, 1 when one failed (the report says which and why)
-or the job could not run, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -49,8 +46,8 @@ from tasks.stylize import one_line
 
 DEFAULT_MASTER = "local[2]"
 # MLflow's spark_udf gets Arrow batches of spark.sql.execution.arrow.maxRecordsPerBatch rows
-# (Spark's default: 10,000). Photos are megabytes each and the model takes them one by one:
-# a few rows per batch keep memory flat and cost no speed.
+# (Spark's default: 10,000). Photos are megabytes each and the model takes them one at a time
+# anyway: a few rows per batch keep memory flat for little per-batch cost.
 DEFAULT_ARROW_BATCH = 4
 # Each Spark task loads the model once (~1 s in local mode): enough photos per task to hide it,
 # few enough that a lost task redoes little and progress stays visible.
