@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 # `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install demo test test-fast lint package serve docker-serving docker-batch clean
+.PHONY: install install-spark demo test test-fast lint package serve docker-serving docker-batch clean
 
 install: $(VENV)/.installed
 
@@ -15,16 +15,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[package,pipeline,dev]"
 	touch $@
 
+# Spark (tasks/spark.py, `mlflow run . -e stylize_spark`): pyspark, and Java 17 on PATH
+# (Debian: apt-get install -y openjdk-17-jre-headless; .ci/run does it). Not part of `make demo`.
+install-spark: $(VENV)/.installed-spark
+
+$(VENV)/.installed-spark: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[spark]"
+	touch $@
+
 demo: install  ## package the models if needed and stylize a bundled sample photo
 	$(PY) -m neuralstyle.demo
 
-test: install  ## lint, then every test (docker tests skip, with a reason, without an engine)
+test: install install-spark  ## lint, then every test (docker tests skip, with a reason, without an engine)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-test-fast: install  ## the inner loop: lint + the fast tests (no slow, integration or docker tests)
+test-fast: install  ## the inner loop: lint + the fast tests (no slow, integration, docker or spark tests)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -m "not slow and not integration and not docker"
+	$(PY) -m pytest -m "not slow and not integration and not docker and not spark"
 
 lint: install
 	$(PY) -m ruff check .

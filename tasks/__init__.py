@@ -3,6 +3,7 @@
     luigi --module tasks Stylize --image s3://bucket/photos/cat.jpg --style 7
     luigi --module tasks StylizeBatch --images s3://bucket/photos/ --results out/photos --workers 2
     luigi --module tasks S3Download --s3-path s3://bucket/photos/cat.jpg
+    luigi --module tasks StylizeSpark --images s3://photos/in/ --results s3://photos/out/  # Spark
     python -m tasks.run --image s3://bucket/photos/cat.jpg   # the same, logged as an MLflow run
 
 Importing this package registers the tasks with Luigi (so ``--module tasks`` finds them); it
@@ -23,6 +24,7 @@ from tasks.base import (
 )
 from tasks.batch import StylizeBatch, list_images
 from tasks.canvas import SubmitToCanvas, submit_file_to_canvas
+from tasks.spark import StylizeSpark
 from tasks.stylize import PublishStylized, Stylize, StylizeToCanvas
 from tasks.targets import (
     S3ObjectTarget,
@@ -42,6 +44,7 @@ __all__ = [
     "S3Upload",
     "Stylize",
     "StylizeBatch",
+    "StylizeSpark",
     "StylizeToCanvas",
     "SubmitToCanvas",
     "SuffixAtomicLocalTarget",

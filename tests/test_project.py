@@ -23,9 +23,12 @@ def entry_script(command: str) -> Path:
 
 
 def script_defaults(path: Path) -> dict[str, object]:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    if (path.parent / "__init__.py").exists():  # a module of a package (python -m pkg.mod)
+        module = importlib.import_module(".".join(path.relative_to(REPO).with_suffix("").parts))
+    else:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     parser = module.build_parser()
     return {action.dest: action.default for action in parser._actions if action.dest != "help"}
 
@@ -39,7 +42,7 @@ def same_default(mlproject_default: object, script_default: object) -> bool:
     return str(mlproject_default) == str(script_default)
 
 
-@pytest.mark.parametrize("entry", ["package_models", "stylize"])
+@pytest.mark.parametrize("entry", ["package_models", "stylize", "stylize_spark"])
 def test_mlproject_defaults_equal_script_defaults(entry: str) -> None:
     project = yaml.safe_load((REPO / "MLproject").read_text())
     spec_of_entry = project["entry_points"][entry]
@@ -67,7 +70,7 @@ def test_stylize_entry_runs_the_pipeline() -> None:
 def test_conda_env_pins_equal_pyproject() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = set(pyproject["dependencies"])
-    for extra in ("package", "pipeline"):
+    for extra in ("package", "pipeline", "spark"):
         wanted |= set(pyproject["optional-dependencies"][extra])
     conda = yaml.safe_load((REPO / "conda.yaml").read_text())
     pip = next(d for d in conda["dependencies"] if isinstance(d, dict))["pip"]
