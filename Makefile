@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install  ## package the models if needed and stylize a bundled sample photo
 	$(PY) -m neuralstyle.demo
 
-test: install  ## lint, then every test (docker tests skip, with a reason, without an engine)
+test: stack-install  ## lint, then every test (docker tests skip, with a reason, without an engine)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

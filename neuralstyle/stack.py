@@ -197,7 +197,9 @@ def _mlflow_command(s: Stack) -> list[str]:
 def _mlflow_env(s: Stack) -> dict[str, str]:
     return {**s.base_env(), **s.s3_env(),
             "MLFLOW_AUTH_CONFIG_PATH": str(s.secrets / "basic_auth.ini"),
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": s.secret("flask-secret-key")}
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": s.secret("flask-secret-key"),
+            # No GenAI job runner (seven huey processes): this stack runs no server-side jobs.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def _luigid_command(s: Stack) -> list[str]:
@@ -221,7 +223,7 @@ def _model_env(s: Stack) -> dict[str, str]:
 
     env = {**serve_env(s.url("mlflow"), REQUEST_TIMEOUT_S, LIMIT_CONCURRENCY), **s.base_env()}
     for name in list(env):  # nothing of the caller's AWS or MLflow identity
-        if name.startswith(("AWS_", "MLFLOW_TRACKING_")):
+        if name.startswith("AWS_") or name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_REGISTRY_URI"):
             del env[name]
     env.update(MLFLOW_TRACKING_USERNAME=MLFLOW_ADMIN,
                MLFLOW_TRACKING_PASSWORD=s.secret("mlflow-admin-password"))
@@ -502,29 +504,6 @@ def prepare(root: str | os.PathLike[str]) -> Stack:
                          "secretKey": s.secret("s3-secret-access-key")}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}, indent=2))
-    _write_secret(s, "basic_auth.ini", "\n".join([
-        "[mlflow]",
-        "default_permission = READ",
-        f"database_uri = {s.db_uri('mlflow_auth')}",
-        f"admin_username = {MLFLOW_ADMIN}",
-        f"admin_password = {s.secret('mlflow-admin-password')}",
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
-        "",
-    ]))
-    (root / "luigid" / "luigid.cfg").write_text("\n".join([
-        "# luigid of this stack (python -m neuralstyle.stack); the password is in the PGPASSFILE.",
-        "[scheduler]",
-        "record_task_history = true",
-        f"state_path = {root / 'luigid' / 'state.pickle'}",
-        "# A worker killed with -9 frees its running task after 20 s (default 60 s), and a",
-        "# failed task may run again after 10 s (default 900 s), so a rerun does not wait.",
-        "worker_disconnect_delay = 20",
-        "retry_delay = 10",
-        "",
-        "[task_history]",
-        f"db_connection = {s.db_uri('luigi')}",
-        "",
-    ]))
     _initdb(s)
     (root / "state.json").write_text(json.dumps({"ports": s.ports, "uid": s.uid, "gid": s.gid},
                                                 indent=2) + "\n")
@@ -534,6 +513,36 @@ def prepare(root: str | os.PathLike[str]) -> Stack:
 def _runs_as_service_user(s: Stack, command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(s.as_service_user(command), capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(s.root / "home")})
+
+
+def write_service_config(s: Stack) -> None:
+    """The auth app's ini (0600: holds the first admin password) and luigid's config, every start."""
+    _write_secret(s, "basic_auth.ini", "\n".join([
+        "[mlflow]",
+        "default_permission = READ",
+        f"database_uri = {s.db_uri('mlflow_auth')}",
+        f"admin_username = {MLFLOW_ADMIN}",
+        f"admin_password = {s.secret('mlflow-admin-password')}",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        "# Each request checks the password (PBKDF2, ~0.1 s on a busy 2-core machine); a model",
+        "# download is dozens of requests. A password change applies within this many seconds.",
+        "auth_cache_ttl_seconds = 30",
+        "",
+    ]))
+    (s.root / "luigid" / "luigid.cfg").write_text("\n".join([
+        "# luigid of this stack (python -m neuralstyle.stack); the password is in the PGPASSFILE.",
+        "[scheduler]",
+        "record_task_history = true",
+        f"state_path = {s.root / 'luigid' / 'state.pickle'}",
+        "# A worker killed with -9 frees its running task after 20 s (default 60 s), and a",
+        "# failed task may run again after 10 s (default 900 s), so a rerun does not wait.",
+        "worker_disconnect_delay = 20",
+        "retry_delay = 10",
+        "",
+        "[task_history]",
+        f"db_connection = {s.db_uri('luigi')}",
+        "",
+    ]))
 
 
 def _check_reachable(s: Stack) -> None:
@@ -707,6 +716,7 @@ def register_model(s: Stack) -> None:
 def up(root: str | os.PathLike[str], *, register: bool = True) -> Stack:
     """Start every service that is not running (first time: set everything up); return the stack."""
     s = prepare(root)
+    write_service_config(s)
     write_client_files(s)
     for service in SERVICES:
         if service.name == "model":
