@@ -477,3 +477,54 @@ def test_output_disk_full(stack, prefix, tmp_path):
         assert (mount / "first.jpg").read_bytes() == earlier
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def registry_versions(s: stack_mod.Stack) -> dict[str, object]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=s.url("mlflow"), registry_uri=s.url("mlflow"))
+    return {v.version: v for v in client.search_model_versions("name='style-transfer'")}
+
+
+def test_postgres_restarted_while_registering(stack, tmp_path, record_property, monkeypatch):
+    """A version is whole (files, tags, alias) or absent; a rerun finishes the job."""
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    env = client_env(stack)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, env[name])
+    before = registry_versions(stack)
+    log_path = tmp_path / "package.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "package_models.py", "--force"], cwd=REPO,
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    postgres = next(s for s in stack_mod.SERVICES if s.name == "postgres")
+    # The registry is written from here on: the model's files, the version, its tags, the alias.
+    wait_for(lambda: "Validating input example" in log_path.read_text(errors="replace"), 600,
+             "package_models.py to log the model")
+    stack_mod.stop_service(stack, postgres)
+    restarted_at = time.monotonic()
+    time.sleep(2)
+    stack_mod.start_service(stack, postgres)
+    code = proc.wait(timeout=900)
+    output = log_path.read_text(errors="replace")
+    if code != 0:  # the user saw an error: a rerun must finish the job
+        rerun = subprocess.run([sys.executable, "package_models.py"], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=900)
+        assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    recovered = time.monotonic() - restarted_at
+    record_property("recover_s", round(recovered, 1))
+    print(f"PostgreSQL restart: package_models exit {code}; recovered in {recovered:.1f} s;"
+          f" last lines: {output.strip().splitlines()[-2:]}")
+    after = registry_versions(stack)
+    for number, version in after.items():  # no half-made version, old or new
+        assert version.status == "READY", number
+        assert version.tags.get("fingerprint") and version.tags.get("weight_sha256"), number
+    champion = MlflowClient(tracking_uri=stack.url("mlflow"), registry_uri=stack.url("mlflow")
+                            ).get_model_version_by_alias("style-transfer", "champion")
+    assert champion.version in after
+    files = Path(download_artifacts(f"models:/style-transfer/{champion.version}",
+                                    dst_path=str(tmp_path / "model")))
+    assert (files / "MLmodel").is_file() and any(files.rglob("*.onnx"))
+    assert len(after) - len(before) <= 1  # the forced run made at most one version
