@@ -361,6 +361,20 @@ def test_kill_9_of_one_worker_mid_batch(stack, prefix, tmp_path, record_property
     assert max(running_events(stack, prefix).values()) <= 2
 
 
+def reenable_disabled(s: stack_mod.Stack, prefix: str) -> int:
+    """Re-enable the tasks luigid disabled after repeated failures (what its page's button does)."""
+    import json
+
+    url = s.url("luigid") + "/api/"
+    disabled = requests.get(url + "task_list", params={"data": json.dumps({"status": "DISABLED"})},
+                            timeout=10).json()["response"]
+    ours = [task_id for task_id, info in disabled.items() if prefix in json.dumps(info)]
+    for task_id in ours:
+        requests.post(url + "re_enable_task", data={"data": json.dumps({"task_id": task_id})},
+                      timeout=10).raise_for_status()
+    return len(ours)
+
+
 def test_kill_9_of_the_model_server_mid_batch(stack, prefix, tmp_path, record_property):
     """The worker's client names the server and the error; after a restart a rerun completes."""
     inputs = upload_photos(stack, prefix, 6)
@@ -378,7 +392,8 @@ def test_kill_9_of_the_model_server_mid_batch(stack, prefix, tmp_path, record_pr
                              str(STACK_DIR)], capture_output=True, text=True, cwd=REPO)
     assert status.returncode == 1 and re.search(r"^model .* DOWN", status.stdout, re.M)
     stack_mod.up(STACK_DIR)
-    time.sleep(30)  # luigid's disable_persist: the failed photos may be scheduled again
+    reenabled = reenable_disabled(stack, prefix)  # the page's "re-enable" button
+    print(f"kill -9 model server: re-enabled {reenabled} disabled tasks on luigid")
     rerun_folder = workdir(tmp_path, "rerun")
     rerun = start_worker(stack, rerun_folder, batch_command("tasks.run", prefix))
     assert rerun.wait(timeout=600) == 0, (rerun_folder / "worker.log").read_text()[-3000:]
