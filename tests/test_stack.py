@@ -406,7 +406,7 @@ def test_kill_9_of_the_model_server_mid_batch(stack, prefix, tmp_path, record_pr
 
 
 def test_s3_server_stopped_mid_transfer(stack, prefix, tmp_path, record_property):
-    """A download and an upload cut by the S3 server stopping: no partial file or object."""
+    """A download and an upload cut by the S3 server dying (kill -9): no partial file or object."""
     import boto3
     from botocore.config import Config
 
@@ -429,12 +429,13 @@ def test_s3_server_stopped_mid_transfer(stack, prefix, tmp_path, record_property
     dest.parent.mkdir()
     errors = {}
 
-    def cut(action):
+    def cut(action, started_when=lambda: True):
         import threading
 
         def stop_soon():
-            time.sleep(0.3)
-            stack_mod.stop_service(stack, s3_service)
+            wait_for(started_when, 60, "the transfer to start", step=0.01)
+            # kill -9: SIGTERM lets weed finish the requests in flight, which cuts nothing.
+            os.killpg(stack_mod.running_pid(stack, "s3"), signal.SIGKILL)
 
         thread = threading.Thread(target=stop_soon)
         thread.start()
@@ -447,8 +448,11 @@ def test_s3_server_stopped_mid_transfer(stack, prefix, tmp_path, record_property
     def download():
         download_s3_object(f"s3://photos/{key}", dest, client=client_plain)
 
+    def download_begun():  # the temporary file has bytes: the transfer is under way
+        return any(p.stat().st_size > 0 for p in dest.parent.glob("*-luigi-tmp-*"))
+
     started = time.monotonic()
-    cut(download)
+    cut(download, download_begun)
     stack_mod.start_service(stack, s3_service)
     assert "download" in errors, "the download finished before the server stopped"
     assert not dest.exists() and list(dest.parent.iterdir()) == []
@@ -550,6 +554,7 @@ def test_postgres_restarted_while_registering(stack, tmp_path, record_property, 
                             ).get_model_version_by_alias("style-transfer", "champion")
     assert champion.version in after
     files = Path(download_artifacts(f"models:/style-transfer/{champion.version}",
-                                    dst_path=str(tmp_path / "model")))
+                                    dst_path=str(tmp_path / "model"),
+                                    tracking_uri=stack.url("mlflow")))
     assert (files / "MLmodel").is_file() and any(files.rglob("*.onnx"))
     assert len(after) - len(before) <= 1  # the forced run made at most one version
