@@ -521,7 +521,7 @@ def test_postgres_restarted_while_registering(stack, tmp_path, record_property, 
     from mlflow.artifacts import download_artifacts
 
     env = client_env(stack)
-    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.setenv(name, env[name])
     before = registry_versions(stack)
     log_path = tmp_path / "package.log"
@@ -554,7 +554,6 @@ def test_postgres_restarted_while_registering(stack, tmp_path, record_property, 
                             ).get_model_version_by_alias("style-transfer", "champion")
     assert champion.version in after
     files = Path(download_artifacts(f"models:/style-transfer/{champion.version}",
-                                    dst_path=str(tmp_path / "model"),
-                                    tracking_uri=stack.url("mlflow")))
+                                    dst_path=str(tmp_path / "model")))
     assert (files / "MLmodel").is_file() and any(files.rglob("*.onnx"))
     assert len(after) - len(before) <= 1  # the forced run made at most one version
