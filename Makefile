@@ -5,7 +5,8 @@ PYTHON ?= python3.11
 # `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install install-spark demo test test-fast lint package serve docker-serving docker-batch clean
+.PHONY: install install-spark demo test test-fast lint package serve docker-serving docker-batch clean \
+	stack stack-status stack-down stack-install
 
 install: $(VENV)/.installed
 
@@ -26,13 +27,13 @@ $(VENV)/.installed-spark: $(VENV)/.installed
 demo: install  ## package the models if needed and stylize a bundled sample photo
 	$(PY) -m neuralstyle.demo
 
-test: install install-spark  ## lint, then every test (docker tests skip, with a reason, without an engine)
+test: install install-spark stack-install  ## lint, then every test (docker tests skip, with a reason, without an engine)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-test-fast: install  ## the inner loop: lint + the fast tests (no slow, integration, docker or spark tests)
+test-fast: install  ## the inner loop: lint + the fast tests (no slow, integration, docker, spark or stack tests)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -m "not slow and not integration and not docker and not spark"
+	$(PY) -m pytest -m "not slow and not integration and not docker and not spark and not stack"
 
 lint: install
 	$(PY) -m ruff check .
@@ -52,6 +53,25 @@ docker-serving: install  ## build (or reuse) the serving image style-transfer (d
 
 docker-batch: install  ## build (or reuse) the batch image stylize from ./Dockerfile
 	$(PY) -m neuralstyle.images batch
+
+# The production-shaped stack (PostgreSQL, SeaweedFS S3, mlflow server with auth, luigid, the
+# model server), all state in stack/; then `. stack/env` points every command at it.
+stack-install: $(VENV)/.stack-installed
+
+$(VENV)/.stack-installed: $(VENV)/.installed
+	@command -v /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1 || \
+		{ echo "installing PostgreSQL (Debian package postgresql)"; apt-get update -qq && apt-get install -y -qq postgresql; }
+	$(PY) -m pip install --quiet -e ".[package,pipeline,dev,stack]"
+	touch $@
+
+stack: stack-install  ## start (or restart) the stack; registers the model the first time
+	$(PY) -m neuralstyle.stack up
+
+stack-status: install  ## each service of the stack, its address and health
+	$(PY) -m neuralstyle.stack status
+
+stack-down: install  ## stop every service of the stack (its data stays in stack/)
+	$(PY) -m neuralstyle.stack down
 
 clean:
 	rm -rf out data .pytest_cache .ruff_cache

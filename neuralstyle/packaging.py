@@ -333,6 +333,7 @@ def package_models(
         if existing is not None and not force:
             log.info("unchanged: %s version %s already holds these weights and code",
                      model_name, existing.version)
+            _finish_alias(client, model_name, alias, existing.version)
             return PackageResult(model_name, existing.version, False, existing.run_id, {}, fp)
         staging = Path(tmp) / "networks"
         staging.mkdir()
@@ -359,9 +360,7 @@ def package_models(
                 signature=signature(),
                 input_example=input_example(),
                 pip_requirements=serving_requirements(),
-                registered_model_name=model_name,
             )
-            version = str(info.registered_model_version)
             tags = {
                 "weight_sha256": weights.MULTISTYLE26.sha256,
                 "weight_source": weights.MULTISTYLE26.source,
@@ -370,13 +369,26 @@ def package_models(
                 "fingerprint": fp,
                 "styles": ",".join(catalog.names()),
             }
-            for key, value in tags.items():
-                client.set_model_version_tag(model_name, version, key, value)
+            # One request creates the version with its tags (one database transaction): a
+            # registry failing mid-way leaves a whole version or none, never one without its
+            # fingerprint that a rerun could not recognise.
+            version = str(mlflow.register_model(info.model_uri, model_name, tags=tags).version)
             client.set_registered_model_alias(model_name, alias, version)
             metrics["packaging_seconds"] = time.perf_counter() - started
             metrics["model_size_mb"] = _dir_size(staging) / 1e6
             mlflow.log_metrics(metrics)
         return PackageResult(model_name, version, True, run.info.run_id, metrics, fp)
+
+
+def _finish_alias(client, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version`` when it points nowhere (an earlier run died before it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        log.info("%s@%s was missing: set to version %s", name, alias, version)
+        client.set_registered_model_alias(name, alias, version)
 
 
 def _dir_size(path: Path) -> int:
