@@ -30,7 +30,9 @@ def test_stylize_a_local_file(registry, photos, tmp_path) -> None:
     assert "wrote out/cat-7.png (451x300, style style-07" in proc.stdout
     got = decode_rgb((tmp_path / "out" / "cat-7.png").read_bytes())
     assert max_level_diff(got, oracle_uint8(decode_rgb(photos["chelsea"]), "7")) <= 1
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cat-7.png"]
+    # The result and its lineage, nothing half-written beside them.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cat-7.png",
+                                                                     "cat-7.png.lineage.json"]
 
 
 def _bad_inputs(photos: dict[str, bytes], tmp: Path) -> dict[str, tuple[str, str]]:

@@ -29,7 +29,10 @@ def multistyle():
 @pytest.mark.parametrize("style", ["0", "7", "19", "3:0.5,12:0.5"])
 def test_multistyle_matches_original_graph(multistyle, photo: str, style: str) -> None:
     rgb = sample_rgb(photo)
-    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)[None] / 255.0).astype("f4"))
+    # Both sides see the same input: padded to a multiple of 4 as the served model and the
+    # oracle (the original pipeline) do; odd sides would otherwise come back stretched.
+    padded = np.pad(rgb, ((0, -rgb.shape[0] % 4), (0, -rgb.shape[1] % 4), (0, 0)), mode="reflect")
+    x = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)[None] / 255.0).astype("f4"))
     with torch.no_grad():
         ours = multistyle(x, torch.from_numpy(Catalog().resolve(style).weights)).numpy()
     ours = ours[0, :, : rgb.shape[0], : rgb.shape[1]].transpose(1, 2, 0)
