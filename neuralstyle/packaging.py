@@ -37,7 +37,7 @@ PARITY_STYLES = ("0", "7", "19", "3:0.5,12:0.5")
 # their hash is the version's code_version, so a change to any of them makes a new version.
 MODEL_FILES = (
     "__init__.py", "errors.py", "imaging.py", "styles.py", "pyfunc_model.py", "model_code.py",
-    "networks.py", "weights.py", "packaging.py", "config.py",
+    "networks.py", "weights.py", "packaging.py", "config.py", "arbitrary.py", "painting.py",
 )
 
 
@@ -104,14 +104,16 @@ def parity_against_original(net, onnx_path: Path, photos: dict[str, np.ndarray])
     return worst
 
 
-def export_onnx(module, example: tuple, path: Path, input_names: list[str]) -> None:
-    """torch.onnx (dynamo exporter) with dynamic height and width; the image is input 0."""
+def export_onnx(
+    module, example: tuple, path: Path, input_names: list[str], dynamic: bool = True
+) -> None:
+    """torch.onnx (dynamo exporter) with dynamic height and width of input 0 (or fixed shapes)."""
     import torch
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     height = torch.export.Dim("height", min=32, max=8192)
     width = torch.export.Dim("width", min=32, max=8192)
-    shapes = ({2: height, 3: width},) + (None,) * (len(example) - 1)
+    shapes = ({2: height, 3: width},) + (None,) * (len(example) - 1) if dynamic else None
     # The exporter's optimizer prints every pass to stdout; keep the CLI output readable.
     with contextlib.redirect_stdout(io.StringIO()):
         torch.onnx.export(
@@ -153,7 +155,7 @@ def plan_catalog(
     from neuralstyle import weights
     from neuralstyle.networks import load_transformer_checkpoint
 
-    catalog = Catalog(aliases=aliases)
+    catalog = Catalog(aliases=aliases, arbitrary=dict(ARBITRARY_FILES))
     paths: dict[str, Path] = {}
     for source in checkpoints:
         name = validate_network_name(Path(source).stem.lower())
@@ -210,11 +212,40 @@ def build_networks(
         )
         params[f"checkpoint_{name}_sha256"] = catalog.networks[name]["sha256"]
         params[f"checkpoint_{name}_source"] = catalog.networks[name]["source"]
+    metrics.update(build_arbitrary(staging, catalog))
+    params["arbitrary_predict_sha256"] = weights.ARBITRARY_PREDICT.sha256
+    params["arbitrary_transform_sha256"] = weights.ARBITRARY_TRANSFORM.sha256
     worst_export = max(v for k, v in metrics.items() if k.startswith("export_max_abs_diff"))
     if worst_export > EXPORT_TOLERANCE:
         raise RuntimeError(f"ONNX export differs from PyTorch by {worst_export:.2e} > {EXPORT_TOLERANCE}")
     (staging / "catalog.json").write_text(catalog.to_json())
     return metrics, params
+
+
+ARBITRARY_FILES = {"predict": "arbitrary_predict.onnx", "transform": "arbitrary_transform.onnx"}
+
+
+def build_arbitrary(staging: Path, catalog: Catalog) -> dict[str, float]:
+    """Rebuild, export and check the arbitrary-style pair (painting -> vector, photo + vector)."""
+    import torch
+
+    from neuralstyle.arbitrary import STYLE_DIM, STYLE_SIZE, load_arbitrary
+
+    predictor, transformer = load_arbitrary()
+    painting = torch.rand(1, 3, STYLE_SIZE, STYLE_SIZE)
+    export_onnx(predictor, (painting,), staging / ARBITRARY_FILES["predict"], ["painting"],
+                dynamic=False)
+    vector = predictor(painting).detach()
+    export_onnx(transformer, (torch.rand(1, 3, 64, 96), vector),
+                staging / ARBITRARY_FILES["transform"], ["image", "style_vector"])
+    with torch.no_grad():
+        return {
+            "export_max_abs_diff_arbitrary_predict": export_error(
+                predictor, staging / ARBITRARY_FILES["predict"], [(torch.rand(1, 3, 256, 256),)]),
+            "export_max_abs_diff_arbitrary_transform": export_error(
+                transformer, staging / ARBITRARY_FILES["transform"],
+                [(torch.rand(1, 3, h, w), torch.randn(1, STYLE_DIM)) for h, w in ((96, 132), (128, 128))]),
+        }
 
 
 def fingerprint(catalog: Catalog) -> str:
@@ -223,6 +254,7 @@ def fingerprint(catalog: Catalog) -> str:
 
     payload = {
         "weights": weights.MULTISTYLE26.sha256,
+        "arbitrary_weights": [weights.ARBITRARY_PREDICT.sha256, weights.ARBITRARY_TRANSFORM.sha256],
         "catalog": json.loads(catalog.to_json()),
         "code": code_version(),
         "requirements": serving_requirements(),
@@ -297,7 +329,11 @@ def signature():
 
     dtypes = {int: "long", float: "double", bool: "boolean", str: "string"}
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "image"), ColSpec("string", "style")]),
+        inputs=Schema([
+            ColSpec("string", "image"),
+            ColSpec("string", "style", required=False),  # may be absent when style_image is given
+            ColSpec("string", "style_image", required=False),  # base64 of a painting
+        ]),
         outputs=Schema([
             ColSpec("string", "image"), ColSpec("long", "width"), ColSpec("long", "height"),
             ColSpec("string", "style"), ColSpec("string", "model"),
