@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 # `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install demo test test-fast lint package serve docker-serving docker-batch clean
+.PHONY: install demo test test-fast lint package serve docker-serving docker-batch clean bench-arbitrary
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,9 @@ docker-serving: install  ## build (or reuse) the serving image style-transfer (d
 
 docker-batch: install  ## build (or reuse) the batch image stylize from ./Dockerfile
 	$(PY) -m neuralstyle.images batch
+
+bench-arbitrary: install  ## latency of a painting as the style at 384 and 1024 px (bench/results/arbitrary.md)
+	$(PY) bench/arbitrary.py
 
 clean:
 	rm -rf out data .pytest_cache .ruff_cache

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one line per exporter pass
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # one line per folded node
     style_map = args.style_map or None
     if style_map == config.DEFAULT_STYLE_MAP and not Path(style_map).exists():
         style_map = str(Path(__file__).resolve().parent / config.DEFAULT_STYLE_MAP)
