@@ -76,6 +76,8 @@ class StyleNorm(nn.Module):
         q, n, sp = self.q, self.name + "/StyleNorm", "style_params/" + self.name + "/StyleNorm"
         beta = q(self.Conv(style), sp + "/Conv/BiasAdd_quantize")
         gamma = q(self.Conv_1(style), sp + "/Conv_1/BiasAdd_quantize")
+        if not q.table:  # float: the same maths, exported as one InstanceNormalization
+            return F.instance_norm(x, weight=gamma.flatten(), bias=beta.flatten(), eps=EPS)
         mean = q(x.mean(dim=(2, 3), keepdim=True), n + "/moments/mean_quantize")
         squared = q((x - mean) ** 2, n + "/moments/SquaredDifference_int8")
         var = q(squared.mean(dim=(2, 3), keepdim=True), n + "/moments/variance_quantize")

@@ -136,7 +136,6 @@ class Engine:
             out = self.multistyle.run(None, feeds, options)[0]
         return out[0, :, :height, :width].transpose(1, 2, 0)
 
-
     def style_vector(self, square: np.ndarray) -> np.ndarray:
         """A painting prepared as [256, 256, 3] in 0..1 -> its style vector [100]."""
         if "predict" not in self.arbitrary:
@@ -190,10 +189,8 @@ def stylize_row(
     original = imaging.decode_image(imaging.b64decode(image_b64, what), what, params.max_size)
     original = imaging.fit_within(original, params.max_size, what)  # modes decode did not fit
     if style.style_vector is not None:  # a painting: strength mixes style vectors, not pixels
-        style_used = painting.with_strength(style, original, params.strength, engine.style_vector)
-        out = engine.run(original, style_used)
-    else:
-        out = engine.run(original, style)
+        style = painting.with_strength(style, original, params.strength, engine.style_vector)
+    out = engine.run(original, style)
     if params.preserve_color:
         out = imaging.preserve_colors(out, original)
     if params.strength < 1.0 and style.style_vector is None:
