@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         model.predict(frame, params={"max_size": size})
         return time.perf_counter() - started
 
+    load_before = os.getloadavg()[0]
     cases = ("cold painting", "cached painting", "style 7")
     timings: dict[tuple[int, str], list[float]] = {(s, c): [] for s in SIZES for c in cases}
     for size in SIZES:
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Arbitrary style (a painting as `style_image`): in-process latency",
         "",
         f"Command: `{shlex.join(['python', 'bench/arbitrary.py', *(argv or sys.argv[1:])])}`  ",
-        f"CPU: {cpu_model()} ({os.cpu_count()} cores), load average before: "
-        f"{os.getloadavg()[0]:.2f}, precision: exact (fp32, onnxruntime)  ",
+        f"CPU: {cpu_model()} ({os.cpu_count()} cores), 1-minute load average before "
+        f"{load_before:.2f}, after {os.getloadavg()[0]:.2f}; precision: exact (fp32, onnxruntime)  ",
         f"Photo: scikit-image `{LARGE_PHOTO}` resized to a square of each size, PNG in, JPEG out; "
         "painting: `immunohistochemistry` (512x512 PNG). Medians of "
         f"{args.runs} runs (min in brackets).",
