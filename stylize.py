@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"or a blend '3:0.5,12:0.5' (default: {config.DEFAULT_STYLE}, none "
                              "with --style-image)")
     parser.add_argument("--style-image", default=None,
-                        help="any painting (JPEG, PNG, ...) as the style, instead of --style; "
-                             "--strength then mixes its style with the photo's own "
+                        help="any painting (JPEG, PNG, ...) as the style instead of a style "
+                             "name; strength then mixes its style with the photo's own "
                              "(default: none)")
     parser.add_argument("--output", default=None,
                         help="output file; its suffix (.jpg/.png/.webp) sets the format "
