@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install install-spark demo test test-fast lint package serve docker-serving docker-batch clean \
-	stack stack-status stack-down stack-install
+	stack stack-status stack-down stack-install bench-arbitrary
 
 install: $(VENV)/.installed
 
@@ -72,6 +72,9 @@ stack-status: install  ## each service of the stack, its address and health
 
 stack-down: install  ## stop every service of the stack (its data stays in stack/)
 	$(PY) -m neuralstyle.stack down
+
+bench-arbitrary: install  ## latency of a painting as the style at 384 and 1024 px (bench/results/arbitrary.md)
+	$(PY) bench/arbitrary.py
 
 clean:
 	rm -rf out data .pytest_cache .ruff_cache

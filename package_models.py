@@ -2,6 +2,7 @@
 
     python package_models.py                       # 26 styles -> models:/style-transfer@champion
     python package_models.py --checkpoint candy.pth   # + a pytorch/examples checkpoint as "candy"
+    python package_models.py --style-image starry=starry.jpg   # + a named painting "starry"
     mlflow run . -e package_models --env-manager local
 """
 
@@ -28,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", action="append", default=[],
                         help="pytorch/examples fast_neural_style .pth (path or s3:// URI); served "
                              "as a style named after the file stem; repeatable (default: none)")
+    parser.add_argument("--style-image", action="append", default=[], metavar="NAME=PATH",
+                        help="a named painting (path or s3:// URI) stored with the version as a "
+                             "style vector, so style=NAME works without sending it; repeatable "
+                             "(default: none)")
     parser.add_argument("--style-map", default=config.DEFAULT_STYLE_MAP,
                         help="JSON file naming favourite styles and blends; '' for none "
                              "(default: %(default)s)")
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one line per exporter pass
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # one line per folded node
     style_map = args.style_map or None
     if style_map == config.DEFAULT_STYLE_MAP and not Path(style_map).exists():
         style_map = str(Path(__file__).resolve().parent / config.DEFAULT_STYLE_MAP)
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = package_models(
             model_name=args.model_name, alias=args.alias, checkpoints=args.checkpoint,
-            style_map=style_map, force=args.force,
+            style_map=style_map, force=args.force, style_images=args.style_image,
             tracking_uri=args.tracking_uri, experiment=args.experiment,
         )
     except Exception as exc:

@@ -2,6 +2,7 @@
 
     python stylize.py --image photo.jpg --style 7 --output out.jpg
     python stylize.py --server-url http://127.0.0.1:5001 --image photo.jpg --style 3:0.5,12:0.5
+    python stylize.py --image photo.jpg --style-image painting.jpg   # any painting as the style
 
 Exit status: 0 on success, 2 for bad input (the message names the input and the problem; no
 output file is left), 1 when the model or server fails.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from neuralstyle import config
 from neuralstyle.pyfunc_model import DEFAULT_PARAMS
@@ -22,9 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--image", required=True, help="input photo (JPEG, PNG, WebP, ...)")
-    parser.add_argument("--style", default=config.DEFAULT_STYLE,
-                        help="index 0..25, a name (style-07, an alias, candy) or a blend "
-                             "'3:0.5,12:0.5' (default: %(default)s)")
+    parser.add_argument("--style", default=None,
+                        help="index 0..25, a name (style-07, an alias, candy, a named painting) "
+                             f"or a blend '3:0.5,12:0.5' (default: {config.DEFAULT_STYLE}, none "
+                             "with --style-image)")
+    parser.add_argument("--style-image", default=None,
+                        help="any painting (JPEG, PNG, ...) as the style instead of a style "
+                             "name; strength then mixes its style with the photo's own "
+                             "(default: none)")
     parser.add_argument("--output", default=None,
                         help="output file; its suffix (.jpg/.png/.webp) sets the format "
                              "(default: out/<image stem>-<style>.jpg)")
@@ -54,12 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     from neuralstyle.errors import is_input_error
     from neuralstyle.inference import default_output, make_predictor, stylize_file
 
-    output = args.output or default_output(args.image, args.style)
+    style = args.style if args.style is not None else (
+        "" if args.style_image else config.DEFAULT_STYLE)
+    label = style or Path(args.style_image).stem
+    output = args.output or default_output(args.image, label)
     params = {"max_size": args.max_size, "strength": args.strength,
               "preserve_color": args.preserve_color, "quality": args.quality}
     try:
         predictor = make_predictor(args.model_uri, args.server_url, args.tracking_uri)
-        result = stylize_file(args.image, output, args.style, predictor, params)
+        result = stylize_file(args.image, output, style, predictor, params,
+                              style_image=args.style_image)
     except Exception as exc:
         message = " ".join(str(getattr(exc, "message", None) or exc).split())
         print(f"stylize: error: {message}", file=sys.stderr)

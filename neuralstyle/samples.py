@@ -7,14 +7,17 @@ import io
 import numpy as np
 
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
+LARGE_PHOTO = "retina"  # 1411x1411, the only bundled photo above 1024 px (full-resolution checks)
+# Real textures and colourful images bundled in scikit-image, used as style images ("paintings").
+PAINTINGS = ("hubble_deep_field", "immunohistochemistry", "brick", "gravel", "grass")
 
 
 def sample_rgb(name: str = "chelsea") -> np.ndarray:
     """A bundled photo as uint8 RGB [H, W, 3]."""
     from skimage import data
 
-    if name not in SAMPLES:
-        raise ValueError(f"sample {name!r} is not one of {', '.join(SAMPLES)}")
+    if name not in (*SAMPLES, LARGE_PHOTO):
+        raise ValueError(f"sample {name!r} is not one of {', '.join((*SAMPLES, LARGE_PHOTO))}")
     return np.ascontiguousarray(getattr(data, name)()[..., :3])
 
 
@@ -24,4 +27,25 @@ def sample_jpeg(name: str = "chelsea", quality: int = 95) -> bytes:
 
     out = io.BytesIO()
     Image.fromarray(sample_rgb(name)).save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def sample_painting(name: str = "hubble_deep_field") -> np.ndarray:
+    """A bundled texture or colourful image as uint8 RGB [H, W, 3] (grey ones stacked to RGB)."""
+    from skimage import data
+
+    if name not in PAINTINGS:
+        raise ValueError(f"painting {name!r} is not one of {', '.join(PAINTINGS)}")
+    rgb = getattr(data, name)()
+    if rgb.ndim == 2:
+        rgb = np.stack([rgb] * 3, axis=-1)
+    return np.ascontiguousarray(rgb[..., :3])
+
+
+def encode(rgb: np.ndarray, fmt: str = "PNG") -> bytes:
+    """uint8 RGB -> encoded image bytes (PNG by default: lossless, so parity is exact input)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, fmt)
     return out.getvalue()

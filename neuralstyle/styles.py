@@ -33,6 +33,7 @@ class Resolved:
     label: str
     weights: np.ndarray | None = None  # float32 [26], sums to 1
     network: str | None = None
+    style_vector: np.ndarray | None = None  # float32 [100]: a painting (arbitrary networks)
 
 
 @dataclass
@@ -42,30 +43,38 @@ class Catalog:
     multistyle_file: str = "multistyle26.onnx"
     networks: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {file, sha256..}
     aliases: dict[str, str] = field(default_factory=dict)  # user name -> style spec
+    # The arbitrary-style pair: {"predict": file, "transform": file} (absent in older versions).
+    arbitrary: dict[str, str] = field(default_factory=dict)
+    # Named paintings: name -> {"vector": [100 floats], "source": uri, "sha256": of the file}.
+    paintings: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
             {"multistyle_file": self.multistyle_file, "networks": self.networks,
-             "aliases": self.aliases},
+             "aliases": self.aliases, "arbitrary": self.arbitrary, "paintings": self.paintings},
             indent=2, sort_keys=True,
         )
 
     @classmethod
     def load(cls, path: str | Path) -> Catalog:
         data = json.loads(Path(path).read_text())
-        return cls(data["multistyle_file"], data.get("networks", {}), data.get("aliases", {}))
+        return cls(data["multistyle_file"], data.get("networks", {}), data.get("aliases", {}),
+                   data.get("arbitrary", {}), data.get("paintings", {}))
 
     def names(self) -> list[str]:
         """Every name a request may use, for error messages and docs."""
         return [style_name(i) for i in range(N_STYLES)] + sorted(self.networks) + sorted(
             self.aliases
-        )
+        ) + sorted(self.paintings)
 
     def resolve(self, spec: str) -> Resolved:
         """Parse a style spec; unknown names and malformed blends raise a clear error."""
         if not isinstance(spec, str) or not spec.strip():
             raise StyleInputError(f"style must be a non-empty string, got {spec!r}")
         spec = spec.strip()
+        if spec in self.paintings:
+            vector = np.asarray(self.paintings[spec]["vector"], np.float32)
+            return Resolved(spec, style_vector=vector)
         if spec in self.aliases:
             resolved = self._resolve_plain(self.aliases[spec], alias_of=spec)
             return Resolved(spec, resolved.weights, resolved.network)
@@ -87,7 +96,7 @@ class Catalog:
             index = int(token)
         elif re.fullmatch(r"style-\d{2}", token):
             index = int(token[6:])
-        elif token in self.networks:
+        elif token in self.networks or token in self.paintings:
             raise StyleInputError(
                 f"{where}: {token!r} is a separate network and cannot be blended; blends mix "
                 f"the 26 built-in styles (0..25)"

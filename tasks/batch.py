@@ -117,6 +117,7 @@ class StylizeBatch(luigi.WrapperTask):
     )
     # The per-photo settings are Stylize's own parameters (same names, defaults and help).
     style = Stylize.style
+    style_image = Stylize.style_image
     executor = Stylize.executor
     model_uri = Stylize.model_uri
     server_url = Stylize.server_url
@@ -148,14 +149,15 @@ class StylizeBatch(luigi.WrapperTask):
         """The Stylize parameters every photo of the batch shares."""
         return {
             name: getattr(self, name)
-            for name in ("style", "executor", "model_uri", "server_url", "tracking_uri",
+            for name in ("style", "style_image", "executor", "model_uri", "server_url", "tracking_uri",
                          "max_size", "strength", "preserve_color", "quality", "force")
         }
 
     def requires(self) -> list[luigi.Task]:
         tasks: list[luigi.Task] = []
         for image in self.photos():
-            where = result_location(image, self.images, self.results, self.style, self.suffix)
+            label = Path(str(self.style_image)).stem if self.style_image else self.style
+            where = result_location(image, self.images, self.results, label, self.suffix)
             if where.startswith("s3://"):
                 staging = str(mirror_path(where, self.staging_root))
                 tasks.append(PublishStylized(

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="s3://bucket/key or a path; many: s3://bucket/prefix/ or a folder")
     parser.add_argument("--style", default=config.DEFAULT_STYLE,
                         help="index 0..25, a name or a blend '3:0.5,12:0.5' (default: %(default)s)")
+    parser.add_argument("--style-image", type=_optional, default=None,
+                        help="a painting as the style instead of --style: s3://bucket/key or a "
+                             "path (default: none)")
     parser.add_argument("--output", type=_optional, default=None,
                         help="result file or s3:// key; for many photos a folder or s3:// prefix "
                              "(default: out/<image stem>-<style>.jpg; many: out/)")
@@ -106,7 +109,8 @@ def photo_settings(args: argparse.Namespace, executor: str | None, server_url: s
                    ) -> dict[str, Any]:
     """The Stylize parameters from the command line."""
     return {
-        "style": args.style, "executor": executor, "model_uri": args.model_uri,
+        "style": args.style, "style_image": args.style_image, "executor": executor,
+        "model_uri": args.model_uri,
         "server_url": server_url, "tracking_uri": args.tracking_uri,
         "max_size": args.max_size, "strength": args.strength,
         "preserve_color": args.preserve_color, "quality": args.quality, "force": args.force,

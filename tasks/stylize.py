@@ -63,10 +63,15 @@ class Stylize(ForceableTask):
         description=f"style index 0..25, a name or a blend '3:0.5,12:0.5' "
         f"(default: {config.DEFAULT_STYLE})",
     )
+    style_image = luigi.OptionalParameter(
+        default=None,
+        description="a painting as the style instead of style: s3://bucket/key or a local path, "
+        "fetched like the photo (default: none)",
+    )
     output_path = luigi.OptionalParameter(
         default=None,
         description="result file; its suffix (.jpg/.png/.webp) sets the format "
-        "(default: out/<image stem>-<style>.jpg)",
+        "(default: out/<image stem>-<style or painting stem>.jpg)",
     )
     executor = luigi.OptionalChoiceParameter(
         default=None, choices=EXECUTORS, var_type=str,
@@ -122,7 +127,12 @@ class Stylize(ForceableTask):
 
     def output_file(self) -> str:
         """The result path: ``output_path``, else derived from the image and style only."""
-        return self.output_path or default_output(self.image, self.style)
+        label = Path(str(self.style_image)).stem if self.style_image else self.style
+        return self.output_path or default_output(self.image, label)
+
+    def request_style(self) -> str:
+        """The style sent with the photo: none when a painting is the style."""
+        return "" if self.style_image else self.style
 
     def model_params(self) -> dict[str, Any]:
         """Per-request params of the model contract (the format follows the output suffix)."""
@@ -133,10 +143,24 @@ class Stylize(ForceableTask):
             "quality": self.quality,
         }
 
-    def requires(self) -> luigi.Task:
-        if str(self.image).startswith("s3://"):
-            return S3Download(s3_path=self.image, force=self.force)
-        return LocalFileExists(path=self.image)
+    def requires(self) -> luigi.Task | dict[str, luigi.Task]:
+        photo = self.fetch(self.image)
+        if self.style_image:
+            return {"image": photo, "style_image": self.fetch(self.style_image)}
+        return photo
+
+    def fetch(self, location: str) -> luigi.Task:
+        """The task that provides a local copy: the atomic, size-checked S3 download or the file."""
+        if str(location).startswith("s3://"):
+            return S3Download(s3_path=location, force=self.force)
+        return LocalFileExists(path=location)
+
+    def local_inputs(self) -> tuple[Path, Path | None]:
+        """The local photo and, when a painting is the style, the local painting."""
+        if not self.style_image:
+            return local_input_path(self), None
+        inputs = self.input()
+        return Path(inputs["image"].path), Path(inputs["style_image"].path)
 
     def output(self) -> SuffixAtomicLocalTarget:
         return SuffixAtomicLocalTarget(self.output_file(), format=luigi.format.Nop)
@@ -160,21 +184,23 @@ class Stylize(ForceableTask):
     def run(self) -> None:
         from neuralstyle.inference import stylize_file
 
-        source = local_input_path(self)
+        source, painting = self.local_inputs()
         try:
             with self.predictor() as predictor:
                 # stylize_file writes through a suffix-keeping temporary, like this target.
                 self.result = stylize_file(
-                    source, self.output_file(), self.style, predictor, self.model_params(),
-                    input_uri=str(self.image), model_uri=self.model_uri,
-                    tracking_uri=self.tracking_uri,
+                    source, self.output_file(), self.request_style(), predictor,
+                    self.model_params(), input_uri=str(self.image), model_uri=self.model_uri,
+                    tracking_uri=self.tracking_uri, style_image=painting,
+                    style_image_uri=str(self.style_image) if self.style_image else None,
                 )
         except Exception as exc:
-            bad_photo = is_input_error(exc) and str(source) in one_line(exc)
-            if bad_photo and str(self.image).startswith("s3://"):
-                # The local copy of a bad photo is useless: drop it, so that a rerun after the
-                # photo is fixed in S3 downloads it again instead of failing on the stale copy.
-                source.unlink(missing_ok=True)
+            for local, remote in ((source, self.image), (painting, self.style_image)):
+                bad = local is not None and is_input_error(exc) and str(local) in one_line(exc)
+                if bad and str(remote).startswith("s3://"):
+                    # The local copy of a bad photo (or painting) is useless: drop it, so that a
+                    # rerun after it is fixed in S3 downloads it again instead of failing on it.
+                    local.unlink(missing_ok=True)
             raise
         logger.info(
             "stylized %s -> %s (%dx%d, %s, %.2f s, executor %s)", self.image, self.output_file(),

@@ -34,8 +34,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     cwd = os.getcwd()
     os.chdir(root)  # artifacts go to <root>/mlruns, never into the repo
+    from neuralstyle.samples import encode, sample_painting
+
+    stain = root / "stain.png"  # a named painting ships with the version: style=stain
+    stain.write_bytes(encode(sample_painting("immunohistochemistry")))
     try:
-        result = package_models(style_map=str(REPO / "styles.json"), tracking_uri=uri)
+        result = package_models(style_map=str(REPO / "styles.json"), tracking_uri=uri,
+                                style_images=[f"stain={stain}"])
     finally:
         os.chdir(cwd)
     yield Registry(uri, root, "models:/style-transfer@champion", result.version, result.metrics)

@@ -184,7 +184,7 @@ def _bad_requests(photos: dict[str, bytes]) -> dict[str, tuple[dict | str, str, 
                           "style 'vangogh' is unknown: use an index 0..25", 400),
         "style-out-of-range": (split_body([(ok, "26")]), "index 26 is out of range 0..25", 400),
         "missing-column": ({"dataframe_split": {"columns": ["image"], "data": [[b64(ok)]]}},
-                           "Model is missing inputs ['style']", 400),
+                           "input is missing column(s) ['style']", 400),
         "too-large": (split_body([(_png((10_000, 10_000), "1"), "7")]),
                       "image (row 0) is too large: Image size (100000000 pixels) exceeds limit "
                       "of 89478485 pixels", 400),
