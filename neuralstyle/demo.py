@@ -25,7 +25,8 @@ from neuralstyle import config, lineage
 BUCKET = "stylize-demo"
 KEY = "photos/chelsea.jpg"
 OUTPUT = Path("out") / "chelsea-7.jpg"
-EXPERIMENT = "stylize-demo"
+# Beside the packaging runs: MLflow's UI links a run to the model it used only within one experiment.
+EXPERIMENT = config.DEFAULT_EXPERIMENT
 FAKE_AWS = {  # moto accepts any credentials; these keep boto3 away from real ones
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -80,12 +81,14 @@ def upload_sample(endpoint: str) -> str:
     return f"s3://{BUCKET}/{KEY}"
 
 
-def pipeline_command(image: str, server_url: str) -> list[str]:
-    """The ``mlflow run`` command a user would type, with this interpreter."""
+def pipeline_command(image: str, server_url: str, model_uri: str) -> list[str]:
+    """The ``mlflow run`` command a user would type, with this interpreter; ``model_uri`` names
+    the version the server holds, so the run records (and links) it."""
     return [
         sys.executable, "-m", "mlflow", "run", ".", "-e", "stylize", "--env-manager", "local",
         "--experiment-name", EXPERIMENT, "-P", f"image={image}", "-P", f"style={config.DEFAULT_STYLE}",
         "-P", f"output={OUTPUT}", "-P", "executor=server", "-P", f"server_url={server_url}",
+        "-P", f"model_uri={model_uri}",
     ]
 
 
@@ -115,12 +118,13 @@ def run_demo(uri: str, version: str) -> int:
     OUTPUT.unlink(missing_ok=True)
     Path("data", BUCKET, *KEY.split("/")).unlink(missing_ok=True)
     started = time.perf_counter()
-    with s3_server() as endpoint, serve_model(config.DEFAULT_MODEL_URI, tracking_uri=uri) as url:
+    pinned = f"models:/{config.DEFAULT_MODEL_NAME}/{version}"  # what the server holds, exactly
+    with s3_server() as endpoint, serve_model(pinned, tracking_uri=uri) as url:
         print(f"model:  {config.DEFAULT_MODEL_URI} (version {version}) in {uri}, "
               f"served by mlflow models serve at {url}")
         image = upload_sample(endpoint)
         print(f"input:  {image} (moto S3 server at {endpoint})")
-        command = pipeline_command(image, url)
+        command = pipeline_command(image, url, pinned)
         print("running: " + shlex.join(["mlflow", *command[3:]]), flush=True)
         proc = subprocess.run(command, env=pipeline_env(endpoint, uri))
     if proc.returncode != 0:
@@ -130,7 +134,9 @@ def run_demo(uri: str, version: str) -> int:
     print(f"result: {OUTPUT.resolve()} ({time.perf_counter() - started:.1f} s with both servers)")
     print(f"lineage: {lineage.sidecar_path(OUTPUT.resolve())} (model version, style, params, sha256)")
     print(f"MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri} "
-          f"-h 127.0.0.1 -p 5000, then open http://127.0.0.1:5000 (experiment {EXPERIMENT})")
+          f"-h 127.0.0.1 -p 5000, then open http://127.0.0.1:5000/#/models/"
+          f"{config.DEFAULT_MODEL_NAME}/versions/{version} (the version) or "
+          "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the runs)")
     return 0
 
 

