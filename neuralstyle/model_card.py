@@ -32,9 +32,9 @@ CONTACT_SHEET = "contact_sheet.png"  # run artifact: every style on the sample p
 SHEET_PREVIEW = "contact_sheet_preview.jpg"  # the same, small enough for the version page
 STYLE_TILES = "styles"  # run artifact folder: one tile per style
 CATALOG_ARTIFACT = "catalog.json"  # run artifact: every style a request may name
-SHEET_COLUMNS = 4  # the artifact viewer shows ~850 px: 4 tiles of 256 px keep labels legible
+SHEET_COLUMNS = 3  # the artifact viewer is 580-850 px wide: 3 tiles of 256 px keep 22 px labels legible
 TILE = 256
-LABEL_FONT = 18
+LABEL_FONT = 22
 
 WEIGHTS_LICENCE = "Apache-2.0"
 REGISTERED_MODEL_TAGS = {
@@ -383,7 +383,7 @@ def captioned(tiles: Tiles) -> Captioned:
 
 def contact_sheet(cells: Captioned, path: Path, columns: int = SHEET_COLUMNS, cell: int = TILE,
                   font_size: int = LABEL_FONT) -> None:
-    """A grid of pictures with two caption lines each. 4 columns of 256 px stay legible in the
+    """A grid of pictures with two caption lines each. 3 columns of 256 px stay legible in the
     artifact viewer (~850 px wide); 6 of 115 px fit a version page's description."""
     from PIL import Image, ImageDraw
 
