@@ -60,8 +60,11 @@ def write_page(context: Path, model_ref: Any) -> None:
     for path in page_files():
         shutil.copyfile(path, target / path.name)
     catalog = model_catalog(model_ref.uri, model_ref.tracking_uri, model_ref.registry_uri)
-    identity = {"name": model_ref.name or "", "version": model_ref.version or "",
-                "uri": model_ref.uri}
+    # An image is reused for the same fingerprint from any registry: the fingerprint names the
+    # model; the version is the one the image was first built for.
+    identity = {"name": model_ref.name or "", "fingerprint": model_ref.key,
+                "built_from": f"{model_ref.uri} (version {model_ref.version})"
+                if model_ref.version else model_ref.uri}
     (target / "styles.json").write_text(json.dumps(page_styles(catalog, identity), indent=1))
 
 

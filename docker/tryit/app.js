@@ -21,8 +21,8 @@ async function loadCatalog() {
   const catalog = await response.json();
   const model = catalog.model || {};
   $("model").textContent =
-    `${model.name || "model"} version ${model.version || "?"}: ` +
-    `${catalog.styles.length} styles (${model.uri || ""})`;
+    `${model.name || "model"} ${String(model.fingerprint || "").slice(0, 12)}: ` +
+    `${catalog.styles.length} styles (built from ${model.built_from || "?"})`;
   const select = $("style");
   for (const entry of catalog.styles) {
     const option = document.createElement("option");
