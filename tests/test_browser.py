@@ -129,9 +129,9 @@ def test_version_page_tells_the_versions_story(page, mlflow_ui, registry, tmp_pa
     description = page.locator("text=rebuilt network vs the original graph").first
     assert "≤ 0.001" in description.inner_text()
     # The styles table: an index with its alias, a blend alias.
-    assert page.get_by_role("cell", name="favourite").is_visible()
-    assert page.get_by_role("cell", name="blend 3:0.5,12:0.5").is_visible()
-    assert page.get_by_text("curl -sS --fail-with-body", exact=False).first.is_visible()
+    page.get_by_role("cell", name="favourite").wait_for()
+    page.get_by_role("cell", name="blend 3:0.5,12:0.5").wait_for()
+    page.get_by_text("curl -sS --fail-with-body", exact=False).first.wait_for()
     # The contact sheet preview inside the description is a loaded picture, not a broken link.
     preview = page.locator("img[src*='contact_sheet_preview']")
     preview.wait_for()
@@ -140,7 +140,7 @@ def test_version_page_tells_the_versions_story(page, mlflow_ui, registry, tmp_pa
         " return i && i.complete && i.naturalWidth > 0; }")
     assert preview.evaluate("i => i.naturalWidth") == 6 * 115
     # Short tags, a readable source run name.
-    assert page.get_by_text(f"package v{registry.version}: 26 styles").first.is_visible()
+    page.get_by_text(f"package v{registry.version}: 26 styles").first.wait_for()
     page.wait_for_timeout(500)
     shot(page, "version-page", tmp_path)
 
@@ -148,7 +148,7 @@ def test_version_page_tells_the_versions_story(page, mlflow_ui, registry, tmp_pa
 def test_registered_model_has_a_description_and_tags(page, mlflow_ui) -> None:
     page.goto(f"{mlflow_ui}/#/models/style-transfer")
     page.get_by_text("Neural style transfer as a versioned MLflow model").first.wait_for()
-    assert page.get_by_text("Apache-2.0", exact=False).first.is_visible()
+    page.get_by_text("Apache-2.0", exact=False).first.wait_for()
 
 
 def test_packaging_runs_contact_sheet_is_legible(page, mlflow_ui, registry, tmp_path) -> None:
@@ -168,8 +168,8 @@ def test_packaging_runs_contact_sheet_is_legible(page, mlflow_ui, registry, tmp_
         " return [i.naturalWidth, i.clientWidth]; }")
     # 22 px captions shown at >= 75 % stay >= 16 px on screen.
     assert shown / natural >= 0.75, f"contact sheet shown at {shown}/{natural} px"
-    assert page.get_by_text(model_card.CATALOG_ARTIFACT).first.is_visible()
-    assert page.get_by_text(f"package v{registry.version}: 26 styles").first.is_visible()
+    page.get_by_text(model_card.CATALOG_ARTIFACT).first.wait_for()
+    page.get_by_text(f"package v{registry.version}: 26 styles").first.wait_for()
     shot(page, "contact-sheet", tmp_path)
 
 
@@ -204,7 +204,7 @@ def test_stylize_run_links_its_model_version(page, mlflow_ui, registry, stylize_
     shot(page, "stylize-run", tmp_path)
     page.get_by_role("tab", name="Artifacts").click()
     page.get_by_text("input", exact=True).first.wait_for()
-    assert page.get_by_text("result", exact=True).first.is_visible()
+    page.get_by_text("result", exact=True).first.wait_for()
 
 
 @pytest.mark.docker

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from neuralstyle import model_card
@@ -101,3 +107,39 @@ def test_batch_results_sheet_and_note(tmp_path) -> None:
     note = run_note("7", photos, None, "server", "http://127.0.0.1:5001", "models:/m@champion")
     assert "2 of 3 photos done" in note and "failures.json" in note
     assert "http://127.0.0.1:5001" in note
+
+
+def _block(text: str, language: str) -> str:
+    found = re.search(rf"```{language}\n(.*?)```", text, re.S)
+    assert found, f"no {language} block in the description"
+    return found.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_descriptions_calls_work_as_written(registry, photos, tmp_path) -> None:
+    """The curl and Python calls on the version page, copied and run as a user would."""
+    from mlflow import MlflowClient
+
+    from neuralstyle.serving import serve_model
+
+    text = MlflowClient(registry.tracking_uri).get_model_version(
+        "style-transfer", registry.version).description
+    (tmp_path / "photo.jpg").write_bytes(photos["chelsea"])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri}
+    proc = subprocess.run([sys.executable, "-c", _block(text, "python")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Image.open(tmp_path / "photo-styled.jpg").size == (451, 300)
+    (tmp_path / "photo-styled.jpg").unlink()
+
+    serve_line, *script = _block(text, "bash").splitlines()
+    assert serve_line.startswith(f"mlflow models serve -m models:/style-transfer/{registry.version}")
+    with serve_model(f"models:/style-transfer/{registry.version}",
+                     tracking_uri=registry.tracking_uri) as url:
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c",
+             "\n".join(script).replace("http://127.0.0.1:5001", url)],
+            cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Image.open(tmp_path / "photo-styled.jpg").size == (451, 300)
