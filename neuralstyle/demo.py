@@ -81,14 +81,12 @@ def upload_sample(endpoint: str) -> str:
     return f"s3://{BUCKET}/{KEY}"
 
 
-def pipeline_command(image: str, server_url: str, model_uri: str) -> list[str]:
-    """The ``mlflow run`` command a user would type, with this interpreter; ``model_uri`` names
-    the version the server holds, so the run records (and links) it."""
+def pipeline_command(image: str, server_url: str) -> list[str]:
+    """The ``mlflow run`` command a user would type, with this interpreter."""
     return [
         sys.executable, "-m", "mlflow", "run", ".", "-e", "stylize", "--env-manager", "local",
         "--experiment-name", EXPERIMENT, "-P", f"image={image}", "-P", f"style={config.DEFAULT_STYLE}",
         "-P", f"output={OUTPUT}", "-P", "executor=server", "-P", f"server_url={server_url}",
-        "-P", f"model_uri={model_uri}",
     ]
 
 
@@ -118,13 +116,12 @@ def run_demo(uri: str, version: str) -> int:
     OUTPUT.unlink(missing_ok=True)
     Path("data", BUCKET, *KEY.split("/")).unlink(missing_ok=True)
     started = time.perf_counter()
-    pinned = f"models:/{config.DEFAULT_MODEL_NAME}/{version}"  # what the server holds, exactly
-    with s3_server() as endpoint, serve_model(pinned, tracking_uri=uri) as url:
+    with s3_server() as endpoint, serve_model(config.DEFAULT_MODEL_URI, tracking_uri=uri) as url:
         print(f"model:  {config.DEFAULT_MODEL_URI} (version {version}) in {uri}, "
               f"served by mlflow models serve at {url}")
         image = upload_sample(endpoint)
         print(f"input:  {image} (moto S3 server at {endpoint})")
-        command = pipeline_command(image, url, pinned)
+        command = pipeline_command(image, url)
         print("running: " + shlex.join(["mlflow", *command[3:]]), flush=True)
         proc = subprocess.run(command, env=pipeline_env(endpoint, uri))
     if proc.returncode != 0:

@@ -28,6 +28,7 @@ class PhotoRecord:
     output_path: Path | None
     ok: bool
     reason: str = ""
+    model: tuple[str, str] | None = None  # (name, version) the result's lineage names
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,7 @@ def run_note(style: str, photos: list[PhotoRecord], used: UsedModel | None, exec
         model = (f"**{used.name} version {used.version}** (`{model_uri}`, "
                  f"[open the version](#/models/{used.name}/versions/{used.version}))")
     elif executor == "server":
-        model = (f"the model served at `{server_url}` (pass `model_uri=models:/<name>/<N>` to "
-                 "record which version it holds)")
+        model = f"the model served at `{server_url}` (its results name no registered version)"
     else:
         model = f"`{model_uri}`"
     lines = [f"Stylized with style `{model_card.style_label(style)}` by {model}, executor "
@@ -153,6 +153,23 @@ def default_experiment_id(client: Any) -> str | None:
     return client.create_experiment(config.DEFAULT_EXPERIMENT)
 
 
+def used_version(client: Any, photos: list[PhotoRecord], executor: str,
+                 model_uri: str) -> UsedModel | None:
+    """The version that made the results: from their lineage (the model reports its
+    fingerprint, whatever runs it), else what ``model_uri`` resolves to for the executors that
+    load it themselves (local, docker); None for a server whose results say nothing."""
+    named = {p.model for p in photos if p.model is not None}
+    try:
+        if len(named) == 1:
+            name, version = named.pop()
+            return resolve_version(client, f"models:/{name}/{version}")
+        if not named and executor in ("local", "docker"):
+            return resolve_version(client, model_uri)
+    except Exception:  # not registered (any more): the note says what the run was given
+        return None
+    return None
+
+
 def describe_stylize_run(
     client: Any,
     run_id: str,
@@ -170,16 +187,9 @@ def describe_stylize_run(
     model_card.describe_experiment(client, run.info.experiment_id, model_card.EXPERIMENT_NOTE)
     client.update_run(run_id, name=model_card.stylize_run_name(image, style, len(photos) if batch
                                                                else None))
-    used = None
-    # local and docker load model_uri themselves; a running server is trusted to hold model_uri
-    # only when that names one version (models:/name/N), as the demo passes it.
-    if executor in ("local", "docker") or _NUMBER.match(model_uri):
-        try:
-            used = resolve_version(client, model_uri)
-        except Exception:  # not registered: the task has already said so
-            used = None
-        if used is not None:
-            link_model(client, run_id, used)
+    used = used_version(client, photos, executor, model_uri)
+    if used is not None:
+        link_model(client, run_id, used)
     log_photos(client, run_id, photos)
     client.set_tag(run_id, model_card.NOTE_TAG,
                    run_note(style, photos, used, executor, server_url, model_uri))

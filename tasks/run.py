@@ -271,7 +271,9 @@ def log_outcome(task: Any, result: Any, seconds: float) -> tuple[str, int]:
 
 
 def photo_records(task: Any, result: Any) -> list[Any]:
-    """Each photo's source, local input and result files and outcome, for the run's page."""
+    """Each photo's source, local input and result files, outcome and the model version its
+    lineage names, for the run's page."""
+    from neuralstyle import lineage
     from neuralstyle.stylize_run import PhotoRecord
     from tasks import Stylize
     from tasks.base import local_input_path
@@ -286,7 +288,11 @@ def photo_records(task: Any, result: Any) -> list[Any]:
             output = stylized_path(outcome.task)
         except Exception:  # a photo that never got as far as a local file
             source, output = None, None
-        records.append(PhotoRecord(outcome.image, source, output, outcome.ok, outcome.reason))
+        record = lineage.read_sidecar(output) if output is not None and outcome.ok else None
+        model = (record or {}).get("model") or {}
+        used = (model["name"], model["version"]) if model.get("name") and model.get("version") \
+            else None
+        records.append(PhotoRecord(outcome.image, source, output, outcome.ok, outcome.reason, used))
     return records
 
 
