@@ -195,7 +195,8 @@ def version_description(
 ) -> str:
     """The markdown a model version page shows: the version's whole story, on one page."""
     uri = f"models:/{model_name}/{version}"
-    sheet = f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{CONTACT_SHEET}"
+    sheet = (f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{CONTACT_SHEET}"
+             "?workflowType=machine_learning")  # the UI otherwise opens its GenAI navigation
     image = f"get-artifact?path={SHEET_PREVIEW}&run_uuid={run_id}"  # relative to the UI's root
     extra = ", ".join(sorted(catalog.networks))
     what = (f"Neural style transfer: a photo in, the same photo painted in one of "

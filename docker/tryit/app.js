@@ -51,6 +51,7 @@ function pick(file) {
   photo = file;
   showError("");
   const original = $("original");
+  original.onerror = () => { original.hidden = true; }; // not a picture the browser can show
   original.src = URL.createObjectURL(file);
   original.hidden = false;
   $("result").hidden = true;
@@ -58,6 +59,13 @@ function pick(file) {
   $("result-info").textContent = "";
   setStatus(`${file.name}, ${(file.size / 1024).toFixed(0)} KB`);
   refresh();
+}
+
+// MLflow wraps the model's error as "Failed to predict data '<the whole frame>'. Error: <ours>":
+// show the model's own message, which names the problem.
+function readable(message) {
+  const marker = message.lastIndexOf("Error: ");
+  return marker >= 0 ? message.slice(marker + "Error: ".length) : message;
 }
 
 function base64Of(file) {
@@ -94,7 +102,7 @@ async function stylize() {
     try { answer = JSON.parse(text); } catch { /* nginx or proxy text */ }
     if (!response.ok) {
       const message = (answer && answer.message) || text || response.statusText;
-      throw new Error(`${response.status}: ${message}`);
+      throw new Error(`${response.status}: ${readable(message)}`);
     }
     const out = answer.predictions[0];
     const url = `data:image/jpeg;base64,${out.image}`;
