@@ -164,7 +164,10 @@ def test_packaging_runs_contact_sheet_is_legible(page, mlflow_ui, registry, tmp_
     experiment = mlflow.MlflowClient(registry.tracking_uri).get_run(run_id).info.experiment_id
     # As a person gets there: the link in the version's description.
     page.goto(f"{mlflow_ui}/#/models/style-transfer/versions/{registry.version}")
-    page.get_by_role("link", name=model_card.CONTACT_SHEET).first.click()
+    link = page.get_by_role("link", name=model_card.CONTACT_SHEET).first
+    href = link.get_attribute("href")  # MLflow opens description links in a new tab
+    assert href.startswith("#/experiments/"), href
+    page.goto(f"{mlflow_ui}/{href}")
     page.wait_for_url(f"**/experiments/{experiment}/runs/{run_id}/artifacts/"
                       f"{model_card.CONTACT_SHEET}**")
     page.wait_for_function(
