@@ -5,8 +5,8 @@ PYTHON ?= python3.11
 # `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install install-spark demo test test-fast lint package serve docker-serving docker-batch clean \
-	stack stack-status stack-down stack-install bench-arbitrary
+.PHONY: install install-spark install-browser demo test test-fast lint package serve docker-serving \
+	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary
 
 install: $(VENV)/.installed
 
@@ -24,16 +24,26 @@ $(VENV)/.installed-spark: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[spark]"
 	touch $@
 
+# Browser tests only (not `make demo`): Playwright from PyPI drives Debian's chromium.
+install-browser: $(VENV)/.browser
+
+$(VENV)/.browser: $(VENV)/.installed
+	@test -x /usr/bin/chromium || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+		apt-get install -y -qq chromium; else echo "browser tests need Debian's chromium:" \
+		"sudo apt-get install -y chromium (they skip without it)"; fi; }
+	$(PY) -m pip install --quiet -e ".[browser]"
+	touch $@
+
 demo: install  ## package the models if needed and stylize a bundled sample photo
 	$(PY) -m neuralstyle.demo
 
-test: install install-spark stack-install  ## lint, then every test (docker tests skip, with a reason, without an engine)
+test: install install-spark install-browser stack-install  ## lint, then every test (docker tests skip, with a reason, without an engine)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 test-fast: install  ## the inner loop: lint + the fast tests (no slow, integration, docker, spark or stack tests)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -m "not slow and not integration and not docker and not spark and not stack"
+	$(PY) -m pytest -m "not slow and not integration and not docker and not spark and not stack and not browser"
 
 lint: install
 	$(PY) -m ruff check .
@@ -75,6 +85,12 @@ stack-down: install  ## stop every service of the stack (its data stays in stack
 
 bench-arbitrary: install  ## latency of a painting as the style at 384 and 1024 px (bench/results/arbitrary.md)
 	$(PY) bench/arbitrary.py
+
+try: install  ## the serving image's try-it page on http://127.0.0.1:5002/ (builds the image if needed)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(PY) -m neuralstyle.tryit
+
+screenshots: install install-browser  ## refresh docs/screenshots/ from the browser tests
+	STYLIZE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -m browser tests/test_browser.py
 
 clean:
 	rm -rf out data .pytest_cache .ruff_cache

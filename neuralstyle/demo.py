@@ -25,7 +25,8 @@ from neuralstyle import config, lineage
 BUCKET = "stylize-demo"
 KEY = "photos/chelsea.jpg"
 OUTPUT = Path("out") / "chelsea-7.jpg"
-EXPERIMENT = "stylize-demo"
+# Beside the packaging runs: MLflow's UI links a run to the model it used only within one experiment.
+EXPERIMENT = config.DEFAULT_EXPERIMENT
 FAKE_AWS = {  # moto accepts any credentials; these keep boto3 away from real ones
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -130,7 +131,9 @@ def run_demo(uri: str, version: str) -> int:
     print(f"result: {OUTPUT.resolve()} ({time.perf_counter() - started:.1f} s with both servers)")
     print(f"lineage: {lineage.sidecar_path(OUTPUT.resolve())} (model version, style, params, sha256)")
     print(f"MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri} "
-          f"-h 127.0.0.1 -p 5000, then open http://127.0.0.1:5000 (experiment {EXPERIMENT})")
+          f"-h 127.0.0.1 -p 5000, then open http://127.0.0.1:5000/#/models/"
+          f"{config.DEFAULT_MODEL_NAME}/versions/{version} (the version) or "
+          "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the runs)")
     return 0
 
 

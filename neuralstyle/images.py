@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuralstyle import config
+from neuralstyle import config, tryit
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +335,7 @@ def serving_layer_dockerfile(base: str = "<build-docker image>",
     """The thin layer's Dockerfile: FROM the build-docker image, our nginx.conf, limits, labels."""
     env = " \\\n    ".join(f"{k}={v}" for k, v in SERVING_ENV.items())
     text = SERVING_LAYER.format(base=base, nginx_conf=nginx_conf, env=env, port=SERVING_PORT)
+    text += tryit.dockerfile_step()  # the try-it page nginx serves at /
     if labels:
         text += "LABEL " + " \\\n      ".join(
             f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(labels.items())) + "\n"
@@ -343,7 +344,8 @@ def serving_layer_dockerfile(base: str = "<build-docker image>",
 
 def serving_recipe() -> str:
     """Hash of what the thin layer adds: a change to docker/nginx.conf or the env rebuilds it."""
-    return _sha(serving_layer_dockerfile(), NGINX_CONF.read_bytes())[:16]
+    page = [part for p in tryit.page_files() for part in (p.name, p.read_bytes())]
+    return _sha(serving_layer_dockerfile(), NGINX_CONF.read_bytes(), *page)[:16]
 
 
 def build_docker_command(model_uri: str, tag: str) -> list[str]:
@@ -447,6 +449,7 @@ def ensure_serving_image(model_uri: str, tracking_uri: str | None = None, *,
         with tempfile.TemporaryDirectory(prefix="stylize-serving-layer-") as ctx:
             Path(ctx, "Dockerfile").write_text(serving_layer_dockerfile(stock, conf_path, labels))
             shutil.copyfile(NGINX_CONF, Path(ctx, "nginx.conf"))
+            tryit.write_page(Path(ctx), model)
             latest = [] if lean else ["-t", f"{SERVING_REPOSITORY}:latest"]
             _run_streaming(
                 ["docker", "build", "--pull=false", "--force-rm", *(["--no-cache"] if rebuild else []),

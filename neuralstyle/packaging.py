@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from neuralstyle import config
+from neuralstyle import config, model_card
 from neuralstyle.pyfunc_model import IDENTITY_FILE
-from neuralstyle.styles import N_STYLES, Catalog, load_style_map, validate_network_name
+from neuralstyle.styles import Catalog, load_style_map, validate_network_name
 
 log = logging.getLogger(__name__)
 
@@ -329,31 +330,6 @@ def find_existing(client, name: str, fp: str):
     return None
 
 
-def contact_sheet(staging: Path, catalog: Catalog, photo: np.ndarray, path: Path) -> None:
-    """A grid of the sample photo in every style, rendered by the exported (served) networks."""
-    from PIL import Image, ImageDraw
-
-    from neuralstyle import imaging
-    from neuralstyle.pyfunc_model import Engine
-
-    engine = Engine(staging)
-    rgb = imaging.fit_within(photo.astype(np.float32) / 255.0, 256, "sample photo")
-    specs = [str(i) for i in range(N_STYLES)] + sorted(catalog.networks) + sorted(catalog.paintings)
-    tiles = [("original", rgb)] + [
-        (catalog.resolve(s).label, engine.run(rgb, catalog.resolve(s))) for s in specs
-    ]
-    cols = 7
-    rows = -(-len(tiles) // cols)
-    th, tw = rgb.shape[:2]
-    sheet = Image.new("RGB", (cols * tw, rows * (th + 16)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (label, tile) in enumerate(tiles):
-        x, y = (i % cols) * tw, (i // cols) * (th + 16)
-        sheet.paste(Image.fromarray(imaging.to_uint8(tile)), (x, y))
-        draw.text((x + 4, y + th + 2), label, fill="black")
-    sheet.save(path)
-
-
 def arbitrary_preview(staging: Path, catalog: Catalog, path: Path) -> dict[str, float]:
     """Ours at the photo's own size beside the original method's 384 px result scaled up.
 
@@ -497,22 +473,23 @@ def package_models(
         # would export MLFLOW_EXPERIMENT_ID to every later subprocess).
         experiment_id = None if os.environ.get("MLFLOW_RUN_ID") else experiment_id_for(client, experiment)
         with mlflow.start_run(run_name="package_models", experiment_id=experiment_id) as run:
+            model_card.start_package_run(client, run.info, sys.argv[0])
             mlflow.log_params({
                 **params, "model_name": model_name, "alias": alias,
                 "styles": ",".join(catalog.names()), "code_version": code_version(),
                 "git_commit": git_commit(), "force": force,
             })
-            sheet = Path(tmp) / "contact_sheet.png"
-            contact_sheet(staging, catalog, samples.sample_rgb("chelsea"), sheet)
-            mlflow.log_artifact(str(sheet))
+            model_card.log_pictures(staging, catalog, samples.sample_rgb("chelsea"), Path(tmp))
             preview = Path(tmp) / "arbitrary_preview.jpg"
             metrics.update(arbitrary_preview(staging, catalog, preview))
             mlflow.log_artifact(str(preview))
+            # Logged first, so the MLmodel records a URI that stays valid, not the temp folder.
+            mlflow.log_artifacts(str(staging), "networks")
             info = mlflow.pyfunc.log_model(
-                name="model",
+                name=model_name,
                 python_model=str(PACKAGE_DIR / "model_code.py"),
                 code_paths=[str(PACKAGE_DIR)],
-                artifacts={"networks": str(staging)},
+                artifacts={"networks": f"runs:/{run.info.run_id}/networks"},
                 signature=signature(),
                 input_example=input_example(),
                 pip_requirements=serving_requirements(),
@@ -523,7 +500,6 @@ def package_models(
                 "code_version": code_version(),
                 "git_commit": git_commit(),
                 "fingerprint": fp,
-                "styles": ",".join(catalog.names()),
             }
             # One request creates the version with its tags (one database transaction): a
             # registry failing mid-way leaves a whole version or none, never one without its
@@ -533,6 +509,9 @@ def package_models(
             metrics["packaging_seconds"] = time.perf_counter() - started
             metrics["model_size_mb"] = _dir_size(staging) / 1e6
             mlflow.log_metrics(metrics)
+            model_card.finish_package_run(
+                client, run.info, model_name, version, catalog, metrics,
+                {**tags, "parity_bound": PARITY_TOLERANCE, "export_bound": EXPORT_TOLERANCE})
         return PackageResult(model_name, version, True, run.info.run_id, metrics, fp)
 
 

