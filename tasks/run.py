@@ -64,6 +64,18 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
+def add_request_params(parser: argparse.ArgumentParser) -> None:
+    """The model's per-request params as flags, defaults from the contract (one list, two CLIs)."""
+    parser.add_argument("--max-size", type=_whole, default=DEFAULT_PARAMS["max_size"],
+                        help="longest side in px (default: %(default)s)")
+    parser.add_argument("--strength", type=float, default=DEFAULT_PARAMS["strength"],
+                        help="0..1, mix of stylized and original (default: %(default)s)")
+    parser.add_argument("--preserve-color", type=_bool, default=DEFAULT_PARAMS["preserve_color"],
+                        help="true keeps the photo's colours (default: %(default)s)")
+    parser.add_argument("--quality", type=_whole, default=DEFAULT_PARAMS["quality"],
+                        help="JPEG/WebP quality 1..100 (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI flags (the MLproject ``stylize`` entry maps its parameters onto these one to one)."""
     parser = argparse.ArgumentParser(
@@ -90,14 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", type=_optional, default=None,
                         help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
                              f"{config.DEFAULT_TRACKING_URI})")
-    parser.add_argument("--max-size", type=_whole, default=DEFAULT_PARAMS["max_size"],
-                        help="longest side in px (default: %(default)s)")
-    parser.add_argument("--strength", type=float, default=DEFAULT_PARAMS["strength"],
-                        help="0..1, mix of stylized and original (default: %(default)s)")
-    parser.add_argument("--preserve-color", type=_bool, default=DEFAULT_PARAMS["preserve_color"],
-                        help="true keeps the photo's colours (default: %(default)s)")
-    parser.add_argument("--quality", type=_whole, default=DEFAULT_PARAMS["quality"],
-                        help="JPEG/WebP quality 1..100 (default: %(default)s)")
+    add_request_params(parser)
     parser.add_argument("--workers", type=_whole, default=1,
                         help="Luigi workers, photos stylized at once (default: %(default)s)")
     parser.add_argument("--force", action="store_true",

@@ -20,7 +20,6 @@ import os
 import sys
 
 from neuralstyle import config
-from neuralstyle.pyfunc_model import DEFAULT_PARAMS
 from tasks.batch import RESULT_SUFFIXES
 from tasks.spark import (
     DEFAULT_ARROW_BATCH,
@@ -37,7 +36,7 @@ from tasks.spark import (
 
 def build_parser() -> argparse.ArgumentParser:
     """CLI flags (the MLproject ``stylize_spark`` entry maps its parameters onto these)."""
-    from tasks.run import _bool, _optional, _whole  # the same parsing as the Luigi entry point
+    from tasks.run import _optional, _whole, add_request_params  # as the Luigi entry point
 
     parser = argparse.ArgumentParser(prog="python -m tasks.run_spark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,14 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pyspark-memory", default=DEFAULT_PYSPARK_MEMORY,
                         help="address-space cap per Python worker, spark.executor.pyspark.memory; "
                              "'' for none (default: %(default)s)")
-    parser.add_argument("--max-size", type=_whole, default=DEFAULT_PARAMS["max_size"],
-                        help="longest side in px (default: %(default)s)")
-    parser.add_argument("--strength", type=float, default=DEFAULT_PARAMS["strength"],
-                        help="0..1, mix of stylized and original (default: %(default)s)")
-    parser.add_argument("--preserve-color", type=_bool, default=DEFAULT_PARAMS["preserve_color"],
-                        help="true keeps the photo's colours (default: %(default)s)")
-    parser.add_argument("--quality", type=_whole, default=DEFAULT_PARAMS["quality"],
-                        help="JPEG/WebP quality 1..100 (default: %(default)s)")
+    add_request_params(parser)
     return parser
 
 
