@@ -247,7 +247,8 @@ def test_stylize_cli_through_the_server(server_url, model, photos, tmp_path) -> 
     expected = decode_rgb(base64.b64decode(local["image"][0]))
     assert max_level_diff(decode_rgb((tmp_path / "out.jpg").read_bytes()), expected) \
         <= PIXEL_TOLERANCE
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jpg", "photo.jpg"]
+    # The result, its lineage sidecar and the input: nothing half-written beside them.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jpg", "out.jpg.lineage.json", "photo.jpg"]
 
 
 @pytest.mark.integration
