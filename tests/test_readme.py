@@ -108,7 +108,7 @@ def test_readme_commands_run_in_order_in_a_fresh_copy(tmp_path: Path, photos) ->
         "name='style-transfer'")
     champion = max(versions, key=lambda v: int(v.version))
     assert sorted(int(v.version) for v in versions) == [1, 2, 3]
-    assert {"candy", "mosaic"} <= set(champion.tags["styles"].split(","))
+    assert "candy" in champion.tags["styles"] and "mosaic" in champion.tags["styles"]
     for name in ("out.jpg", "blend.png", "served.jpg", "curl-styled.jpg", "out/photo-7.jpg",
                  "out/photo-19.jpg"):
         assert (work / name).stat().st_size > 1000, name
