@@ -79,7 +79,8 @@ def test_photo_in_s3_to_result_through_mlflow_run_and_the_server(
     assert max_level_diff(got, oracle_uint8(decode_rgb(photos["chelsea"]), "7")) <= PIXEL_TOLERANCE
     assert (tmp_path / "data" / "e2e" / "in" / "cat.jpg").read_bytes() == photos["chelsea"]
     assert not (REPO / "data" / "e2e").exists()
-    assert sorted(p.name for p in output.parent.iterdir()) == ["cat-7.png"]
+    # The result and its lineage sidecar, nothing half-written beside them.
+    assert sorted(p.name for p in output.parent.iterdir()) == ["cat-7.png", "cat-7.png.lineage.json"]
 
     import mlflow
 
