@@ -291,7 +291,8 @@ def test_two_runs_writing_the_same_output_never_mix(
     rgb = decode_rgb(photos["chelsea"])
     diffs = [max_level_diff(got, oracle_uint8(rgb, s)) for s in ("0", "19")]
     assert min(diffs) <= PIXEL_TOLERANCE and max(diffs) > 20, diffs  # one style, whole
-    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["same.png"]
+    # The result and its lineage sidecar; no temporary file of either writer is left.
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["same.png", "same.png.lineage.json"]
 
 
 # ---------------------------------------------------------------- batches and publishing
