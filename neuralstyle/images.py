@@ -77,11 +77,20 @@ SERVING_ENV = {
 # The thin layer on top of what build-docker makes, written out with the base image and MLflow's
 # nginx.conf path filled in. With the vfs storage driver every Dockerfile step (metadata ones too)
 # costs a container and a full copy of the image (~10 s for 1.1 GB), so there are as few steps as
-# possible: no ARG, all labels in one LABEL, and the only filesystem layer is the COPY.
+# possible: no ARG, all labels in one LABEL, one RUN. The RUN makes the unprivileged user the
+# container runs as (uid SERVING_UID, like the batch image) and hands it /var/log/nginx, where
+# MLflow's entrypoint links nginx's logs to stdout and stderr at start; nginx keeps its temporary
+# files under /tmp (docker/nginx.conf) and listens on 8080, so nothing needs root.
+SERVING_UID = 10001
 SERVING_LAYER = """\
 FROM {base}
 COPY nginx.conf {nginx_conf}
+RUN groupadd --system --gid {uid} stylize \\
+    && useradd --system --uid {uid} --gid {uid} --no-create-home --home-dir /nonexistent \\
+       --shell /usr/sbin/nologin stylize \\
+    && chown -R {uid}:{uid} /var/log/nginx
 ENV {env}
+USER {uid}:{uid}
 EXPOSE {port}
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \\
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=4)"
@@ -334,7 +343,8 @@ def serving_layer_dockerfile(base: str = "<build-docker image>",
                              labels: dict[str, str] | None = None) -> str:
     """The thin layer's Dockerfile: FROM the build-docker image, our nginx.conf, limits, labels."""
     env = " \\\n    ".join(f"{k}={v}" for k, v in SERVING_ENV.items())
-    text = SERVING_LAYER.format(base=base, nginx_conf=nginx_conf, env=env, port=SERVING_PORT)
+    text = SERVING_LAYER.format(base=base, nginx_conf=nginx_conf, env=env, port=SERVING_PORT,
+                                uid=SERVING_UID)
     text += tryit.dockerfile_step()  # the try-it page nginx serves at /
     if labels:
         text += "LABEL " + " \\\n      ".join(

@@ -132,6 +132,15 @@ def run_note(style: str, photos: list[PhotoRecord], used: UsedModel | None, exec
     return "\n".join(lines)
 
 
+def how_to_see(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The line that tells a user where the run is: a tracking server's page, else ``mlflow ui``."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri.rstrip('/')}/{page}"
+    return (f"mlflow ui --backend-store-uri {tracking_uri}, then open "
+            f"http://127.0.0.1:5000/{page}")
+
+
 def default_experiment_id(client: Any) -> str | None:
     """The packaging experiment, for a stylize run started outside ``mlflow run``.
 

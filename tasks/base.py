@@ -192,6 +192,18 @@ def remove_outputs(task: luigi.Task) -> list[str]:
     return removed
 
 
+def run_here(task: luigi.Task) -> None:
+    """Run ``task`` in this process, its incomplete dependencies first.
+
+    For local files another worker made on another machine: the scheduler counts them done,
+    but this machine has to make its own copy before it can use them.
+    """
+    for dependency in luigi.task.flatten(task.requires()):
+        if not dependency.complete():
+            run_here(dependency)
+    task.run()
+
+
 class ForceableTask(luigi.Task):
     """A task whose ``--force`` removes its existing outputs so that it runs again.
 

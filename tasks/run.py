@@ -335,7 +335,7 @@ def _main(args: argparse.Namespace, tracking: str) -> int:
     from tasks.stylize import one_line
 
     executor = args.executor or ("server" if args.server_url else "local")
-    from neuralstyle.stylize_run import default_experiment_id
+    from neuralstyle.stylize_run import default_experiment_id, how_to_see
 
     with mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID") or None,
                           experiment_id=default_experiment_id(mlflow.MlflowClient())) as run:
@@ -361,7 +361,7 @@ def _main(args: argparse.Namespace, tracking: str) -> int:
         print(f"stylize: {line}")
         print(f"result: {where(task)}")
         print(f"mlflow: run {run_id} in {tracking} (experiment {run.info.experiment_id}); "
-              f"see it with: mlflow ui --backend-store-uri {tracking}")
+              f"see it with: {how_to_see(tracking, run.info.experiment_id, run_id)}")
         if failed:
             mlflow.end_run(status="FAILED")
             return 1

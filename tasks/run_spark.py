@@ -85,6 +85,7 @@ def _main(args: argparse.Namespace, tracking: str) -> int:
     import mlflow
 
     from neuralstyle.errors import is_input_error
+    from neuralstyle.stylize_run import how_to_see
     from tasks.run import _log_params
     from tasks.stylize import one_line
 
@@ -107,7 +108,8 @@ def _main(args: argparse.Namespace, tracking: str) -> int:
                   + ", ".join(f"{k} {v:.0f} MB" for k, v in result.memory.items()))
         print(f"results: {settings.output}  report: {report}")
         print(f"mlflow: run {run.info.run_id} in {tracking} (experiment "
-              f"{run.info.experiment_id}); see it with: mlflow ui --backend-store-uri {tracking}")
+              f"{run.info.experiment_id}); see it with: "
+              f"{how_to_see(tracking, run.info.experiment_id, run.info.run_id)}")
         if result.failures:
             mlflow.end_run(status="FAILED")
             return 1

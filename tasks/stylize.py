@@ -34,6 +34,7 @@ from tasks.base import (
     S3Upload,
     local_input_path,
     mirror_path,
+    run_here,
 )
 from tasks.canvas import SubmitToCanvas
 from tasks.targets import SuffixAtomicLocalTarget
@@ -228,6 +229,20 @@ class PublishStylized(S3Upload):
 
     def requires(self) -> Stylize:
         return self.clone(Stylize, output_path=self.staging_file())
+
+    def run(self) -> None:
+        """Upload the staged result; stylize it here first when it was staged on another machine.
+
+        With a central ``luigid``, the Stylize step may have run in a worker on another machine
+        (the scheduler then marks it done), so its local file is not here. The network is
+        deterministic, so stylizing again here gives the same bytes; nothing is lost or doubled.
+        """
+        staged = self.requires()
+        if not staged.complete():
+            logger.info("%s: the staged result %s is not on this machine (another worker stylized "
+                        "it): stylizing here before the upload", self.s3_path, staged.output_file())
+            run_here(staged)
+        super().run()
 
     def on_failure(self, exception: BaseException) -> str:
         """One line naming the photo, the destination and the problem."""

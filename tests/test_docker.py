@@ -195,6 +195,21 @@ def test_serving_image_holds_the_model_and_our_proxy(docker_client, serving_cont
         assert env.get(key) == value, key
 
 
+def test_serving_container_runs_unprivileged(docker_client, serving_container,
+                                            serving_image) -> None:
+    """Every process of the running container (nginx, MLflow's entrypoint, uvicorn) is uid 10001."""
+    user = f"{images.SERVING_UID}:{images.SERVING_UID}"
+    assert docker_client.images.get(serving_image).attrs["Config"]["User"] == user
+    container = serving_container.container
+    whoami = container.exec_run(["id", "-u"])
+    assert whoami.output.decode().strip() == str(images.SERVING_UID)
+    top = container.top(ps_args="-eo pid,uid,comm")  # the engine needs the pid column
+    assert top["Processes"], top
+    assert {row[1] for row in top["Processes"]} == {str(images.SERVING_UID)}, top["Processes"]
+    commands = {row[2] for row in top["Processes"]}
+    assert "nginx" in commands and any(c.startswith(("uvicorn", "python")) for c in commands), top
+
+
 def test_health_version_and_unknown_paths(serving_container) -> None:
     url = serving_container.url
     assert requests.get(f"{url}/health", timeout=10).status_code == 200

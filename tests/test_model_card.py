@@ -143,3 +143,14 @@ def test_the_descriptions_calls_work_as_written(registry, photos, tmp_path) -> N
             cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert Image.open(tmp_path / "photo-styled.jpg").size == (451, 300)
+
+
+def test_the_run_line_points_at_the_tracking_server_or_mlflow_ui() -> None:
+    """A stack user (http tracking URI) gets the server's page; a local registry, `mlflow ui`."""
+    from neuralstyle.stylize_run import how_to_see
+
+    assert how_to_see("http://127.0.0.1:5050/", "3", "abc") == (
+        "open http://127.0.0.1:5050/#/experiments/3/runs/abc")
+    local = how_to_see("sqlite:///mlflow.db", "1", "abc")
+    assert local.startswith("mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    assert local.endswith("http://127.0.0.1:5000/#/experiments/1/runs/abc")

@@ -418,6 +418,30 @@ def test_publish_one_photo_and_force_passes_down(
     assert Image.open(io.BytesIO(body)).size == (512, 512)  # downloaded, stylized, uploaded anew
 
 
+def test_publish_on_a_machine_without_the_staged_result(
+    registry: Any, photos: dict[str, bytes], s3: Any, bucket: str, workdir: Path
+) -> None:
+    """With a central luigid, Stylize may have run on another machine: its local files are
+    not here when PublishStylized runs. The upload stylizes here first, with the same bytes."""
+    import shutil
+
+    s3.put_object(Bucket=bucket, Key="cat.jpg", Body=photos["chelsea"])
+    params = {"image": "s3://photos/cat.jpg", "s3_path": "s3://photos/results/cat.jpg",
+              "executor": "local", "tracking_uri": registry.tracking_uri,
+              "model_uri": registry.model_uri}
+    task = PublishStylized(**params)
+    assert run(task.requires()).status == LuigiStatusCode.SUCCESS  # "machine A" stylizes
+    staged = Path(task.requires().output_file())
+    made_there = staged.read_bytes()
+    for folder in ("out", "data"):  # "machine B" has none of A's files
+        shutil.rmtree(workdir / folder, ignore_errors=True)
+    luigi.task_register.Register.clear_instance_cache()
+    PublishStylized(**params).run()  # what B's worker does once the scheduler says Stylize is done
+    body = s3.get_object(Bucket=bucket, Key="results/cat.jpg")["Body"].read()
+    assert body == made_there
+    assert staged.read_bytes() == made_there  # B's own staged copy, for a rerun
+
+
 def test_stylize_then_submit_to_canvas(
     registry: Any, photos: dict[str, bytes], workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
