@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: off)")
     parser.add_argument("--quality", type=int, default=DEFAULT_PARAMS["quality"],
                         help="JPEG/WebP quality 1..100 (default: %(default)s)")
+    parser.add_argument("--precision", choices=("exact", "fast"), default=DEFAULT_PARAMS["precision"],
+                        help="exact: fp32, as the original graph; fast: bf16 where this CPU has it "
+                             "and the style meets the quality bound, else exact "
+                             "(default: %(default)s)")
     return parser
 
 
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
     output = args.output or default_output(args.image, args.style)
     params = {"max_size": args.max_size, "strength": args.strength,
-              "preserve_color": args.preserve_color, "quality": args.quality}
+              "preserve_color": args.preserve_color, "quality": args.quality,
+              "precision": args.precision}
     try:
         predictor = make_predictor(args.model_uri, args.server_url, args.tracking_uri)
         result = stylize_file(args.image, output, args.style, predictor, params)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from neuralstyle import config
-from neuralstyle.pyfunc_model import IDENTITY_FILE
+from neuralstyle.pyfunc_model import IDENTITY_FILE, QUALITY_FILE
 from neuralstyle.styles import N_STYLES, Catalog, load_style_map, validate_network_name
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,15 @@ REPO_DIR = PACKAGE_DIR.parent
 PARITY_TOLERANCE = 1e-3  # vs the original ONNX graph, 0..1 scale
 EXPORT_TOLERANCE = 1e-4  # exported ONNX vs the PyTorch module
 PARITY_STYLES = ("0", "7", "19", "3:0.5,12:0.5")
+# precision=fast against exact, per style, worst over the bundled sample photos (8-bit results):
+# a style below either bound is served exact.
+FAST_MIN_PSNR_DB = 40.0
+FAST_MAX_MEAN_LEVELS = 1.5  # mean |fast - exact| in levels of 255
 # The files that define what a model version is (how it is built and what it does when served);
 # their hash is the version's code_version, so a change to any of them makes a new version.
 MODEL_FILES = (
     "__init__.py", "errors.py", "imaging.py", "styles.py", "pyfunc_model.py", "model_code.py",
-    "networks.py", "weights.py", "packaging.py", "config.py",
+    "networks.py", "weights.py", "packaging.py", "config.py", "runtime.py",
 )
 
 
@@ -217,6 +221,65 @@ def build_networks(
     return metrics, params
 
 
+def fast_vs_exact(exact: np.ndarray, fast: np.ndarray) -> tuple[float, float]:
+    """(PSNR in dB, mean |difference| in levels) between two uint8 images."""
+    diff = exact.astype(np.float64) - fast.astype(np.float64)
+    mse = float((diff**2).mean())
+    psnr = 10.0 * np.log10(255.0**2 / mse) if mse > 0 else float("inf")
+    return psnr, float(np.abs(diff).mean())
+
+
+def check_fast_quality(staging: Path, catalog: Catalog) -> tuple[dict, dict[str, float]]:
+    """Which styles may run fast: each style and named network, fast vs exact on the sample photos.
+
+    Returns the record the model ships (``quality.json``) and the metrics to log. On a CPU
+    without bf16, fast is exact, nothing can be checked, and the record lets no style run bf16
+    wherever the version is later served.
+    """
+    from neuralstyle import imaging, runtime, samples
+    from neuralstyle.pyfunc_model import SIZE_MULTIPLE, pad_to_multiple
+    from neuralstyle.styles import style_name
+
+    record: dict = {"checked": runtime.fast_precision(), "min_psnr_db": FAST_MIN_PSNR_DB,
+                    "max_mean_levels": FAST_MAX_MEAN_LEVELS, "photos": list(samples.SAMPLES),
+                    "styles": {}}
+    if record["checked"] == runtime.FP32:
+        log.warning("this CPU has no bf16 (AMX or AVX-512 BF16): fast runs fp32, no style checked")
+        return record, {}
+    photos = [
+        np.ascontiguousarray(
+            pad_to_multiple(samples.sample_rgb(name).astype(np.float32) / 255.0, SIZE_MULTIPLE)
+            .transpose(2, 0, 1)[None]
+        )
+        for name in samples.SAMPLES
+    ]
+    jobs = [(style_name(i), None, {"style_weights": catalog.resolve(str(i)).weights})
+            for i in range(N_STYLES)]
+    jobs += [(name, name, {}) for name in sorted(catalog.networks)]
+    compiled: dict = {}
+    metrics: dict[str, float] = {}
+    for label, network, extra in jobs:
+        file = catalog.networks[network]["file"] if network else catalog.multistyle_file
+        if file not in compiled:
+            compiled[file] = [runtime.compile_network(staging / file, p) for p in ("exact", "fast")]
+        exact, fast = compiled[file]
+        worst_psnr, worst_mean = float("inf"), 0.0
+        for x in photos:
+            feeds = {"image": x, **extra}
+            a, b = (imaging.to_uint8(n.run(feeds)[0][0].transpose(1, 2, 0)) for n in (exact, fast))
+            psnr, mean = fast_vs_exact(a, b)
+            worst_psnr, worst_mean = min(worst_psnr, psnr), max(worst_mean, mean)
+        ok = bool(worst_psnr >= FAST_MIN_PSNR_DB and worst_mean <= FAST_MAX_MEAN_LEVELS)
+        record["styles"][label] = {"psnr_db": round(float(worst_psnr), 2),
+                                   "mean_levels": round(float(worst_mean), 3),
+                                   "fast": ok}
+        metrics[f"fast_psnr_db.{label}"] = worst_psnr
+        metrics[f"fast_mean_levels.{label}"] = worst_mean
+    metrics["fast_styles"] = float(sum(v["fast"] for v in record["styles"].values()))
+    metrics["fast_styles_served_exact"] = float(len(jobs) - metrics["fast_styles"])
+    return record, metrics
+
+
 def fingerprint(catalog: Catalog) -> str:
     """Identity of a model version: weights, extra checkpoints, style map, serving code."""
     from neuralstyle import weights
@@ -251,7 +314,7 @@ def find_existing(client, name: str, fp: str):
 
 
 def contact_sheet(staging: Path, catalog: Catalog, photo: np.ndarray, path: Path) -> None:
-    """A grid of the sample photo in every style, rendered by the exported (served) networks."""
+    """Every style rendered by the served networks, exact and fast side by side, with the original."""
     from PIL import Image, ImageDraw
 
     from neuralstyle import imaging
@@ -260,17 +323,24 @@ def contact_sheet(staging: Path, catalog: Catalog, photo: np.ndarray, path: Path
     engine = Engine(staging)
     rgb = imaging.fit_within(photo.astype(np.float32) / 255.0, 256, "sample photo")
     specs = [str(i) for i in range(N_STYLES)] + sorted(catalog.networks)
-    tiles = [("original", rgb)] + [
-        (catalog.resolve(s).label, engine.run(rgb, catalog.resolve(s))) for s in specs
-    ]
-    cols = 7
-    rows = -(-len(tiles) // cols)
+    cells = [("original", rgb, rgb)]
+    for spec in specs:
+        style = catalog.resolve(spec)
+        exact, _ = engine.run(rgb, style, "exact")
+        fast, ran = engine.run(rgb, style, "fast")
+        quality = engine.quality.get("styles", {}).get(style.label, {})
+        note = f"fast {ran}" + (f" {quality['psnr_db']:.1f} dB" if "psnr_db" in quality else "")
+        cells.append((f"{style.label}: exact | {note}", exact, fast))
+    cols = 4
+    rows = -(-len(cells) // cols)
     th, tw = rgb.shape[:2]
-    sheet = Image.new("RGB", (cols * tw, rows * (th + 16)), "white")
+    cw = 2 * tw + 8
+    sheet = Image.new("RGB", (cols * cw, rows * (th + 16)), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (label, tile) in enumerate(tiles):
-        x, y = (i % cols) * tw, (i // cols) * (th + 16)
-        sheet.paste(Image.fromarray(imaging.to_uint8(tile)), (x, y))
+    for i, (label, left, right) in enumerate(cells):
+        x, y = (i % cols) * cw, (i // cols) * (th + 16)
+        sheet.paste(Image.fromarray(imaging.to_uint8(left)), (x, y))
+        sheet.paste(Image.fromarray(imaging.to_uint8(right)), (x + tw, y))
         draw.text((x + 4, y + th + 2), label, fill="black")
     sheet.save(path)
 
@@ -300,7 +370,7 @@ def signature():
         inputs=Schema([ColSpec("string", "image"), ColSpec("string", "style")]),
         outputs=Schema([
             ColSpec("string", "image"), ColSpec("long", "width"), ColSpec("long", "height"),
-            ColSpec("string", "style"), ColSpec("string", "model"),
+            ColSpec("string", "style"), ColSpec("string", "model"), ColSpec("string", "precision"),
         ]),
         params=ParamSchema(
             [ParamSpec(k, dtypes[type(v)], v) for k, v in DEFAULT_PARAMS.items()]
@@ -338,6 +408,9 @@ def package_models(
         staging.mkdir()
         metrics, params = build_networks(staging, catalog, checkpoint_paths)
         (staging / IDENTITY_FILE).write_text(json.dumps({"fingerprint": fp}))
+        quality, quality_metrics = check_fast_quality(staging, catalog)
+        (staging / QUALITY_FILE).write_text(json.dumps(quality, indent=2, sort_keys=True))
+        metrics.update(quality_metrics)
         # Under `mlflow run` the run (and its experiment, --experiment-name) already exists and
         # MLFLOW_RUN_ID names it; otherwise our experiment, without mlflow.set_experiment (which
         # would export MLFLOW_EXPERIMENT_ID to every later subprocess).
@@ -369,6 +442,8 @@ def package_models(
                 "git_commit": git_commit(),
                 "fingerprint": fp,
                 "styles": ",".join(catalog.names()),
+                "fast_checked": quality["checked"],
+                "served_exact": ",".join(k for k, v in quality["styles"].items() if not v["fast"]),
             }
             for key, value in tags.items():
                 client.set_model_version_tag(model_name, version, key, value)

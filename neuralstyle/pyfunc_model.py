@@ -1,7 +1,8 @@
 """The pyfunc model contract: base64 photo + style in, base64 stylized photo out.
 
-Runs the exported networks on onnxruntime (no torch at serving time). Heavy things (ONNX
-sessions, the style catalog) load once in ``load_context``; ``predict`` is pure per row.
+Runs the exported networks on OpenVINO through :mod:`neuralstyle.runtime` (no torch at serving
+time), at the precision a request asks for. Heavy things (compiled networks, the style catalog,
+the per-style quality record) load once in ``load_context``; ``predict`` is pure per row.
 Logged as a model from code (``model_code.py``), so loading it unpickles no Python objects.
 """
 
@@ -19,23 +20,30 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from neuralstyle import imaging
+from neuralstyle import imaging, runtime
 from neuralstyle.config import DEFAULT_PARALLEL_PHOTOS, PARALLEL_PHOTOS_ENV
 from neuralstyle.errors import StyleInputError
-from neuralstyle.styles import Catalog, Resolved
+from neuralstyle.styles import N_STYLES, Catalog, Resolved, style_name
 
 ARTIFACT_KEY = "networks"
 IDENTITY_FILE = "identity.json"  # {"fingerprint": ...}: the registry tags the version with the same
-OUTPUT_COLUMNS = ["image", "width", "height", "style", "model"]
+# {"checked": "bf16", "styles": {"style-07": {"psnr": .., "mean": .., "fast": true}, ...}}: which
+# styles meet the quality bound at bf16, measured at packaging (packaging.check_fast_quality).
+QUALITY_FILE = "quality.json"
+OUTPUT_COLUMNS = ["image", "width", "height", "style", "model", "precision"]
 MAX_SIZE_LIMIT = 2048  # ~0.5 GB per 32-channel activation at 2048^2: keeps a server alive
-SHRINK_ABOVE_PIXELS = 1024 * 1024  # larger runs give onnxruntime's arena memory back
 SIZE_MULTIPLE = 4  # two stride-2 convolutions, then two x2 upsamplings
+# OpenVINO's compiled blobs, so a restart skips most of the compile (unset: ~/.cache/stylize).
+CACHE_ENV = "STYLIZE_CACHE_DIR"
+THREADS_ENV = "STYLIZE_THREADS"  # threads per inference; unset: every core
 DEFAULT_PARAMS: dict[str, Any] = {
     "max_size": 1024,
     "strength": 1.0,
     "preserve_color": False,
     "format": "jpeg",
     "quality": 90,
+    # fast: bf16 where the CPU has it and the style meets the quality bound, else fp32 (exact).
+    "precision": "fast",
 }
 
 
@@ -48,6 +56,7 @@ class Params:
     preserve_color: bool
     format: str
     quality: int
+    precision: str = "fast"
 
     @classmethod
     def parse(cls, params: dict[str, Any] | None) -> Params:
@@ -76,40 +85,68 @@ class Params:
             )
         if not 1 <= quality <= 100:
             raise StyleInputError(f"param quality={quality} must be in 1..100")
+        precision = str(merged["precision"]).strip().lower()
+        if precision not in runtime.PRECISIONS:
+            raise StyleInputError(
+                f"param precision={merged['precision']!r} must be one of "
+                f"{', '.join(runtime.PRECISIONS)} (exact: fp32, as the original graph; fast: bf16 "
+                "where this CPU has it and the style meets the quality bound)"
+            )
         preserve = merged["preserve_color"]
         if isinstance(preserve, str):
             preserve = preserve.strip().lower() in ("1", "true", "yes")
-        return cls(max_size, strength, bool(preserve), fmt, quality)
+        return cls(max_size, strength, bool(preserve), fmt, quality, precision)
 
 
 class Engine:
-    """ONNX sessions for the multi-style network and any extra single-style networks."""
+    """The compiled networks at both precisions, and which styles may run fast."""
 
-    def __init__(self, root: str | Path) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None) -> None:
         root = Path(root)
         self.catalog = Catalog.load(root / "catalog.json")
         identity = root / IDENTITY_FILE  # absent in versions packaged before lineage existed
         self.fingerprint = json.loads(identity.read_text())["fingerprint"] if identity.is_file() else ""
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = ["CPUExecutionProvider"]
-        self.multistyle = ort.InferenceSession(
-            str(root / self.catalog.multistyle_file), options, providers=providers
-        )
-        self.networks = {
-            name: ort.InferenceSession(str(root / info["file"]), options, providers=providers)
-            for name, info in self.catalog.networks.items()
+        quality = root / QUALITY_FILE  # absent: nothing was checked, so nothing runs bf16
+        self.quality = json.loads(quality.read_text()) if quality.is_file() else {}
+        self.root = root
+        self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+        # Keyed by network name; None is the 26-style network.
+        self.files = {None: self.catalog.multistyle_file} | {
+            name: info["file"] for name, info in self.catalog.networks.items()
         }
-        # onnxruntime's CPU arena keeps its peak forever (~1 GB after one 2048 px run, 3 GB seen
-        # in a server). Runs above the default size hand it back; default-size runs keep the
-        # arena, which is ~25% faster at 1024 px than no arena.
-        self.shrink_arena = ort.RunOptions()
-        self.shrink_arena.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.exact = self._compile("exact")
+        # fast compiles only where it differs (on a CPU without bf16 both share one network).
+        self.fast = self._compile("fast") if self.fast_precision() != runtime.FP32 else self.exact
 
-    def run(self, rgb: np.ndarray, style: Resolved) -> np.ndarray:
-        """Stylize RGB [H, W, 3] in 0..1 at its own size; the output has the input's size.
+    def _compile(self, precision: str) -> dict[str | None, runtime.Network]:
+        threads = int(os.environ.get(THREADS_ENV, "0") or 0)
+        return {
+            name: runtime.compile_network(self.root / file, precision, self.cache_dir, threads)
+            for name, file in self.files.items()
+        }
+
+    def fast_precision(self) -> str:
+        """bf16 when this CPU has it and packaging checked bf16 quality; else fp32."""
+        if runtime.fast_precision() == runtime.FP32 or self.quality.get("checked") != runtime.BF16:
+            return runtime.FP32
+        return runtime.BF16
+
+    def may_run_fast(self, style: Resolved) -> bool:
+        """True when every style in ``style`` met the quality bound at packaging."""
+        checked = self.quality.get("styles", {})
+        if style.network is not None:
+            names = [style.network]
+        else:
+            names = [style_name(i) for i in range(N_STYLES) if style.weights[i] > 0]
+        return all(checked.get(name, {}).get("fast", False) for name in names)
+
+    def network_for(self, style: Resolved, precision: str) -> runtime.Network:
+        """The compiled network that serves ``style`` at the requested precision."""
+        fast = precision == "fast" and self.may_run_fast(style)
+        return (self.fast if fast else self.exact)[style.network]
+
+    def run(self, rgb: np.ndarray, style: Resolved, precision: str = "exact") -> tuple[np.ndarray, str]:
+        """Stylize RGB [H, W, 3] in 0..1 at its own size; returns the result and what ran.
 
         The networks halve the image twice and double it twice, so a side that is not a
         multiple of 4 is reflect-padded up to one (bottom and right, as the original pipeline
@@ -119,13 +156,21 @@ class Engine:
         height, width = rgb.shape[:2]
         padded = pad_to_multiple(rgb, SIZE_MULTIPLE)
         x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
-        options = self.shrink_arena if x.shape[2] * x.shape[3] > SHRINK_ABOVE_PIXELS else None
-        if style.network is not None:
-            out = self.networks[style.network].run(None, {"image": x}, options)[0]
-        else:
-            feeds = {"image": x, "style_weights": style.weights}
-            out = self.multistyle.run(None, feeds, options)[0]
-        return out[0, :, :height, :width].transpose(1, 2, 0)
+        network = self.network_for(style, precision)
+        feeds = {"image": x} if style.network is not None else {"image": x, "style_weights": style.weights}
+        out = network.run(feeds)[0]
+        return out[0, :, :height, :width].transpose(1, 2, 0), network.precision
+
+
+def default_cache_dir() -> Path | None:
+    """Where compiled blobs are kept: ``$STYLIZE_CACHE_DIR``, else ~/.cache; None if unwritable."""
+    explicit = os.environ.get(CACHE_ENV)
+    path = Path(explicit) if explicit else Path.home() / ".cache" / "stylize" / "openvino"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
 
 
 def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
@@ -141,7 +186,7 @@ def stylize_row(engine: Engine, image_b64: str, style_spec: str, params: Params,
     style = engine.catalog.resolve(str(style_spec) if isinstance(style_spec, int) else style_spec)
     original = imaging.decode_image(imaging.b64decode(image_b64, what), what, params.max_size)
     original = imaging.fit_within(original, params.max_size, what)  # modes decode did not fit
-    out = engine.run(original, style)
+    out, ran = engine.run(original, style, params.precision)
     if params.preserve_color:
         out = imaging.preserve_colors(out, original)
     if params.strength < 1.0:
@@ -153,6 +198,7 @@ def stylize_row(engine: Engine, image_b64: str, style_spec: str, params: Params,
         "height": int(out.shape[0]),
         "style": style.label,
         "model": engine.fingerprint,
+        "precision": ran,
     }
 
 
