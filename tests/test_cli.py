@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from oracle import decode_rgb, max_level_diff, oracle_uint8
+from oracle import decode_rgb, faithful, oracle_uint8
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def test_stylize_a_local_file(registry, photos, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wrote out/cat-7.png (451x300, style style-07" in proc.stdout
     got = decode_rgb((tmp_path / "out" / "cat-7.png").read_bytes())
-    assert max_level_diff(got, oracle_uint8(decode_rgb(photos["chelsea"]), "7")) <= 1
+    assert faithful(got, oracle_uint8(decode_rgb(photos["chelsea"]), "7"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cat-7.png"]
 
 
