@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 # `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install demo test lint package serve docker-serving docker-batch clean
+.PHONY: install demo test lint package serve bench docker-serving docker-batch clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ serve: install  ## serve models:/style-transfer@champion on 127.0.0.1:5001 (limi
 		UVICORN_HEADERS=Retry-After:5 STYLIZE_PARALLEL_PHOTOS=2 \
 		mlflow models serve -m models:/style-transfer@champion --env-manager local \
 		-h 127.0.0.1 -p 5001 --timeout 300
+
+bench: install  ## speed vs the peer (+ throughput where bench/load.py exists): bench/RESULTS.md, bench/latency.png
+	if [ -f bench/load.py ]; then $(PY) bench/load.py --clients 8 --seconds 30 --runs 1 --container; fi
+	$(PY) bench/speed.py $$([ -f bench/load.py ] && echo --load-report bench/results/load.md)
 
 docker-serving: install  ## build (or reuse) the serving image style-transfer (docker/README.md)
 	$(PY) -m neuralstyle.images serving

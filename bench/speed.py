@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model to benchmark (default: %(default)s)")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT),
                         help="Markdown report; the plot goes beside it (default: bench/RESULTS.md)")
+    parser.add_argument("--load-report", default=None,
+                        help="a bench/load.py report to include as the throughput section "
+                             "(default: none)")
     return parser
 
 
@@ -490,7 +493,8 @@ def report(command: str, info: dict[str, str], load: tuple[float, float], latenc
         "",
     ]
     if load_md:
-        lines += ["## Serving throughput", "", load_md, ""]
+        # The load report's own title becomes a subsection here.
+        lines += ["## Serving throughput", "", load_md.replace("\n# ", "\n### ", 1).lstrip("# "), ""]
     else:
         lines += ["## Serving throughput", "",
                   "Not measured here: bench/load.py (the load helper's, 8 clients x 30 s against "
@@ -526,10 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {dtype: matmul_peak_gflops(dtype) for dtype in ("fp32", "bf16")}
     ideal = {f"ideal {d} (FLOPs / peak)": {s: network_gflop(s) / peaks[d] for s in sizes}
              for d in ("fp32", "bf16")}
-    load_md = None
-    load_file = REPO / "bench" / "results" / "load.md"
-    if os.environ.get("BENCH_LOAD_REPORT") and load_file.is_file():
-        load_md = load_file.read_text()
+    load_md = Path(args.load_report).read_text() if args.load_report else None
     text = report(command, info, (load_before, os.getloadavg()[0]), latency, ideal, peaks,
                   gflop_1024, formats, stages, cold, ready, load_md)
     output.write_text(text)
