@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,22 @@ class Engine:
         self.files = {None: self.catalog.multistyle_file} | {
             name: info["file"] for name, info in self.catalog.networks.items()
         }
-        self.exact = self._compile("exact")
-        # fast compiles only where it differs (on a CPU without bf16 both share one network).
-        self.fast = self._compile("fast") if self.fast_precision() != runtime.FP32 else self.exact
+        if self.fast_precision() == runtime.FP32:  # fast is exact here: one set of networks
+            self.fast = self._compile("exact")
+            self._exact: Future = Future()
+            self._exact.set_result(self.fast)
+        else:
+            # The default (fast) compiles now; exact in the background, so a server answers
+            # /ping without waiting for it (~0.3-0.8 s); the first exact request waits if needed.
+            self.fast = self._compile("fast")
+            pool = ThreadPoolExecutor(1, thread_name_prefix="compile-exact")
+            self._exact = pool.submit(self._compile, "exact")
+            pool.shutdown(wait=False)  # the thread ends when the compile does
+
+    @property
+    def exact(self) -> dict[str | None, runtime.Network]:
+        """The fp32 networks (waits for the background compile the first time)."""
+        return self._exact.result()
 
     def _compile(self, precision: str) -> dict[str | None, runtime.Network]:
         threads = int(os.environ.get(THREADS_ENV, "0") or 0)

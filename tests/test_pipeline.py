@@ -410,6 +410,7 @@ def test_publish_one_photo_and_force_passes_down(
     assert meta["input-sha256"] == hashlib.sha256(photos["chelsea"]).hexdigest()
     assert meta["output-sha256"] == hashlib.sha256(body).hexdigest()
     assert json.loads(meta["params"])["quality"] == 90
+    assert meta["precision"] in ("fp32", "bf16")
     s3.put_object(Bucket=bucket, Key="cat.jpg", Body=photos["astronaut"])
     luigi.task_register.Register.clear_instance_cache()
     assert run(PublishStylized(force=True, **params)).status == LuigiStatusCode.SUCCESS
@@ -509,6 +510,11 @@ def test_entry_point_logs_an_mlflow_run(
     assert sidecar["model"]["version"] == registry.version
     assert sidecar["style"] == {"requested": "7", "resolved": "style-07"}
     assert sidecar["params"]["format"] == "png" and sidecar["params"]["max_size"] == 1024
+    # What ran, not only what was asked: style 7 meets the fast bound, so bf16 where the CPU has it.
+    from neuralstyle import runtime
+
+    assert sidecar["params"]["precision"] == "fast"
+    assert sidecar["precision"] == runtime.fast_precision()
     assert sidecar["input"] == {"uri": "s3://photos/cat.jpg", "bytes": len(photos["chelsea"]),
                                 "sha256": hashlib.sha256(photos["chelsea"]).hexdigest()}
     assert sidecar["output"]["sha256"] == hashlib.sha256(
