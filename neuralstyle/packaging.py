@@ -329,7 +329,12 @@ def contact_sheet(staging: Path, catalog: Catalog, photo: np.ndarray, path: Path
         exact, _ = engine.run(rgb, style, "exact")
         fast, ran = engine.run(rgb, style, "fast")
         quality = engine.quality.get("styles", {}).get(style.label, {})
-        note = f"fast {ran}" + (f" {quality['psnr_db']:.1f} dB" if "psnr_db" in quality else "")
+        if "psnr_db" not in quality:
+            note = f"fast {ran}"
+        elif quality["fast"]:
+            note = f"fast {ran} {quality['psnr_db']:.1f} dB"
+        else:
+            note = f"fast {ran} (bf16 missed: {quality['psnr_db']:.1f} dB)"
         cells.append((f"{style.label}: exact | {note}", exact, fast))
     cols = 4
     rows = -(-len(cells) // cols)
