@@ -34,6 +34,7 @@ QUALITY_FILE = "quality.json"
 OUTPUT_COLUMNS = ["image", "width", "height", "style", "model", "precision"]
 MAX_SIZE_LIMIT = 2048  # ~0.5 GB per 32-channel activation at 2048^2: keeps a server alive
 SIZE_MULTIPLE = 4  # two stride-2 convolutions, then two x2 upsamplings
+RELEASE_ABOVE_PIXELS = 1024 * 1024  # larger runs hand the runtime's buffers back afterwards
 # OpenVINO's compiled blobs, so a restart skips most of the compile (unset: ~/.cache/stylize).
 CACHE_ENV = "STYLIZE_CACHE_DIR"
 THREADS_ENV = "STYLIZE_THREADS"  # threads per inference; unset: every core
@@ -172,7 +173,7 @@ class Engine:
         x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
         network = self.network_for(style, precision)
         feeds = {"image": x} if style.network is not None else {"image": x, "style_weights": style.weights}
-        out = network.run(feeds)[0]
+        out = network.run(feeds, release_memory=x.shape[2] * x.shape[3] > RELEASE_ABOVE_PIXELS)[0]
         return out[0, :, :height, :width].transpose(1, 2, 0), network.precision
 
 
