@@ -269,8 +269,8 @@ def formats_and_profile(model, runs: int) -> tuple[dict[str, list[float]], dict[
 
     for _ in range(runs):
         raw = timed("base64 decode (in)", imaging.b64decode, b64, "photo")
-        rgb = timed("JPEG decode + to float", imaging.decode_image, raw, "photo", 1024)
-        out, _ = timed("network (fast, incl. pad/transpose)", engine.run, rgb, style, "fast")
+        pixels = timed("JPEG decode", imaging.decode_pixels, raw, "photo", 1024)
+        out, _ = timed("network (fast, incl. pad and /255 inside)", engine.run, pixels, style, "fast")
         timed("to uint8 (inside every encode)", imaging.to_uint8, out)
         for fmt in ("jpeg", "png", "webp"):
             encoded = timed(f"encode {fmt} (incl. to uint8)", imaging.encode_image, out, fmt, 90)

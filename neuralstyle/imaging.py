@@ -57,13 +57,18 @@ def _describe(data: bytes) -> str:
 
 
 def decode_image(data: bytes, what: str, max_size: int = 0) -> np.ndarray:
-    """Encoded image bytes -> RGB float32 array [H, W, 3] in 0..1, EXIF orientation applied.
+    """``decode_pixels`` as RGB float32 [H, W, 3] in 0..1."""
+    return decode_pixels(data, what, max_size).astype(np.float32) / 255.0
+
+
+def decode_pixels(data: bytes, what: str, max_size: int = 0) -> np.ndarray:
+    """Encoded image bytes -> RGB uint8 [H, W, 3], EXIF orientation applied, fitted to ``max_size``.
 
     Accepts anything Pillow reads (JPEG, PNG, WebP, GIF, TIFF, BMP) in any mode (RGBA and
-    palette transparency composited on white, grayscale, CMYK). Refuses empty, unreadable,
-    truncated, too small and decompression-bomb images before decoding the pixels.
-    With ``max_size`` an 8-bit photo is scaled down before the float conversion, with the same
-    pixels as ``fit_within`` afterwards: a 27 MP photo then never exists as 324 MB of float32.
+    palette transparency composited on white, grayscale, CMYK, 16-bit scaled to 8). Refuses
+    empty, unreadable, truncated, too small and decompression-bomb images before decoding the
+    pixels. Large photos are scaled down while 8-bit (Lanczos, as ``fit_within``): a 27 MP photo
+    never exists as 324 MB of float32.
     """
     if len(data) == 0:
         raise StyleInputError(f"{what} is empty (0 bytes)")
@@ -96,11 +101,14 @@ def decode_image(data: bytes, what: str, max_size: int = 0) -> np.ndarray:
             f"{what} is truncated or corrupt ({img.format} {width}x{height}: {exc})"
         ) from None
     img = ImageOps.exif_transpose(img)
-    if max_size and img.mode in EIGHT_BIT_MODES:
-        size = fitted_size(img.width, img.height, max_size, what)
-        if size is not None:
-            img = img.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-    return to_rgb_array(img)
+    if img.mode in EIGHT_BIT_MODES:
+        img = img.convert("RGB")
+    else:  # transparency, 16-bit: composited / scaled in float, then 8-bit like the rest
+        img = Image.fromarray(to_uint8(to_rgb_array(img)))
+    size = fitted_size(img.width, img.height, max_size, what)
+    if size is not None:
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(img)
 
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:

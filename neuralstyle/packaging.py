@@ -246,13 +246,9 @@ def check_fast_quality(staging: Path, catalog: Catalog) -> tuple[dict, dict[str,
     if record["checked"] == runtime.FP32:
         log.warning("this CPU has no bf16 (AMX or AVX-512 BF16): fast runs fp32, no style checked")
         return record, {}
-    photos = [
-        np.ascontiguousarray(
-            pad_to_multiple(samples.sample_rgb(name).astype(np.float32) / 255.0, SIZE_MULTIPLE)
-            .transpose(2, 0, 1)[None]
-        )
-        for name in samples.SAMPLES
-    ]
+    # As served: uint8 pixels, padded to a multiple of 4 (Engine.run).
+    photos = [np.ascontiguousarray(pad_to_multiple(samples.sample_rgb(name), SIZE_MULTIPLE)[None])
+              for name in samples.SAMPLES]
     jobs = [(style_name(i), None, {"style_weights": catalog.resolve(str(i)).weights})
             for i in range(N_STYLES)]
     jobs += [(name, name, {}) for name in sorted(catalog.networks)]
@@ -261,12 +257,13 @@ def check_fast_quality(staging: Path, catalog: Catalog) -> tuple[dict, dict[str,
     for label, network, extra in jobs:
         file = catalog.networks[network]["file"] if network else catalog.multistyle_file
         if file not in compiled:
-            compiled[file] = [runtime.compile_network(staging / file, p) for p in ("exact", "fast")]
+            compiled[file] = [runtime.compile_network(staging / file, p, pixels_input="image")
+                              for p in ("exact", "fast")]
         exact, fast = compiled[file]
         worst_psnr, worst_mean = float("inf"), 0.0
         for x in photos:
             feeds = {"image": x, **extra}
-            a, b = (imaging.to_uint8(n.run(feeds)[0][0].transpose(1, 2, 0)) for n in (exact, fast))
+            a, b = (imaging.to_uint8(n.run(feeds)[0][0]) for n in (exact, fast))
             psnr, mean = fast_vs_exact(a, b)
             worst_psnr, worst_mean = min(worst_psnr, psnr), max(worst_mean, mean)
         ok = bool(worst_psnr >= FAST_MIN_PSNR_DB and worst_mean <= FAST_MAX_MEAN_LEVELS)
@@ -321,13 +318,14 @@ def contact_sheet(staging: Path, catalog: Catalog, photo: np.ndarray, path: Path
     from neuralstyle.pyfunc_model import Engine
 
     engine = Engine(staging)
-    rgb = imaging.fit_within(photo.astype(np.float32) / 255.0, 256, "sample photo")
+    pixels = imaging.to_uint8(imaging.fit_within(photo.astype(np.float32) / 255.0, 256, "sample photo"))
+    rgb = pixels.astype(np.float32) / 255.0
     specs = [str(i) for i in range(N_STYLES)] + sorted(catalog.networks)
     cells = [("original", rgb, rgb)]
     for spec in specs:
         style = catalog.resolve(spec)
-        exact, _ = engine.run(rgb, style, "exact")
-        fast, ran = engine.run(rgb, style, "fast")
+        exact, _ = engine.run(pixels, style, "exact")
+        fast, ran = engine.run(pixels, style, "fast")
         quality = engine.quality.get("styles", {}).get(style.label, {})
         if "psnr_db" not in quality:
             note = f"fast {ran}"

@@ -136,7 +136,8 @@ class Engine:
     def _compile(self, precision: str) -> dict[str | None, runtime.Network]:
         threads = int(os.environ.get(THREADS_ENV, "0") or 0)
         return {
-            name: runtime.compile_network(self.root / file, precision, self.cache_dir, threads)
+            name: runtime.compile_network(self.root / file, precision, self.cache_dir, threads,
+                                          pixels_input="image")
             for name, file in self.files.items()
         }
 
@@ -160,21 +161,22 @@ class Engine:
         fast = precision == "fast" and self.may_run_fast(style)
         return (self.fast if fast else self.exact)[style.network]
 
-    def run(self, rgb: np.ndarray, style: Resolved, precision: str = "exact") -> tuple[np.ndarray, str]:
-        """Stylize RGB [H, W, 3] in 0..1 at its own size; returns the result and what ran.
+    def run(self, pixels: np.ndarray, style: Resolved, precision: str = "exact") -> tuple[np.ndarray, str]:
+        """Stylize uint8 RGB [H, W, 3]; returns float RGB [H, W, 3] in 0..1 and what ran.
 
         The networks halve the image twice and double it twice, so a side that is not a
         multiple of 4 is reflect-padded up to one (bottom and right, as the original pipeline
         does) and the result cropped back. Running it unpadded and cropping would stretch the
-        content by up to ~1.5 px toward the far edges.
+        content by up to ~1.5 px toward the far edges. Conversion to float (/255) and the
+        layout change run inside the compiled network.
         """
-        height, width = rgb.shape[:2]
-        padded = pad_to_multiple(rgb, SIZE_MULTIPLE)
-        x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
+        height, width = pixels.shape[:2]
+        x = np.ascontiguousarray(pad_to_multiple(pixels, SIZE_MULTIPLE)[None], dtype=np.uint8)
         network = self.network_for(style, precision)
         feeds = {"image": x} if style.network is not None else {"image": x, "style_weights": style.weights}
-        out = network.run(feeds, release_memory=x.shape[2] * x.shape[3] > RELEASE_ABOVE_PIXELS)[0]
-        return out[0, :, :height, :width].transpose(1, 2, 0), network.precision
+        release = x.shape[1] * x.shape[2] > RELEASE_ABOVE_PIXELS
+        out = network.run(feeds, release_memory=release)[0]
+        return out[0, :height, :width], network.precision
 
 
 def default_cache_dir() -> Path | None:
@@ -199,13 +201,14 @@ def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
 def stylize_row(engine: Engine, image_b64: str, style_spec: str, params: Params, what: str) -> dict:
     """One request row: decode, check, resize, stylize, blend, encode."""
     style = engine.catalog.resolve(str(style_spec) if isinstance(style_spec, int) else style_spec)
-    original = imaging.decode_image(imaging.b64decode(image_b64, what), what, params.max_size)
-    original = imaging.fit_within(original, params.max_size, what)  # modes decode did not fit
-    out, ran = engine.run(original, style, params.precision)
-    if params.preserve_color:
-        out = imaging.preserve_colors(out, original)
-    if params.strength < 1.0:
-        out = params.strength * out + (1.0 - params.strength) * original
+    pixels = imaging.decode_pixels(imaging.b64decode(image_b64, what), what, params.max_size)
+    out, ran = engine.run(pixels, style, params.precision)
+    if params.preserve_color or params.strength < 1.0:
+        original = pixels.astype(np.float32) / 255.0
+        if params.preserve_color:
+            out = imaging.preserve_colors(out, original)
+        if params.strength < 1.0:
+            out = params.strength * out + (1.0 - params.strength) * original
     encoded = imaging.encode_image(out, params.format, params.quality)
     return {
         "image": base64.b64encode(encoded).decode("ascii"),

@@ -112,13 +112,17 @@ class Network:
 
 def compile_network(
     path: str | Path, precision: str = "exact", cache_dir: str | Path | None = None,
-    threads: int = 0,
+    threads: int = 0, pixels_input: str | None = None,
 ) -> Network:
     """Compile an ONNX network for this CPU at ``exact`` or ``fast`` precision.
 
-    ``cache_dir`` keeps OpenVINO's compiled blobs, so a later start skips the compile.
-    ``threads`` 0 lets OpenVINO use every core.
+    ``cache_dir`` keeps OpenVINO's compiled blobs, so a later start skips most of the compile.
+    ``threads`` 0 lets OpenVINO use every core. ``pixels_input`` names an NCHW float input in
+    0..1 that should take uint8 RGB pixels [1, H, W, 3] instead; the conversion (/255, layout)
+    then runs inside the compiled network, and the first output comes back as [1, H, W, C].
     """
+    import openvino as ov
+
     numeric = numeric_precision(precision)
     core = _core()
     config: dict[str, str] = {
@@ -130,5 +134,17 @@ def compile_network(
     if cache_dir:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         config["CACHE_DIR"] = str(cache_dir)
-    compiled = core.compile_model(str(path), "CPU", config)
+    model = core.read_model(str(path))
+    if pixels_input:
+        from openvino.preprocess import PrePostProcessor
+
+        ppp = PrePostProcessor(model)
+        image = ppp.input(pixels_input)
+        image.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+        image.preprocess().convert_element_type(ov.Type.f32).scale(255.0)
+        image.model().set_layout(ov.Layout("NCHW"))
+        ppp.output(0).tensor().set_layout(ov.Layout("NHWC"))
+        ppp.output(0).model().set_layout(ov.Layout("NCHW"))
+        model = ppp.build()
+    compiled = core.compile_model(model, "CPU", config)
     return Network(compiled, numeric, Path(path))
