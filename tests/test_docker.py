@@ -511,7 +511,7 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
 
     In-process, ``mlflow models serve``, the serving container, the batch image, the CLI, and
     the Luigi task with the local, server and docker executors all run the same ONNX graph with
-    the same onnxruntime, Pillow and NumPy pins on the same CPU, and encode with the same
+    the same OpenVINO, Pillow and NumPy pins on the same CPU (the default precision, fast), and encode with the same
     settings; their JPEG bytes must be identical, not merely close.
     """
     import hashlib
