@@ -511,8 +511,8 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
 
     In-process, ``mlflow models serve``, the serving container, the batch image, the CLI, and
     the Luigi task with the local, server and docker executors all run the same ONNX graph with
-    the same OpenVINO, Pillow and NumPy pins on the same CPU (the default precision, fast), and encode with the same
-    settings; their JPEG bytes must be identical, not merely close.
+    the same OpenVINO, Pillow and NumPy pins on the same CPU (at the default precision, fast),
+    and encode with the same settings; their JPEG bytes must be identical, not merely close.
     """
     import hashlib
 
