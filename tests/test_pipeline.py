@@ -291,7 +291,7 @@ def test_two_runs_writing_the_same_output_never_mix(
     rgb = decode_rgb(photos["chelsea"])
     fits = [faithful(got, oracle_uint8(rgb, s)) for s in ("0", "19")]
     assert sorted(fits) == [False, True], fits  # one style, whole
-    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["same.png"]
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["same.png", "same.png.lineage.json"]
 
 
 # ---------------------------------------------------------------- batches and publishing
