@@ -335,6 +335,72 @@ def server_ready_seconds(model_uri: str, tracking_uri: str, runs: int) -> list[f
     return seconds
 
 
+# ------------------------------------------------------------------------------ throughput
+
+
+def throughput(url: str, rss: Callable[[], int], clients: int = 8, seconds: float = 30.0,
+               size: int = 512) -> dict:
+    """``clients`` plain keep-alive clients (no retries) posting a ``size`` px photo back to back.
+
+    A minimal stand-in for bench/load.py where that is absent: images/s, p50/p95 of the 200s,
+    every status seen (a 503 counts as an error: nothing retries), peak RSS sampled every 0.25 s.
+    """
+    import threading
+
+    import requests
+
+    body = json.dumps({"dataframe_split": {"columns": ["image", "style"],
+                                           "data": [[base64.b64encode(photo(size)).decode(), STYLE]]}})
+    answers: list[tuple[int, float]] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+    peak = [rss()]
+
+    def client() -> None:
+        with requests.Session() as session:
+            while time.monotonic() < stop:
+                started = time.perf_counter()
+                try:
+                    status = session.post(f"{url}/invocations", data=body, timeout=120,
+                                          headers={"Content-Type": "application/json"}).status_code
+                except requests.RequestException:
+                    status = 0
+                with lock:
+                    answers.append((status, time.perf_counter() - started))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.25)
+    wall = time.monotonic() - started
+    ok = sorted(s for status, s in answers if status == 200)
+    statuses: dict[str, int] = {}
+    for status, _ in answers:
+        statuses[str(status or "no answer")] = statuses.get(str(status or "no answer"), 0) + 1
+    return {"clients": clients, "seconds": seconds, "size": size, "images_per_s": len(ok) / wall,
+            "p50": ok[len(ok) // 2] if ok else float("nan"),
+            "p95": ok[min(len(ok) - 1, int(len(ok) * 0.95))] if ok else float("nan"),
+            "statuses": statuses, "errors": len(answers) - len(ok), "peak_rss_mb": peak[0] / 1e6}
+
+
+def throughput_md(result: dict) -> str:
+    """The throughput section when bench/load.py did not run."""
+    return "\n".join([
+        f"{result['clients']} concurrent plain clients (no retries) for {result['seconds']:.0f} s "
+        f"against `mlflow models serve` (settings of `neuralstyle.serving`, default precision), "
+        f"{result['size']} px JPEG in and out (bench/speed.py's minimal load; the container was "
+        "not loaded here, bench/load.py does both):",
+        "",
+        "| images/s | p50 (s) | p95 (s) | statuses | errors | peak RSS (MB) |",
+        "|---|---|---|---|---|---|",
+        f"| {result['images_per_s']:.2f} | {result['p50']:.3f} | {result['p95']:.3f} | "
+        f"{result['statuses']} | {result['errors']} | {result['peak_rss_mb']:.0f} |",
+    ])
+
+
 # ---------------------------------------------------------------------------------- report
 
 
@@ -521,16 +587,17 @@ def main(argv: list[str] | None = None) -> int:
     with registry(args.tracking_uri) as uri, config.mlflow_scope(uri):
         model = mlflow.pyfunc.load_model(args.model_uri)
         networks_dir = model.unwrap_python_model().engine.root
-        ready = server_ready_seconds(args.model_uri, uri, 3)
+        ready = server_ready_seconds(args.model_uri, uri, 2)
         with running_server(args.model_uri, tracking_uri=uri) as server:
             latency = latency_by_size(model, StyleServerClient(server.url), sizes, args.runs)
+            load_result = None if args.load_report else throughput(server.url, server.rss_bytes)
         formats, stages = formats_and_profile(model, args.runs)
-        cold = cold_start(networks_dir, 5)
+        cold = cold_start(networks_dir, 3)
     gflop_1024 = network_gflop(1024)
     peaks = {dtype: matmul_peak_gflops(dtype) for dtype in ("fp32", "bf16")}
     ideal = {f"ideal {d} (FLOPs / peak)": {s: network_gflop(s) / peaks[d] for s in sizes}
              for d in ("fp32", "bf16")}
-    load_md = Path(args.load_report).read_text() if args.load_report else None
+    load_md = Path(args.load_report).read_text() if args.load_report else throughput_md(load_result)
     text = report(command, info, (load_before, os.getloadavg()[0]), latency, ideal, peaks,
                   gflop_1024, formats, stages, cold, ready, load_md)
     output.write_text(text)
