@@ -292,14 +292,17 @@ if sys.argv[1] == "onnxruntime":
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     ort.InferenceSession(sys.argv[2] + "/multistyle26.onnx", opts, providers=["CPUExecutionProvider"])
+    t2 = time.perf_counter()
 else:
     import openvino
     import neuralstyle.runtime
     t1 = time.perf_counter()
     from neuralstyle.pyfunc_model import Engine
-    Engine(sys.argv[2], cache_dir=sys.argv[3] if len(sys.argv) > 3 else None)
-t2 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "build": t2 - t1}))
+    engine = Engine(sys.argv[2], cache_dir=sys.argv[3] if len(sys.argv) > 3 else None)
+    t2 = time.perf_counter()
+    engine.exact  # compiled in the background: the server is ready before this
+t3 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "build": t2 - t1, "all": t3 - t1}))
 """
 
 
@@ -546,12 +549,16 @@ def report(command: str, info: dict[str, str], load: tuple[float, float], latenc
         "Fresh Python processes with MLflow already imported (as in a server): import the runtime, "
         "then build what serves (median of runs).",
         "",
-        "| case | import (s) | build (s) | total (s) |",
-        "|---|---|---|---|",
+        "Ready = import + what must exist before the first default request (ours: the fast "
+        "networks; exact compiles in a background thread and is done by 'all').",
+        "",
+        "| case | import (s) | ready: build (s) | import + build (s) | all networks (s) |",
+        "|---|---|---|---|---|",
     ]
     for name, rows in cold.items():
         imp, build = med([r["import"] for r in rows]), med([r["build"] for r in rows])
-        lines.append(f"| {name} | {imp:.2f} | {build:.2f} | {imp + build:.2f} |")
+        every = med([r.get("all", r["build"]) for r in rows])
+        lines.append(f"| {name} | {imp:.2f} | {build:.2f} | {imp + build:.2f} | {every:.2f} |")
     lines += [
         "",
         "`mlflow models serve` start until /ping answers (blob cache warm after the first): "
