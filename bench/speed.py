@@ -148,24 +148,21 @@ def interleave(sides: dict[str, Callable[[], object]], runs: int, warmup: int = 
 
 
 def network_gflop(side: int) -> float:
-    """Multiply-adds x 2 of every convolution of the 26-style network at side x side."""
-    import torch
+    """2 x multiply-adds of every convolution of the 26-style network at side x side (from the
+    exported graph, shapes inferred by OpenVINO at a static input size)."""
+    import openvino as ov
 
     from neuralstyle import weights
 
-    net = weights.load_multistyle26(weights.locate(weights.MULTISTYLE26))
-    total = [0.0]
-
-    def count(module, _inputs, output) -> None:
-        k = module.kernel_size[0] * module.kernel_size[1]
-        total[0] += 2.0 * module.in_channels * k * output.numel()
-
-    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        net(torch.zeros(1, 3, 256, 256), torch.full((26,), 1 / 26))
-    for hook in hooks:
-        hook.remove()
-    return total[0] * (side / 256) ** 2 / 1e9
+    model = ov.Core().read_model(str(weights.locate(weights.MULTISTYLE26)))
+    model.reshape({"image": [1, 3, side, side], "style_weights": [26]})
+    total = 0.0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Convolution":
+            c_out, c_in, kh, kw = op.input(1).get_shape()
+            _, _, h, w = op.output(0).get_shape()
+            total += 2.0 * c_in * c_out * kh * kw * h * w
+    return total / 1e9
 
 
 def matmul_peak_gflops(dtype: str) -> float:
