@@ -365,14 +365,15 @@ def tile_caption(row: StyleRow) -> list[str]:
 Tiles = list[tuple[StyleRow | None, np.ndarray]]  # (None, the photo) first, then one per style
 
 
-def render_tiles(engine: Any, catalog: Catalog, photo: np.ndarray) -> Tiles:
-    """The sample photo (None) and one stylized tile per style, from the exported networks."""
+def render_tiles(engine: Any, catalog: Catalog, photo: np.ndarray, precision: str = "fast") -> Tiles:
+    """The sample photo (None) and one stylized tile per style, from the exported networks, at
+    ``precision`` (default: what a request gets without asking for one)."""
     from neuralstyle import imaging
 
-    rgb = imaging.fit_within(photo.astype(np.float32) / 255.0, TILE, "sample photo")
-    tiles: Tiles = [(None, rgb)]
+    pixels = imaging.to_uint8(imaging.fit_within(photo.astype(np.float32) / 255.0, TILE, "sample photo"))
+    tiles: Tiles = [(None, pixels.astype(np.float32) / 255.0)]
     for row in style_rows(catalog):
-        tiles.append((row, engine.run(rgb, catalog.resolve(row.spec))))
+        tiles.append((row, engine.run(pixels, catalog.resolve(row.spec), precision)[0]))
     return tiles
 
 
