@@ -66,6 +66,7 @@ READ_SCHEMA = "source string, result string, image string, input_sha256 string, 
 WRITE_SCHEMA = "source string, result string, error string, bytes long, width int, height int"
 RESULT_TYPE = "image string, width int, height int, style string"
 FINGERPRINT = "model"  # the output column naming the model that made a result (lineage)
+PRECISION = "precision"  # the output column saying what ran (fp32 | bf16), for the lineage
 
 
 # ----------------------------------------------------------------------------- the plan (driver)
@@ -213,6 +214,7 @@ class LineageContext:
     version: str | None
     style: str
     params: dict[str, Any]
+    precision_column: bool = False  # the model reports what precision ran (PRECISION)
 
 
 def lineage_record(ctx: LineageContext, row: Any, data: bytes) -> dict[str, Any]:
@@ -224,7 +226,7 @@ def lineage_record(ctx: LineageContext, row: Any, data: bytes) -> dict[str, Any]
         input_uri=row.source, input_bytes=b"", output_uri=row.result, output_bytes=data,
         style=ctx.style, resolved_style=str(row.style), params=ctx.params,
         fingerprint=str(getattr(row, FINGERPRINT, "") or ""), model_uri=ctx.model_uri,
-        tracking_uri=None,
+        tracking_uri=None, precision=str(getattr(row, PRECISION, "") or "") or None,
     )
     record["input"].update(sha256=row.input_sha256, bytes=int(row.input_bytes))
     record["model"].update(version=ctx.version, registry=ctx.tracking_uri)
@@ -481,6 +483,7 @@ def run_job(spark: Any, plan: Plan, *, style: str, model_uri: str, params: dict[
                                        math.ceil(len(plan.todo) / photos_per_task))))
     # Models packaged before lineage have no fingerprint column; spark_udf needs the exact fields.
     result_type = RESULT_TYPE + (f", {FINGERPRINT} string" if fingerprint else "")
+    result_type += f", {PRECISION} string" if ctx.precision_column else ""
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type, env_manager="local",
                                   params=params)
     todo = spark.createDataFrame(sc.parallelize(plan.todo, result.partitions),
@@ -644,7 +647,7 @@ def prepare(settings: JobSettings) -> tuple[LineageContext, bool]:
     version = (lineage.registry_version(tracking, name, fingerprint)
                if name and fingerprint else None)
     ctx = LineageContext(settings.model_uri, tracking, version, settings.style,
-                         {**DEFAULT_PARAMS, **settings.params()})
+                         {**DEFAULT_PARAMS, **settings.params()}, PRECISION in answer)
     return ctx, FINGERPRINT in answer
 
 
