@@ -188,8 +188,9 @@ def test_logged_model_metadata(registry) -> None:
     assert "torch" not in requirements and "onnxruntime" not in requirements  # one runtime
     quality = json.loads(next(local.rglob("quality.json")).read_text())
     assert quality["checked"] in ("bf16", "fp32")
-    if quality["checked"] == "bf16":  # every style and named network measured and logged
-        assert len(quality["styles"]) == 26
+    if quality["checked"] == "bf16":  # every style, named network and the arbitrary network
+        assert set(quality["styles"]) == {f"style-{i:02d}" for i in range(26)} | {"painting:any"}
+        assert "stain" in quality["paintings"]  # the version's named painting is checked too
         for name, q in quality["styles"].items():
             assert run.data.metrics[f"fast_psnr_db.{name}"] == pytest.approx(q["psnr_db"], abs=0.01)
             assert q["fast"] == (q["psnr_db"] >= 40 and q["mean_levels"] <= 1.5)
