@@ -444,12 +444,12 @@ def jvm_pid(spark: Any) -> int | None:
 
 
 def model_params(max_size: int, strength: float, preserve_color: bool, quality: int,
-                 suffix: str) -> dict[str, Any]:
+                 suffix: str, precision: str = DEFAULT_PARAMS["precision"]) -> dict[str, Any]:
     """The per-request params of the model contract; the format follows the results' suffix."""
     from neuralstyle.imaging import SUFFIX_FORMATS
 
     return {"max_size": max_size, "strength": strength, "preserve_color": preserve_color,
-            "quality": quality, "format": SUFFIX_FORMATS[suffix]}
+            "quality": quality, "format": SUFFIX_FORMATS[suffix], "precision": precision}
 
 
 def check_model(model_uri: str, tracking_uri: str | None, style: str, params: dict[str, Any]
@@ -595,6 +595,7 @@ class JobSettings:
     strength: float = DEFAULT_PARAMS["strength"]
     preserve_color: bool = DEFAULT_PARAMS["preserve_color"]
     quality: int = DEFAULT_PARAMS["quality"]
+    precision: str = DEFAULT_PARAMS["precision"]
 
     def conf(self) -> dict[str, str]:
         return spark_conf(self.master, self.arrow_batch, self.driver_memory,
@@ -602,7 +603,7 @@ class JobSettings:
 
     def params(self) -> dict[str, Any]:
         return model_params(self.max_size, self.strength, self.preserve_color, self.quality,
-                            self.suffix)
+                            self.suffix, self.precision)
 
 
 def _inside(inner: str, outer: str) -> bool:
@@ -717,6 +718,8 @@ class StylizeSpark(PySparkTask):
                                   description=f"longest side (default: {DEFAULT_PARAMS['max_size']})")
     quality = luigi.IntParameter(default=DEFAULT_PARAMS["quality"],
                                  description=f"JPEG/WebP quality (default: {DEFAULT_PARAMS['quality']})")
+    precision = luigi.ChoiceParameter(choices=("exact", "fast"), default=DEFAULT_PARAMS["precision"],
+                                      description=f"exact | fast (default: {DEFAULT_PARAMS['precision']})")
 
     @property
     def master(self) -> str:
@@ -753,7 +756,7 @@ class StylizeSpark(PySparkTask):
             images=self.images, output=self.results, style=self.style, suffix=self.suffix,
             model_uri=self.model_uri, tracking_uri=self.tracking_uri, master=self.spark_master,
             arrow_batch=self.arrow_batch, photos_per_task=self.photos_per_task,
-            max_size=self.max_size, quality=self.quality,
+            max_size=self.max_size, quality=self.quality, precision=self.precision,
         )
 
     @property

@@ -511,8 +511,9 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
 
     In-process, ``mlflow models serve``, the serving container, the batch image, the CLI, and
     the Luigi task with the local, server and docker executors all run the same ONNX graph with
-    the same OpenVINO, Pillow and NumPy pins on the same CPU (at the default precision, fast),
-    and encode with the same settings; their JPEG bytes must be identical, not merely close.
+    the same OpenVINO, Pillow and NumPy pins on the same CPU at precision=exact (fp32, the
+    parity precision: every path asks for it), and encode with the same settings; their JPEG
+    bytes must be identical, not merely close.
     """
     import hashlib
 
@@ -525,7 +526,7 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
     photo = tmp_path / "chelsea.jpg"
     photo.write_bytes(photos["chelsea"])
     results: dict[str, bytes] = {}
-    params = {"format": "jpeg"}
+    params = {"format": "jpeg", "precision": "exact"}
     results["in-process"] = base64.b64decode(
         model.predict(frame_for(photos["chelsea"]), params=params).iloc[0]["image"])
     with running_server(registry.model_uri, tracking_uri=registry.tracking_uri) as server:
@@ -535,7 +536,8 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
         for executor, extra in executors.items():
             out = tmp_path / f"luigi-{executor}.jpg"
             task = Stylize(image=str(photo), style="7", output_path=str(out), executor=executor,
-                           model_uri=registry.model_uri, tracking_uri=registry.tracking_uri, **extra)
+                           model_uri=registry.model_uri, tracking_uri=registry.tracking_uri,
+                           precision="exact", **extra)
             assert luigi.build([task], local_scheduler=True, workers=1), executor
             results[f"luigi {executor} executor"] = out.read_bytes()
     results["serving container"] = base64.b64decode(
@@ -544,7 +546,8 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
     data, user = data_dir
     (data / "in.jpg").write_bytes(photos["chelsea"])
     status, output, _ = run_batch(docker_client, batch_image, data, user, [
-        "--image", "/data/in.jpg", "--style", "7", "--output", "/data/out.jpg"])
+        "--image", "/data/in.jpg", "--style", "7", "--output", "/data/out.jpg",
+        "--precision", "exact"])
     assert status == 0, output
     results["batch image"] = (data / "out.jpg").read_bytes()
     digests = {path: hashlib.sha256(data).hexdigest() for path, data in results.items()}
