@@ -193,8 +193,8 @@ def warm_local_model(model_uri: str, tracking_uri: str | None) -> None:
 
     Each worker process is a fork: with the model already loaded it shares it (copy on write)
     instead of loading it again for every photo (~2 s each on 2 cores). Loading it here is also
-    what keeps a forked worker from replacing the parent's model-from-code, whose onnxruntime
-    sessions would then be freed in the child, which hangs.
+    what keeps a forked worker from replacing the parent's model-from-code, whose runtime
+    sessions (onnxruntime then, OpenVINO now) would then be freed in the child, which hangs.
     """
     import io
 
