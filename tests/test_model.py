@@ -211,6 +211,7 @@ def test_loads_in_a_fresh_process_outside_the_repo(registry, photos, tmp_path) -
         b64 = base64.b64encode(open("photo.jpg", "rb").read()).decode()
         out = model.predict(pd.DataFrame({"image": [b64], "style": ["7"]}))
         print(json.dumps({"width": int(out.width[0]), "torch": "torch" in sys.modules,
+                          "onnxruntime": "onnxruntime" in sys.modules,
                           "neuralstyle": sys.modules["neuralstyle"].__file__}))
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -221,3 +222,4 @@ def test_loads_in_a_fresh_process_outside_the_repo(registry, photos, tmp_path) -
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["width"] == 451
     assert result["torch"] is False, "serving must not import torch"
+    assert result["onnxruntime"] is False, "serving runs on OpenVINO; onnxruntime is the tests' oracle"
