@@ -2,10 +2,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
+# `make bench` packages this checkout once into a throwaway registry that every benchmark uses.
+BENCH_DIR := $(abspath .bench)
+BENCH_REGISTRY := sqlite:///$(BENCH_DIR)/mlflow.db
 # `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install install-spark install-browser demo test test-fast lint package serve docker-serving \
+.PHONY: install install-spark install-browser demo test test-fast lint package serve bench docker-serving \
 	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary
 
 install: $(VENV)/.installed
@@ -57,6 +60,14 @@ serve: install  ## serve models:/style-transfer@champion on 127.0.0.1:5001 (limi
 		UVICORN_HEADERS=Retry-After:5 STYLIZE_PARALLEL_PHOTOS=2 \
 		mlflow models serve -m models:/style-transfer@champion --env-manager local \
 		-h 127.0.0.1 -p 5001 --timeout 300
+
+bench: install  ## speed vs the peer, throughput (server + container): bench/RESULTS.md, bench/latency.png
+	rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
+	cd $(BENCH_DIR) && $(abspath $(PY)) $(CURDIR)/package_models.py --style-map $(CURDIR)/styles.json \
+		--tracking-uri $(BENCH_REGISTRY)
+	$(PY) bench/load.py --clients 8 --seconds 30 --runs 1 --container \
+		--tracking-uri $(BENCH_REGISTRY) --output $(BENCH_DIR)/load.md
+	$(PY) bench/speed.py --tracking-uri $(BENCH_REGISTRY) --load-report $(BENCH_DIR)/load.md
 
 docker-serving: install  ## build (or reuse) the serving image style-transfer (docker/README.md)
 	$(PY) -m neuralstyle.images serving

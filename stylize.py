@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: off)")
     parser.add_argument("--quality", type=int, default=DEFAULT_PARAMS["quality"],
                         help="JPEG/WebP quality 1..100 (default: %(default)s)")
+    parser.add_argument("--precision", choices=("exact", "fast"), default=DEFAULT_PARAMS["precision"],
+                        help="exact: fp32, as the original graph; fast: bf16 where this CPU has it "
+                             "and the style meets the quality bound, else exact "
+                             "(default: %(default)s)")
     return parser
 
 
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     label = style or Path(args.style_image).stem
     output = args.output or default_output(args.image, label)
     params = {"max_size": args.max_size, "strength": args.strength,
-              "preserve_color": args.preserve_color, "quality": args.quality}
+              "preserve_color": args.preserve_color, "quality": args.quality,
+              "precision": args.precision}
     try:
         predictor = make_predictor(args.model_uri, args.server_url, args.tracking_uri)
         result = stylize_file(args.image, output, style, predictor, params,

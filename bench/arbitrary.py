@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,
                         help="model to load (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=7, help="timed runs per case (default: 7)")
+    parser.add_argument("--precision", choices=("exact", "fast"), default="exact",
+                        help="the request's precision param (default: %(default)s)")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT),
                         help="results file (default: bench/results/arbitrary.md)")
     args = parser.parse_args(argv)
@@ -74,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         frame = (pd.DataFrame({"image": [photos[size]], "style": ["7"]}) if case == "style 7"
                  else pd.DataFrame({"image": [photos[size]], "style_image": [painting]}))
         started = time.perf_counter()
-        model.predict(frame, params={"max_size": size})
+        out = model.predict(frame, params={"max_size": size, "precision": args.precision})
+        ran.add(str(out["precision"][0]))
         return time.perf_counter() - started
 
+    ran: set[str] = set()
     load_before = os.getloadavg()[0]
     cases = ("cold painting", "cached painting", "style 7")
     timings: dict[tuple[int, str], list[float]] = {(s, c): [] for s in SIZES for c in cases}
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{shlex.join(['python', 'bench/arbitrary.py', *(argv or sys.argv[1:])])}`  ",
         f"CPU: {cpu_model()} ({os.cpu_count()} cores), 1-minute load average before "
-        f"{load_before:.2f}, after {os.getloadavg()[0]:.2f}; precision: exact (fp32, onnxruntime)  ",
+        f"{load_before:.2f}, after {os.getloadavg()[0]:.2f}; precision: "
+        f"{args.precision} (ran {', '.join(sorted(ran))}, OpenVINO)  ",
         f"Photo: scikit-image `{LARGE_PHOTO}` resized to a square of each size, PNG in, JPEG out; "
         "painting: `immunohistochemistry` (512x512 PNG). Medians of "
         f"{args.runs} runs (min in brackets).",

@@ -17,7 +17,7 @@ DEFAULT_EXPERIMENT = "style-transfer"
 DEFAULT_STYLE_MAP = "styles.json"
 DEFAULT_STYLE = "7"
 # Photos one loaded model decodes, stylizes and encodes at once; other rows wait for a slot
-# (docs/serving.md, "Under load"). onnxruntime already uses every core for one photo.
+# (docs/serving.md, "Under load"). OpenVINO already uses every core for one photo.
 PARALLEL_PHOTOS_ENV = "STYLIZE_PARALLEL_PHOTOS"
 DEFAULT_PARALLEL_PHOTOS = 2
 

@@ -70,7 +70,7 @@ SERVING_ENV = {
     "UVICORN_LIMIT_CONCURRENCY": "48",
     "STYLIZE_PARALLEL_PHOTOS": "2",
     # MLflow's container starts one uvicorn worker per CPU, each with its own copy of the model;
-    # onnxruntime already uses every core for one photo. Override with -e MLFLOW_MODELS_WORKERS=N.
+    # OpenVINO already uses every core for one photo. Override with -e MLFLOW_MODELS_WORKERS=N.
     "MLFLOW_MODELS_WORKERS": "1",
 }
 

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
+import os
+import struct
 import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -52,13 +57,18 @@ def _describe(data: bytes) -> str:
 
 
 def decode_image(data: bytes, what: str, max_size: int = 0, square: int = 0) -> np.ndarray:
-    """Encoded image bytes -> RGB float32 array [H, W, 3] in 0..1, EXIF orientation applied.
+    """``decode_pixels`` as RGB float32 [H, W, 3] in 0..1."""
+    return decode_pixels(data, what, max_size, square).astype(np.float32) / 255.0
+
+
+def decode_pixels(data: bytes, what: str, max_size: int = 0, square: int = 0) -> np.ndarray:
+    """Encoded image bytes -> RGB uint8 [H, W, 3], EXIF orientation applied, fitted to ``max_size``.
 
     Accepts anything Pillow reads (JPEG, PNG, WebP, GIF, TIFF, BMP) in any mode (RGBA and
-    palette transparency composited on white, grayscale, CMYK). Refuses empty, unreadable,
-    truncated, too small and decompression-bomb images before decoding the pixels.
-    With ``max_size`` an 8-bit photo is scaled down before the float conversion, with the same
-    pixels as ``fit_within`` afterwards: a 27 MP photo then never exists as 324 MB of float32.
+    palette transparency composited on white, grayscale, CMYK, 16-bit scaled to 8). Refuses
+    empty, unreadable, truncated, too small and decompression-bomb images before decoding the
+    pixels. Large photos are scaled down while 8-bit (Lanczos, as ``fit_within``): a 27 MP photo
+    never exists as 324 MB of float32.
     With ``square`` the image is centre-cropped to a square and resized to ``square`` px, as the
     arbitrary-style method prepares a painting (``centre_square``).
     """
@@ -94,12 +104,15 @@ def decode_image(data: bytes, what: str, max_size: int = 0, square: int = 0) -> 
         ) from None
     img = ImageOps.exif_transpose(img)
     if square:
-        return to_rgb_array(centre_square(img, square))
-    if max_size and img.mode in EIGHT_BIT_MODES:
-        size = fitted_size(img.width, img.height, max_size, what)
-        if size is not None:
-            img = img.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-    return to_rgb_array(img)
+        return np.asarray(centre_square(img, square))
+    if img.mode in EIGHT_BIT_MODES:
+        img = img.convert("RGB")
+    else:  # transparency, 16-bit: composited / scaled in float, then 8-bit like the rest
+        img = Image.fromarray(to_uint8(to_rgb_array(img)))
+    size = fitted_size(img.width, img.height, max_size, what)
+    if size is not None:
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(img)
 
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -166,17 +179,77 @@ def preserve_colors(stylized: np.ndarray, original: np.ndarray) -> np.ndarray:
 
 
 def encode_image(rgb: np.ndarray, fmt: str, quality: int) -> bytes:
-    """RGB 0..1 -> encoded bytes. PNG uses compress_level 1: ~5x faster, a slightly larger file."""
-    img = Image.fromarray(to_uint8(rgb))
-    out = io.BytesIO()
+    """RGB 0..1 -> encoded bytes, with encoder settings that keep PNG and WebP near JPEG's cost.
+
+    PNG: our own writer (``encode_png``), ~3x faster than Pillow at ``compress_level=1``, ~10x
+    faster than its default, same size as level 1. WebP: ``method=0``, ~3x faster than method 4
+    for a file ~3% larger at the same quality.
+    """
+    pixels = to_uint8(rgb)
     pil_format = FORMATS[fmt]
     if pil_format == "PNG":
-        img.save(out, "PNG", compress_level=1)
-    elif pil_format == "WEBP":
-        img.save(out, "WEBP", quality=quality, method=4)
+        return encode_png(pixels)
+    img = Image.fromarray(pixels)
+    out = io.BytesIO()
+    if pil_format == "WEBP":
+        img.save(out, "WEBP", quality=quality, method=0)
     else:
         img.save(out, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
     return out.getvalue()
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PARALLEL_DEFLATE_BYTES = 1 << 20  # below this one thread is as fast as several
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def _deflate_threads() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _deflate_pool() -> ThreadPoolExecutor:
+    """Threads for deflating PNG slices (zlib releases the GIL); made on first use."""
+    return ThreadPoolExecutor(max_workers=_deflate_threads(), thread_name_prefix="png")
+
+
+def _deflate(raw: bytes) -> bytes:
+    """One zlib stream of ``raw``, Huffman-only; large inputs in slices deflated in parallel.
+
+    Slices are raw deflate blocks ended with a full flush (byte-aligned, no shared history), so
+    their concatenation is one valid stream; the Adler-32 is over the whole input.
+    """
+    def deflate(part: bytes, last: bool) -> bytes:
+        z = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_HUFFMAN_ONLY)
+        return z.compress(part) + z.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
+
+    n = 1 if len(raw) < PARALLEL_DEFLATE_BYTES else _deflate_threads()
+    bounds = [len(raw) * i // n for i in range(n + 1)]
+    parts = [raw[bounds[i]:bounds[i + 1]] for i in range(n)]
+    lasts = [i == n - 1 for i in range(n)]
+    bodies = map(deflate, parts, lasts) if n == 1 else _deflate_pool().map(deflate, parts, lasts)
+    return b"\x78\x01" + b"".join(bodies) + struct.pack(">I", zlib.adler32(raw))
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """uint8 RGB [H, W, 3] -> PNG: "Up" filter (NumPy), Huffman-only deflate, one IDAT chunk.
+
+    Photos gain little from LZ77 matching after the Up filter, which is where Pillow's PNG
+    encoder spends its time; lossless either way (any PNG decoder reads it back exactly).
+    """
+    height, width, _ = pixels.shape
+    rows = pixels.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), np.uint8)
+    filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it (mod 256)
+    filtered[0, 0] = 0  # the first row has nothing above it: filter type None
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, not interlaced
+    return (PNG_SIGNATURE + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", _deflate(filtered.tobytes())) + _png_chunk(b"IEND", b""))
 
 
 def format_for_path(path: str) -> str:

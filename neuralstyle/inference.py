@@ -138,6 +138,7 @@ def stylize_file(
         params={**DEFAULT_PARAMS, **params}, fingerprint=str(row.get("model", "") or ""),
         model_uri=model_uri or getattr(predictor, "model_uri", None) or config.DEFAULT_MODEL_URI,
         tracking_uri=config.tracking_uri(tracking_uri),
+        precision=str(row.get("precision", "") or "") or None,  # what ran, not what was asked
     )
     write_bytes_atomic(lineage.sidecar_path(output), lineage.to_json(record))
     write_bytes_atomic(output, encoded)

@@ -70,7 +70,7 @@ def _registry_exists(tracking_uri: str) -> bool:
 def build_record(
     *, input_uri: str, input_bytes: bytes, output_uri: str, output_bytes: bytes, style: str,
     resolved_style: str, params: dict[str, Any], fingerprint: str, model_uri: str | None,
-    tracking_uri: str | None,
+    tracking_uri: str | None, precision: str | None = None,
 ) -> dict[str, Any]:
     """One lineage record (plain JSON types)."""
     name = model_name_of(model_uri or "")
@@ -81,6 +81,7 @@ def build_record(
                   "uri": model_uri, "registry": tracking_uri},
         "style": {"requested": style, "resolved": resolved_style},
         "params": params,
+        "precision": precision,
         "input": {"uri": input_uri, "sha256": sha256_bytes(input_bytes), "bytes": len(input_bytes)},
         "output": {"uri": output_uri, "sha256": sha256_bytes(output_bytes),
                    "bytes": len(output_bytes)},
@@ -113,6 +114,7 @@ def s3_metadata(record: dict[str, Any]) -> dict[str, str]:
         "model-fingerprint": model["fingerprint"],
         "style": ascii_(record["style"]["resolved"]),
         "params": ascii_(record["params"]),
+        "precision": ascii_(record.get("precision") or ""),
         "input-uri": ascii_(record["input"]["uri"]),
         "input-sha256": record["input"]["sha256"],
         "output-sha256": record["output"]["sha256"],

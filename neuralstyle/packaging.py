@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from neuralstyle import config, model_card
-from neuralstyle.pyfunc_model import IDENTITY_FILE
-from neuralstyle.styles import Catalog, load_style_map, validate_network_name
+from neuralstyle.pyfunc_model import IDENTITY_FILE, QUALITY_FILE
+from neuralstyle.styles import N_STYLES, Catalog, load_style_map, validate_network_name
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,18 @@ REPO_DIR = PACKAGE_DIR.parent
 PARITY_TOLERANCE = 1e-3  # vs the original ONNX graph, 0..1 scale
 EXPORT_TOLERANCE = 1e-4  # exported ONNX vs the PyTorch module
 PARITY_STYLES = ("0", "7", "19", "3:0.5,12:0.5")
+# precision=fast against exact, per style, worst over the bundled sample photos (8-bit results):
+# a style below either bound is served exact.
+FAST_MIN_PSNR_DB = 40.0
+FAST_MAX_MEAN_LEVELS = 1.5  # mean |fast - exact| in levels of 255
+# Bundled paintings the arbitrary-style network is checked with (besides the version's named ones).
+QUALITY_PAINTINGS = ("hubble_deep_field", "immunohistochemistry", "brick")
 # The files that define what a model version is (how it is built and what it does when served);
 # their hash is the version's code_version, so a change to any of them makes a new version.
 MODEL_FILES = (
     "__init__.py", "errors.py", "imaging.py", "styles.py", "pyfunc_model.py", "model_code.py",
     "networks.py", "weights.py", "packaging.py", "config.py", "arbitrary.py", "painting.py",
+    "runtime.py",
 )
 
 
@@ -296,6 +303,82 @@ def build_arbitrary(staging: Path, catalog: Catalog) -> dict[str, float]:
         }
 
 
+def fast_vs_exact(exact: np.ndarray, fast: np.ndarray) -> tuple[float, float]:
+    """(PSNR in dB, mean |difference| in levels) between two uint8 images."""
+    diff = exact.astype(np.float64) - fast.astype(np.float64)
+    mse = float((diff**2).mean())
+    psnr = 10.0 * np.log10(255.0**2 / mse) if mse > 0 else float("inf")
+    return psnr, float(np.abs(diff).mean())
+
+
+def check_fast_quality(staging: Path, catalog: Catalog) -> tuple[dict, dict[str, float]]:
+    """Which styles may run fast: each style, named network and the arbitrary-style network, fast
+    vs exact on the sample photos.
+
+    The arbitrary-style network gets one entry (``painting:any``) for every painting: it is
+    checked with bundled paintings (``QUALITY_PAINTINGS``) and the version's named ones, their
+    vectors from the predictor as served (exact). Returns the record the model ships
+    (``quality.json``) and the metrics to log. On a CPU without bf16, fast is exact, nothing can
+    be checked, and the record lets no style run bf16 wherever the version is later served.
+    """
+    from neuralstyle import imaging, painting, runtime, samples
+    from neuralstyle.pyfunc_model import ARBITRARY_QUALITY_KEY, SIZE_MULTIPLE, pad_to_multiple
+    from neuralstyle.styles import style_name
+
+    record: dict = {"checked": runtime.fast_precision(), "min_psnr_db": FAST_MIN_PSNR_DB,
+                    "max_mean_levels": FAST_MAX_MEAN_LEVELS, "photos": list(samples.SAMPLES),
+                    "styles": {}}
+    if record["checked"] == runtime.FP32:
+        log.warning("this CPU has no bf16 (AMX or AVX-512 BF16): fast runs fp32, no style checked")
+        return record, {}
+    # As served: uint8 pixels, padded to a multiple of 4 (Engine.run).
+    photos = [np.ascontiguousarray(pad_to_multiple(samples.sample_rgb(name), SIZE_MULTIPLE)[None])
+              for name in samples.SAMPLES]
+    # (label, network file, the extra feeds each photo runs with)
+    jobs = [(style_name(i), catalog.multistyle_file,
+             [{"style_weights": catalog.resolve(str(i)).weights}]) for i in range(N_STYLES)]
+    jobs += [(name, catalog.networks[name]["file"], [{}]) for name in sorted(catalog.networks)]
+    if "transform" in catalog.arbitrary:
+        predictor = runtime.compile_network(staging / catalog.arbitrary["predict"], "exact")
+
+        def vector_fn(square: np.ndarray) -> np.ndarray:
+            x = np.ascontiguousarray(square.transpose(2, 0, 1)[None], dtype=np.float32)
+            return predictor.run({"painting": x})[0].reshape(-1)
+
+        vectors = [painting.painting_vector(samples.encode(samples.sample_painting(name)), vector_fn)
+                   for name in QUALITY_PAINTINGS]
+        vectors += [np.asarray(info["vector"], np.float32) for _, info in sorted(catalog.paintings.items())]
+        record["paintings"] = list(QUALITY_PAINTINGS) + sorted(catalog.paintings)
+        jobs.append((ARBITRARY_QUALITY_KEY, catalog.arbitrary["transform"],
+                     [{"style_vector": v.reshape(1, -1)} for v in vectors]))
+    compiled: dict = {}
+    metrics: dict[str, float] = {}
+    for label, file, extras in jobs:
+        if file not in compiled:
+            compiled[file] = [runtime.compile_network(staging / file, p, pixels_input="image")
+                              for p in ("exact", "fast")]
+        exact, fast = compiled[file]
+        worst_psnr, worst_mean = float("inf"), 0.0
+        for x in photos:
+            for extra in extras:
+                feeds = {"image": x, **extra}
+                a, b = (imaging.to_uint8(n.run(feeds)[0][0]) for n in (exact, fast))
+                psnr, mean = fast_vs_exact(a, b)
+                worst_psnr, worst_mean = min(worst_psnr, psnr), max(worst_mean, mean)
+        ok = bool(worst_psnr >= FAST_MIN_PSNR_DB and worst_mean <= FAST_MAX_MEAN_LEVELS)
+        record["styles"][label] = {"psnr_db": round(float(worst_psnr), 2),
+                                   "mean_levels": round(float(worst_mean), 3),
+                                   "fast": ok}
+        if not ok:
+            log.warning("%s misses the fast bound (%.1f dB, mean %.2f levels): served exact",
+                        label, worst_psnr, worst_mean)
+        metrics[f"fast_psnr_db.{label}"] = worst_psnr
+        metrics[f"fast_mean_levels.{label}"] = worst_mean
+    metrics["fast_styles"] = float(sum(v["fast"] for v in record["styles"].values()))
+    metrics["fast_styles_served_exact"] = float(len(jobs) - metrics["fast_styles"])
+    return record, metrics
+
+
 def fingerprint(catalog: Catalog) -> str:
     """Identity of a model version: weights, extra checkpoints, style map, serving code."""
     from neuralstyle import weights
@@ -341,18 +424,20 @@ def arbitrary_preview(staging: Path, catalog: Catalog, path: Path) -> dict[str, 
     from PIL import Image
 
     from neuralstyle import imaging, painting, samples, weights
-    from neuralstyle.pyfunc_model import Engine
+    from neuralstyle.pyfunc_model import DEFAULT_PARAMS, Engine
     from neuralstyle.styles import Resolved
 
     engine = Engine(staging)
-    photo = imaging.fit_within(samples.sample_rgb("retina").astype(np.float32) / 255, 1024, "retina")
+    pixels = imaging.to_uint8(
+        imaging.fit_within(samples.sample_rgb("retina").astype(np.float32) / 255, 1024, "retina"))
+    photo = pixels.astype(np.float32) / 255
     if catalog.paintings:
         style = catalog.resolve(sorted(catalog.paintings)[0])
     else:
         data = samples.encode(samples.sample_painting("immunohistochemistry"))
         style = Resolved("immunohistochemistry",
                          style_vector=painting.painting_vector(data, engine.style_vector))
-    ours = engine.run(photo, style)
+    ours, _ = engine.run(pixels, style, DEFAULT_PARAMS["precision"])  # as a default request gets it
     theirs = original_method_384(photo, style.style_vector, weights.locate(weights.ARBITRARY_TRANSFORM))
     height, width = ours.shape[:2]
     sheet = Image.new("RGB", (2 * width, height), "white")
@@ -421,7 +506,7 @@ def signature():
         ]),
         outputs=Schema([
             ColSpec("string", "image"), ColSpec("long", "width"), ColSpec("long", "height"),
-            ColSpec("string", "style"), ColSpec("string", "model"),
+            ColSpec("string", "style"), ColSpec("string", "model"), ColSpec("string", "precision"),
         ]),
         params=ParamSchema(
             [ParamSpec(k, dtypes[type(v)], v) for k, v in DEFAULT_PARAMS.items()]
@@ -468,6 +553,9 @@ def package_models(
         metrics, params = build_networks(staging, catalog, checkpoint_paths)
         add_painting_vectors(staging, catalog, painting_paths)
         (staging / IDENTITY_FILE).write_text(json.dumps({"fingerprint": fp}))
+        quality, quality_metrics = check_fast_quality(staging, catalog)
+        (staging / QUALITY_FILE).write_text(json.dumps(quality, indent=2, sort_keys=True))
+        metrics.update(quality_metrics)
         # Under `mlflow run` the run (and its experiment, --experiment-name) already exists and
         # MLFLOW_RUN_ID names it; otherwise our experiment, without mlflow.set_experiment (which
         # would export MLFLOW_EXPERIMENT_ID to every later subprocess).
@@ -500,6 +588,9 @@ def package_models(
                 "code_version": code_version(),
                 "git_commit": git_commit(),
                 "fingerprint": fp,
+                # (the short "styles" tag is the model card's, model_card.version_tags)
+                "fast_checked": quality["checked"],
+                "served_exact": ",".join(k for k, v in quality["styles"].items() if not v["fast"]),
             }
             # One request creates the version with its tags (one database transaction): a
             # registry failing mid-way leaves a whole version or none, never one without its

@@ -1,7 +1,8 @@
 """The pyfunc model contract: base64 photo + style in, base64 stylized photo out.
 
-Runs the exported networks on onnxruntime (no torch at serving time). Heavy things (ONNX
-sessions, the style catalog) load once in ``load_context``; ``predict`` is pure per row.
+Runs the exported networks on OpenVINO through :mod:`neuralstyle.runtime` (no torch at serving
+time), at the precision a request asks for. Heavy things (compiled networks, the style catalog,
+the per-style quality record) load once in ``load_context``; ``predict`` is pure per row.
 Logged as a model from code (``model_code.py``), so loading it unpickles no Python objects.
 """
 
@@ -11,6 +12,7 @@ import base64
 import json
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,23 +21,35 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from neuralstyle import imaging, painting
+from neuralstyle import imaging, painting, runtime
 from neuralstyle.config import DEFAULT_PARALLEL_PHOTOS, PARALLEL_PHOTOS_ENV
 from neuralstyle.errors import StyleInputError
-from neuralstyle.styles import Catalog, Resolved
+from neuralstyle.styles import N_STYLES, Catalog, Resolved, style_name
 
 ARTIFACT_KEY = "networks"
 IDENTITY_FILE = "identity.json"  # {"fingerprint": ...}: the registry tags the version with the same
-OUTPUT_COLUMNS = ["image", "width", "height", "style", "model"]
+# {"checked": "bf16", "styles": {"style-07": {"psnr": .., "mean": .., "fast": true}, ...}}: which
+# styles meet the quality bound at bf16, measured at packaging (packaging.check_fast_quality).
+QUALITY_FILE = "quality.json"
+OUTPUT_COLUMNS = ["image", "width", "height", "style", "model", "precision"]
 MAX_SIZE_LIMIT = 2048  # ~0.5 GB per 32-channel activation at 2048^2: keeps a server alive
-SHRINK_ABOVE_PIXELS = 1024 * 1024  # larger runs give onnxruntime's arena memory back
 SIZE_MULTIPLE = 4  # two stride-2 convolutions, then two x2 upsamplings
+RELEASE_ABOVE_PIXELS = 1024 * 1024  # larger runs hand the runtime's buffers back afterwards
+# OpenVINO's compiled blobs, so a restart skips most of the compile (unset: ~/.cache/stylize).
+CACHE_ENV = "STYLIZE_CACHE_DIR"
+THREADS_ENV = "STYLIZE_THREADS"  # threads per inference; unset: every core
+# Engine's key of the arbitrary-style transformer, and its entry in quality.json (not a valid
+# network name, so no checkpoint can take it): one bf16 decision for every painting.
+ARBITRARY = ":arbitrary"
+ARBITRARY_QUALITY_KEY = "painting:any"
 DEFAULT_PARAMS: dict[str, Any] = {
     "max_size": 1024,
     "strength": 1.0,
     "preserve_color": False,
     "format": "jpeg",
     "quality": 90,
+    # fast: bf16 where the CPU has it and the style meets the quality bound, else fp32 (exact).
+    "precision": "fast",
 }
 
 
@@ -48,6 +62,7 @@ class Params:
     preserve_color: bool
     format: str
     quality: int
+    precision: str = "fast"
 
     @classmethod
     def parse(cls, params: dict[str, Any] | None) -> Params:
@@ -76,75 +91,152 @@ class Params:
             )
         if not 1 <= quality <= 100:
             raise StyleInputError(f"param quality={quality} must be in 1..100")
+        precision = str(merged["precision"]).strip().lower()
+        if precision not in runtime.PRECISIONS:
+            raise StyleInputError(
+                f"param precision={merged['precision']!r} must be one of "
+                f"{', '.join(runtime.PRECISIONS)} (exact: fp32, as the original graph; fast: bf16 "
+                "where this CPU has it and the style meets the quality bound)"
+            )
         preserve = merged["preserve_color"]
         if isinstance(preserve, str):
             preserve = preserve.strip().lower() in ("1", "true", "yes")
-        return cls(max_size, strength, bool(preserve), fmt, quality)
+        return cls(max_size, strength, bool(preserve), fmt, quality, precision)
 
 
 class Engine:
-    """ONNX sessions for the multi-style network and any extra single-style networks."""
+    """The compiled networks at both precisions, and which styles may run fast.
 
-    def __init__(self, root: str | Path) -> None:
-        import onnxruntime as ort
+    Every network (the 26-style network, extra checkpoints, the arbitrary-style pair) is compiled
+    by :func:`neuralstyle.runtime.compile_network`: one runtime, the same two precisions.
+    """
 
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None) -> None:
         root = Path(root)
         self.catalog = Catalog.load(root / "catalog.json")
         identity = root / IDENTITY_FILE  # absent in versions packaged before lineage existed
         self.fingerprint = json.loads(identity.read_text())["fingerprint"] if identity.is_file() else ""
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = ["CPUExecutionProvider"]
-        self.multistyle = ort.InferenceSession(
-            str(root / self.catalog.multistyle_file), options, providers=providers
+        quality = root / QUALITY_FILE  # absent: nothing was checked, so nothing runs bf16
+        self.quality = json.loads(quality.read_text()) if quality.is_file() else {}
+        self.root = root
+        self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+        # Keyed by network name; None is the 26-style network, ARBITRARY the arbitrary-style
+        # transformer (photo + style vector), present when the version has the arbitrary pair.
+        self.files: dict[str | None, str] = {None: self.catalog.multistyle_file} | {
+            name: info["file"] for name, info in self.catalog.networks.items()
+        }
+        if "transform" in self.catalog.arbitrary:
+            self.files[ARBITRARY] = self.catalog.arbitrary["transform"]
+        # The painting -> style vector network always runs exact: a vector is cached by the
+        # painting's bytes whatever precision asked for it, and at 256 px it is cheap.
+        self.predictor = (
+            runtime.compile_network(root / self.catalog.arbitrary["predict"], "exact",
+                                    self.cache_dir, _threads())
+            if "predict" in self.catalog.arbitrary else None
         )
-        self.networks = {
-            name: ort.InferenceSession(str(root / info["file"]), options, providers=providers)
-            for name, info in self.catalog.networks.items()
-        }
-        # Arbitrary style (any painting): {"predict": painting -> vector, "transform": photo}.
-        self.arbitrary = {
-            role: ort.InferenceSession(str(root / file), options, providers=providers)
-            for role, file in self.catalog.arbitrary.items()
-        }
         self.style_vectors = painting.StyleVectorCache()
-        # onnxruntime's CPU arena keeps its peak forever (~1 GB after one 2048 px run, 3 GB seen
-        # in a server). Runs above the default size hand it back; default-size runs keep the
-        # arena, which is ~25% faster at 1024 px than no arena.
-        self.shrink_arena = ort.RunOptions()
-        self.shrink_arena.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        if self.fast_precision() == runtime.FP32:  # fast is exact here: one set of networks
+            self.fast = self._compile("exact")
+            self._exact: Future = Future()
+            self._exact.set_result(self.fast)
+        else:
+            # The default (fast) compiles now; exact in the background, so a server answers
+            # /ping without waiting for it (~0.3-0.8 s); the first exact request waits if needed.
+            self.fast = self._compile("fast")
+            pool = ThreadPoolExecutor(1, thread_name_prefix="compile-exact")
+            self._exact = pool.submit(self._compile, "exact")
+            pool.shutdown(wait=False)  # the thread ends when the compile does
 
-    def run(self, rgb: np.ndarray, style: Resolved) -> np.ndarray:
-        """Stylize RGB [H, W, 3] in 0..1 at its own size; the output has the input's size.
+    @property
+    def exact(self) -> dict[str | None, runtime.Network]:
+        """The fp32 networks (waits for the background compile the first time)."""
+        return self._exact.result()
+
+    def _compile(self, precision: str) -> dict[str | None, runtime.Network]:
+        return {
+            name: runtime.compile_network(self.root / file, precision, self.cache_dir, _threads(),
+                                          pixels_input="image")
+            for name, file in self.files.items()
+        }
+
+    def fast_precision(self) -> str:
+        """bf16 when this CPU has it and packaging checked bf16 quality; else fp32."""
+        if runtime.fast_precision() == runtime.FP32 or self.quality.get("checked") != runtime.BF16:
+            return runtime.FP32
+        return runtime.BF16
+
+    @staticmethod
+    def quality_keys(style: Resolved) -> list[str]:
+        """The entries of ``quality.json`` that decide whether ``style`` may run fast."""
+        if style.style_vector is not None:
+            return [ARBITRARY_QUALITY_KEY]  # one decision for the network, whatever the painting
+        if style.network is not None:
+            return [style.network]
+        return [style_name(i) for i in range(N_STYLES) if style.weights[i] > 0]
+
+    def may_run_fast(self, style: Resolved) -> bool:
+        """True when every style in ``style`` met the quality bound at packaging."""
+        checked = self.quality.get("styles", {})
+        return all(checked.get(name, {}).get("fast", False) for name in self.quality_keys(style))
+
+    def network_for(self, style: Resolved, precision: str) -> runtime.Network:
+        """The compiled network that serves ``style`` at the requested precision."""
+        fast = precision == "fast" and self.may_run_fast(style)
+        key = ARBITRARY if style.style_vector is not None else style.network
+        if key == ARBITRARY and ARBITRARY not in self.files:
+            raise self._no_arbitrary()
+        return (self.fast if fast else self.exact)[key]
+
+    def run(self, pixels: np.ndarray, style: Resolved, precision: str = "exact") -> tuple[np.ndarray, str]:
+        """Stylize uint8 RGB [H, W, 3]; returns float RGB [H, W, 3] in 0..1 and what ran.
 
         The networks halve the image twice and double it twice, so a side that is not a
         multiple of 4 is reflect-padded up to one (bottom and right, as the original pipeline
         does) and the result cropped back. Running it unpadded and cropping would stretch the
-        content by up to ~1.5 px toward the far edges.
+        content by up to ~1.5 px toward the far edges. Conversion to float (/255) and the
+        layout change run inside the compiled network.
         """
-        height, width = rgb.shape[:2]
-        padded = pad_to_multiple(rgb, SIZE_MULTIPLE)
-        x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
-        options = self.shrink_arena if x.shape[2] * x.shape[3] > SHRINK_ABOVE_PIXELS else None
+        height, width = pixels.shape[:2]
+        x = np.ascontiguousarray(pad_to_multiple(pixels, SIZE_MULTIPLE)[None], dtype=np.uint8)
+        network = self.network_for(style, precision)
         if style.style_vector is not None:
-            feeds = {"image": x, "style_vector": style.style_vector.reshape(1, -1)}
-            out = self.arbitrary["transform"].run(None, feeds, options)[0]
+            feeds = {"image": x, "style_vector": style.style_vector.reshape(1, -1).astype(np.float32)}
         elif style.network is not None:
-            out = self.networks[style.network].run(None, {"image": x}, options)[0]
+            feeds = {"image": x}
         else:
             feeds = {"image": x, "style_weights": style.weights}
-            out = self.multistyle.run(None, feeds, options)[0]
-        return out[0, :, :height, :width].transpose(1, 2, 0)
+        release = x.shape[1] * x.shape[2] > RELEASE_ABOVE_PIXELS
+        out = network.run(feeds, release_memory=release)[0]
+        return out[0, :height, :width], network.precision
 
     def style_vector(self, square: np.ndarray) -> np.ndarray:
-        """A painting prepared as [256, 256, 3] in 0..1 -> its style vector [100]."""
-        if "predict" not in self.arbitrary:
-            raise StyleInputError(
-                f"this model version has no arbitrary-style networks: {painting.COLUMN} needs a "
-                "version packaged with them (package_models.py)"
-            )
+        """A painting prepared as [256, 256, 3] in 0..1 -> its style vector [100] (fp32)."""
+        if self.predictor is None:
+            raise self._no_arbitrary()
         x = np.ascontiguousarray(square.transpose(2, 0, 1)[None], dtype=np.float32)
-        return self.arbitrary["predict"].run(None, {"painting": x})[0].reshape(-1)
+        return self.predictor.run({"painting": x})[0].reshape(-1)
+
+    @staticmethod
+    def _no_arbitrary() -> StyleInputError:
+        return StyleInputError(
+            f"this model version has no arbitrary-style networks: {painting.COLUMN} needs a "
+            "version packaged with them (package_models.py)"
+        )
+
+
+def _threads() -> int:
+    return int(os.environ.get(THREADS_ENV, "0") or 0)
+
+
+def default_cache_dir() -> Path | None:
+    """Where compiled blobs are kept: ``$STYLIZE_CACHE_DIR``, else ~/.cache; None if unwritable."""
+    explicit = os.environ.get(CACHE_ENV)
+    path = Path(explicit) if explicit else Path.home() / ".cache" / "stylize" / "openvino"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
 
 
 def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
@@ -186,14 +278,15 @@ def stylize_row(
 ) -> dict:
     """One request row: decode, check, resize, stylize, blend, encode."""
     style = resolve_style(engine, style_spec, style_image, what.removeprefix("image "))
-    original = imaging.decode_image(imaging.b64decode(image_b64, what), what, params.max_size)
-    original = imaging.fit_within(original, params.max_size, what)  # modes decode did not fit
+    pixels = imaging.decode_pixels(imaging.b64decode(image_b64, what), what, params.max_size)
+    original = pixels.astype(np.float32) / 255.0
+    blend_pixels = params.strength < 1.0 and style.style_vector is None
     if style.style_vector is not None:  # a painting: strength mixes style vectors, not pixels
         style = painting.with_strength(style, original, params.strength, engine.style_vector)
-    out = engine.run(original, style)
+    out, ran = engine.run(pixels, style, params.precision)
     if params.preserve_color:
         out = imaging.preserve_colors(out, original)
-    if params.strength < 1.0 and style.style_vector is None:
+    if blend_pixels:
         out = params.strength * out + (1.0 - params.strength) * original
     encoded = imaging.encode_image(out, params.format, params.quality)
     return {
@@ -202,6 +295,7 @@ def stylize_row(
         "height": int(out.shape[0]),
         "style": style.label,
         "model": engine.fingerprint,
+        "precision": ran,
     }
 
 

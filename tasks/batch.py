@@ -126,6 +126,7 @@ class StylizeBatch(luigi.WrapperTask):
     strength = Stylize.strength
     preserve_color = Stylize.preserve_color
     quality = Stylize.quality
+    precision = Stylize.precision
 
     _listing: list[str] | None = None
 
@@ -150,7 +151,7 @@ class StylizeBatch(luigi.WrapperTask):
         return {
             name: getattr(self, name)
             for name in ("style", "style_image", "executor", "model_uri", "server_url", "tracking_uri",
-                         "max_size", "strength", "preserve_color", "quality", "force")
+                         "max_size", "strength", "preserve_color", "quality", "precision", "force")
         }
 
     def requires(self) -> list[luigi.Task]:

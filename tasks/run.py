@@ -74,6 +74,9 @@ def add_request_params(parser: argparse.ArgumentParser) -> None:
                         help="true keeps the photo's colours (default: %(default)s)")
     parser.add_argument("--quality", type=_whole, default=DEFAULT_PARAMS["quality"],
                         help="JPEG/WebP quality 1..100 (default: %(default)s)")
+    parser.add_argument("--precision", choices=("exact", "fast"), default=DEFAULT_PARAMS["precision"],
+                        help="exact: fp32, as the original graph; fast: bf16 where the CPU has it "
+                             "and the style met the quality bound, else exact (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +121,8 @@ def photo_settings(args: argparse.Namespace, executor: str | None, server_url: s
         "model_uri": args.model_uri,
         "server_url": server_url, "tracking_uri": args.tracking_uri,
         "max_size": args.max_size, "strength": args.strength,
-        "preserve_color": args.preserve_color, "quality": args.quality, "force": args.force,
+        "preserve_color": args.preserve_color, "quality": args.quality,
+        "precision": args.precision, "force": args.force,
     }
 
 
@@ -189,8 +193,8 @@ def warm_local_model(model_uri: str, tracking_uri: str | None) -> None:
 
     Each worker process is a fork: with the model already loaded it shares it (copy on write)
     instead of loading it again for every photo (~2 s each on 2 cores). Loading it here is also
-    what keeps a forked worker from replacing the parent's model-from-code, whose onnxruntime
-    sessions would then be freed in the child, which hangs.
+    what keeps a forked worker from replacing the parent's model-from-code, whose runtime
+    sessions (onnxruntime then, OpenVINO now) would then be freed in the child, which hangs.
     """
     import io
 

@@ -66,6 +66,7 @@ READ_SCHEMA = "source string, result string, image string, input_sha256 string, 
 WRITE_SCHEMA = "source string, result string, error string, bytes long, width int, height int"
 RESULT_TYPE = "image string, width int, height int, style string"
 FINGERPRINT = "model"  # the output column naming the model that made a result (lineage)
+PRECISION = "precision"  # the output column saying what ran (fp32 | bf16), for the lineage
 
 
 # ----------------------------------------------------------------------------- the plan (driver)
@@ -213,6 +214,7 @@ class LineageContext:
     version: str | None
     style: str
     params: dict[str, Any]
+    precision_column: bool = False  # the model reports what precision ran (PRECISION)
 
 
 def lineage_record(ctx: LineageContext, row: Any, data: bytes) -> dict[str, Any]:
@@ -224,7 +226,7 @@ def lineage_record(ctx: LineageContext, row: Any, data: bytes) -> dict[str, Any]
         input_uri=row.source, input_bytes=b"", output_uri=row.result, output_bytes=data,
         style=ctx.style, resolved_style=str(row.style), params=ctx.params,
         fingerprint=str(getattr(row, FINGERPRINT, "") or ""), model_uri=ctx.model_uri,
-        tracking_uri=None,
+        tracking_uri=None, precision=str(getattr(row, PRECISION, "") or "") or None,
     )
     record["input"].update(sha256=row.input_sha256, bytes=int(row.input_bytes))
     record["model"].update(version=ctx.version, registry=ctx.tracking_uri)
@@ -442,12 +444,12 @@ def jvm_pid(spark: Any) -> int | None:
 
 
 def model_params(max_size: int, strength: float, preserve_color: bool, quality: int,
-                 suffix: str) -> dict[str, Any]:
+                 suffix: str, precision: str = DEFAULT_PARAMS["precision"]) -> dict[str, Any]:
     """The per-request params of the model contract; the format follows the results' suffix."""
     from neuralstyle.imaging import SUFFIX_FORMATS
 
     return {"max_size": max_size, "strength": strength, "preserve_color": preserve_color,
-            "quality": quality, "format": SUFFIX_FORMATS[suffix]}
+            "quality": quality, "format": SUFFIX_FORMATS[suffix], "precision": precision}
 
 
 def check_model(model_uri: str, tracking_uri: str | None, style: str, params: dict[str, Any]
@@ -481,6 +483,7 @@ def run_job(spark: Any, plan: Plan, *, style: str, model_uri: str, params: dict[
                                        math.ceil(len(plan.todo) / photos_per_task))))
     # Models packaged before lineage have no fingerprint column; spark_udf needs the exact fields.
     result_type = RESULT_TYPE + (f", {FINGERPRINT} string" if fingerprint else "")
+    result_type += f", {PRECISION} string" if ctx.precision_column else ""
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type, env_manager="local",
                                   params=params)
     todo = spark.createDataFrame(sc.parallelize(plan.todo, result.partitions),
@@ -592,6 +595,7 @@ class JobSettings:
     strength: float = DEFAULT_PARAMS["strength"]
     preserve_color: bool = DEFAULT_PARAMS["preserve_color"]
     quality: int = DEFAULT_PARAMS["quality"]
+    precision: str = DEFAULT_PARAMS["precision"]
 
     def conf(self) -> dict[str, str]:
         return spark_conf(self.master, self.arrow_batch, self.driver_memory,
@@ -599,7 +603,7 @@ class JobSettings:
 
     def params(self) -> dict[str, Any]:
         return model_params(self.max_size, self.strength, self.preserve_color, self.quality,
-                            self.suffix)
+                            self.suffix, self.precision)
 
 
 def _inside(inner: str, outer: str) -> bool:
@@ -644,7 +648,7 @@ def prepare(settings: JobSettings) -> tuple[LineageContext, bool]:
     version = (lineage.registry_version(tracking, name, fingerprint)
                if name and fingerprint else None)
     ctx = LineageContext(settings.model_uri, tracking, version, settings.style,
-                         {**DEFAULT_PARAMS, **settings.params()})
+                         {**DEFAULT_PARAMS, **settings.params()}, PRECISION in answer)
     return ctx, FINGERPRINT in answer
 
 
@@ -714,6 +718,8 @@ class StylizeSpark(PySparkTask):
                                   description=f"longest side (default: {DEFAULT_PARAMS['max_size']})")
     quality = luigi.IntParameter(default=DEFAULT_PARAMS["quality"],
                                  description=f"JPEG/WebP quality (default: {DEFAULT_PARAMS['quality']})")
+    precision = luigi.ChoiceParameter(choices=("exact", "fast"), default=DEFAULT_PARAMS["precision"],
+                                      description=f"exact | fast (default: {DEFAULT_PARAMS['precision']})")
 
     @property
     def master(self) -> str:
@@ -750,7 +756,7 @@ class StylizeSpark(PySparkTask):
             images=self.images, output=self.results, style=self.style, suffix=self.suffix,
             model_uri=self.model_uri, tracking_uri=self.tracking_uri, master=self.spark_master,
             arrow_batch=self.arrow_batch, photos_per_task=self.photos_per_task,
-            max_size=self.max_size, quality=self.quality,
+            max_size=self.max_size, quality=self.quality, precision=self.precision,
         )
 
     @property

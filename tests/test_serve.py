@@ -28,6 +28,7 @@ from oracle import (
     assert_matches_peer,
     decode_b64,
     decode_rgb,
+    faithful,
     max_level_diff,
     oracle_uint8,
     parity_photo,
@@ -133,13 +134,33 @@ def test_several_rows_in_dataframe_split_match_in_process_and_oracle(server, mod
                                                                       photos) -> None:
     rows = [(photos["astronaut"], "7"), (photos["chelsea"], "3:0.5,12:0.5"),
             (photos["coffee"], "19")]
-    response = post(server.url, split_body(rows, {"format": "png"}))
+    params = {"format": "png", "precision": "exact"}
+    response = post(server.url, split_body(rows, params))
     assert response.status_code == 200, response.text[:1000]
     predictions = response.json()["predictions"]
-    assert_matches_in_process(predictions, in_process(model, rows, {"format": "png"}))
+    assert_matches_in_process(predictions, in_process(model, rows, params))
     for (photo, style), served in zip(rows, predictions, strict=True):
         expected = oracle_uint8(decode_rgb(photo), style)
         assert max_level_diff(decode_b64(served["image"]), expected) <= PIXEL_TOLERANCE
+        assert served["precision"] == "fp32"
+
+
+@pytest.mark.integration
+def test_default_precision_is_fast_and_says_what_ran(server, model, photos) -> None:
+    """Served like in-process; style 7 meets the bound (bf16 where the CPU has it), a blend with
+    style 3 (which misses it on these networks) runs fp32, and each row says which ran."""
+    from neuralstyle import runtime
+
+    rows = [(photos["chelsea"], "7"), (photos["chelsea"], "3:0.5,12:0.5")]
+    response = post(server.url, split_body(rows, {"format": "png"}))
+    assert response.status_code == 200, response.text[:1000]
+    predictions = response.json()["predictions"]
+    local = in_process(model, rows, {"format": "png"})
+    assert_matches_in_process(predictions, local)
+    assert [p["precision"] for p in predictions] == list(local["precision"])
+    assert [p["precision"] for p in predictions] == [runtime.fast_precision(), "fp32"]
+    for (photo, style), served in zip(rows, predictions, strict=True):
+        assert faithful(decode_b64(served["image"]), oracle_uint8(decode_rgb(photo), style))
 
 
 @pytest.mark.integration
@@ -194,6 +215,8 @@ def _bad_requests(photos: dict[str, bytes]) -> dict[str, tuple[dict | str, str, 
                                   "param max_size=4096 must be in 1..2048", 400),
         "format-unknown": (split_body([(ok, "7")], {"format": "gif"}),
                            "param format='gif' must be one of jpeg, png, webp", 400),
+        "precision-unknown": (split_body([(ok, "7")], {"precision": "turbo"}),
+                              "param precision='turbo' must be one of exact, fast", 400),
         "strength-not-a-number": (split_body([(ok, "7")], {"strength": "strong"}),
                                   "Failed to validate type and shape for 'strength'", 400),
         "malformed-json": ('{"dataframe_split": {"columns": ["image", "style"], "data": [[',
@@ -235,12 +258,13 @@ def test_a_25_mb_photo_is_stylized_through_the_client(server, model, big_jpeg) -
     assert len(big_jpeg) >= 20 * MB, f"test photo is only {len(big_jpeg) / MB:.1f} MB"
     frame = pd.DataFrame({"image": [b64(big_jpeg)], "style": ["7"]})
     started = time.monotonic()
-    result = StyleServerClient(server.url).predict(frame, params={"format": "png"})
+    params = {"format": "png", "precision": "exact"}
+    result = StyleServerClient(server.url).predict(frame, params=params)
     seconds = time.monotonic() - started
     row = result.iloc[0]
     assert (row["width"], row["height"], row["style"]) == (1024, 768, "style-07")
     assert seconds < serving.REQUEST_TIMEOUT_S / 4, f"{seconds:.1f} s leaves too little headroom"
-    local = in_process(model, [(big_jpeg, "7")], {"format": "png"})
+    local = in_process(model, [(big_jpeg, "7")], params)
     assert_matches_in_process(result.to_dict(orient="records"), local)
     # Independent of our resize code: Pillow's Lanczos on the decoded photo, then the oracle.
     small = np.asarray(Image.open(io.BytesIO(big_jpeg)).convert("RGB").resize(
@@ -373,7 +397,7 @@ def test_served_whole_path_matches_the_original_pipeline(server, width: int, hei
     photo = parity_photo(width, height)
     body = {"dataframe_split": {"columns": ["image", "style"],
                                 "data": [[base64.b64encode(photo).decode(), "7"]]},
-            "params": {"format": "png"}}
+            "params": {"format": "png", "precision": "exact"}}
     answer = requests.post(f"{server.url}/invocations", json=body, timeout=120)
     assert answer.status_code == 200, answer.text[:500]
     assert_matches_peer(answer.json()["predictions"][0]["image"], photo, 7,
