@@ -5,7 +5,7 @@
 #   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD:/data" stylize \
 #       --image /data/in.jpg --style 7 --output /data/out.jpg
 #
-# neuralstyle.images.ensure_batch_image() does the first two steps (tag stylize:v<N>-<code>).
+# neuralstyle.containers.images.ensure_batch_image() does the first two steps (tag stylize:v<N>-<code>).
 # Arguments after the image name go to stylize.py; exit status 0 ok, 2 bad input, 1 failure.
 # /data is the working folder, so relative paths name files in the mounted folder.
 # The container runs as an unprivileged user (uid 10001) unless --user says otherwise: use
@@ -45,7 +45,7 @@ COPY build/model /app/model
 COPY stylize.py /app/stylize.py
 COPY neuralstyle /app/neuralstyle
 
-# What the image holds, filled in by neuralstyle.images.ensure_batch_image (empty for a plain
+# What the image holds, filled in by neuralstyle.containers.images.ensure_batch_image (empty for a plain
 # `docker build`): `docker inspect --format '{{json .Config.Labels}}' stylize`.
 ARG MODEL_URI="" MODEL_NAME="" MODEL_VERSION="" MODEL_RUN_ID="" MODEL_FINGERPRINT="" \
     CODE_VERSION="" RECIPE=""

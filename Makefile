@@ -70,10 +70,10 @@ bench: install  ## speed vs the peer, throughput (server + container): bench/RES
 	$(PY) bench/speed.py --tracking-uri $(BENCH_REGISTRY) --load-report $(BENCH_DIR)/load.md
 
 docker-serving: install  ## build (or reuse) the serving image style-transfer (docker/README.md)
-	$(PY) -m neuralstyle.images serving
+	$(PY) -m neuralstyle.containers.images serving
 
 docker-batch: install  ## build (or reuse) the batch image stylize from ./Dockerfile
-	$(PY) -m neuralstyle.images batch
+	$(PY) -m neuralstyle.containers.images batch
 
 # The production-shaped stack (PostgreSQL, SeaweedFS S3, mlflow server with auth, luigid, the
 # model server), all state in stack/; then `. stack/env` points every command at it.
@@ -98,7 +98,7 @@ bench-arbitrary: install  ## latency of a painting as the style at 384 and 1024 
 	$(PY) bench/arbitrary.py
 
 try: install  ## the serving image's try-it page on http://127.0.0.1:5002/ (builds the image if needed)
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(PY) -m neuralstyle.tryit
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(PY) -m neuralstyle.run.container
 
 screenshots: install install-browser  ## refresh docs/screenshots/ from the browser tests
 	STYLIZE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -m browser tests/test_browser.py

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from neuralstyle import config
-from neuralstyle.errors import is_input_error
+from neuralstyle.model.errors import is_input_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     style_map = args.style_map or None
     if style_map == config.DEFAULT_STYLE_MAP and not Path(style_map).exists():
         style_map = str(Path(__file__).resolve().parent / config.DEFAULT_STYLE_MAP)
-    from neuralstyle.packaging import package_models
+    from neuralstyle.builder.packaging import package_models
 
     try:
         result = package_models(

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from neuralstyle import config
-from neuralstyle.pyfunc_model import DEFAULT_PARAMS
+from neuralstyle.run.flags import add_request_flags, request_params
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,39 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
                              f"{config.DEFAULT_TRACKING_URI})")
-    parser.add_argument("--max-size", type=int, default=DEFAULT_PARAMS["max_size"],
-                        help="longest side in px; larger photos are scaled down "
-                             "(default: %(default)s)")
-    parser.add_argument("--strength", type=float, default=DEFAULT_PARAMS["strength"],
-                        help="0..1, mix of stylized and original (default: %(default)s)")
-    parser.add_argument("--preserve-color", action="store_true",
-                        help="keep the photo's colours, take only the style's luminance "
-                             "(default: off)")
-    parser.add_argument("--quality", type=int, default=DEFAULT_PARAMS["quality"],
-                        help="JPEG/WebP quality 1..100 (default: %(default)s)")
-    parser.add_argument("--precision", choices=("exact", "fast"), default=DEFAULT_PARAMS["precision"],
-                        help="exact: fp32, as the original graph; fast: bf16 where this CPU has it "
-                             "and the style meets the quality bound, else exact "
-                             "(default: %(default)s)")
+    add_request_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from neuralstyle.errors import is_input_error
-    from neuralstyle.inference import default_output, make_predictor, stylize_file
+    from neuralstyle.model.errors import is_input_error
+    from neuralstyle.run.executors import open_predictor
+    from neuralstyle.run.inference import default_output, stylize_file
 
     style = args.style if args.style is not None else (
         "" if args.style_image else config.DEFAULT_STYLE)
     label = style or Path(args.style_image).stem
     output = args.output or default_output(args.image, label)
-    params = {"max_size": args.max_size, "strength": args.strength,
-              "preserve_color": args.preserve_color, "quality": args.quality,
-              "precision": args.precision}
+    params = request_params(args)
     try:
-        predictor = make_predictor(args.model_uri, args.server_url, args.tracking_uri)
-        result = stylize_file(args.image, output, style, predictor, params,
-                              style_image=args.style_image)
+        with open_predictor(model_uri=args.model_uri, server_url=args.server_url,
+                            tracking_uri=args.tracking_uri) as predictor:
+            result = stylize_file(args.image, output, style, predictor, params,
+                                  style_image=args.style_image)
     except Exception as exc:
         message = " ".join(str(getattr(exc, "message", None) or exc).split())
         print(f"stylize: error: {message}", file=sys.stderr)

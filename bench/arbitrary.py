@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     from PIL import Image
 
-    from neuralstyle.samples import LARGE_PHOTO, encode, sample_painting, sample_rgb
+    from neuralstyle.builder.samples import LARGE_PHOTO, encode, sample_painting, sample_rgb
 
     with config.mlflow_scope(args.tracking_uri):
         model = mlflow.pyfunc.load_model(args.model_uri)

@@ -81,7 +81,7 @@ def make_photos(folder: Path, count: int, size: int) -> list[Path]:
     """``count`` square JPEGs: crops at four positions, plain and mirrored, of the samples."""
     from PIL import Image, ImageOps
 
-    from neuralstyle.samples import SAMPLES, sample_rgb
+    from neuralstyle.builder.samples import SAMPLES, sample_rgb
 
     folder.mkdir(parents=True, exist_ok=True)
     made = []
@@ -111,7 +111,8 @@ def measure_one(name: str, photos_dir: str, tracking_uri: str, model_uri: str,
     from luigi.execution_summary import LuigiStatusCode
     from luigi.task_register import Register
 
-    from neuralstyle.inference import make_predictor, stylize_file
+    from neuralstyle.run.executors import open_predictor
+    from neuralstyle.run.inference import stylize_file
     from tasks import StylizeBatch
     from tasks.run import warm_local_model
 
@@ -125,9 +126,10 @@ def measure_one(name: str, photos_dir: str, tracking_uri: str, model_uri: str,
         results = Path(tempfile.mkdtemp(prefix=f"bench-batch-{run}-"))
         started = time.perf_counter()
         if workers == 0:
-            predictor = make_predictor(model_uri, server_url, tracking_uri)
-            for path in files:
-                stylize_file(path, results / f"{path.stem}-7.jpg", "7", predictor)
+            with open_predictor(model_uri=model_uri, server_url=server_url,
+                                tracking_uri=tracking_uri) as predictor:
+                for path in files:
+                    stylize_file(path, results / f"{path.stem}-7.jpg", "7", predictor)
         else:
             Register.clear_instance_cache()
             batch = StylizeBatch(images=photos_dir, results=str(results), executor=executor,
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from serve_latency import machine, registry
 
-    from neuralstyle.serving import serve_model
+    from neuralstyle.run.serving import serve_model
 
     command = "python bench/batch.py" + "".join(
         f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))

@@ -7,7 +7,7 @@
 Each client is one thread with its own ``requests.Session`` (one keep-alive connection, no
 retries), posting one 512 px photo per request back to back; every fifth photo is bad (a
 truncated JPEG) and must be answered 400. The server is started with exactly the settings
-``make serve`` uses (``neuralstyle.serving.serve_model``), the container with the serving image's.
+``make serve`` uses (``neuralstyle.run.serving.serve_model``), the container with the serving image's.
 Reported per target and run: photos/s (200 answers per second of wall time), p50/p95 latency of
 the 200s, every status seen, peak RSS of the server's processes (sampled every 0.25 s).
 Tests reuse :func:`run_load` (tests/test_load.py); this script writes bench/results/load.md.
@@ -99,7 +99,7 @@ def photo_jpegs(size: int = PHOTO_SIZE) -> list[bytes]:
     """The bundled sample photos with the longest side scaled to ``size``, JPEG quality 90."""
     from PIL import Image
 
-    from neuralstyle.samples import SAMPLES, sample_rgb
+    from neuralstyle.builder.samples import SAMPLES, sample_rgb
 
     photos = []
     for name in SAMPLES:
@@ -191,7 +191,7 @@ def run_load(url: str, *, clients: int = 16, seconds: float = 20.0,
 
 def container_rss(container) -> int:
     """Resident memory of every process in a container (host pids from ``docker top``)."""
-    from neuralstyle.serving import _rss_bytes
+    from neuralstyle.run.serving import _rss_bytes
 
     try:
         top = container.top(ps_args="-eo pid")
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _serve_target(model_uri: str, tracking_uri: str) -> Iterator[tuple[str, Callable[[], int]]]:
     """``mlflow models serve`` with make serve's settings: its URL and its process group's RSS."""
-    from neuralstyle.serving import running_server
+    from neuralstyle.run.serving import running_server
 
     with running_server(model_uri, tracking_uri=tracking_uri) as server:
         yield server.url, server.rss_bytes
@@ -286,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     from bench.serve_latency import machine, registry
-    from neuralstyle import config, images, serving
+    from neuralstyle import config
+    from neuralstyle.containers import images
+    from neuralstyle.run import serving
 
     model_uri = args.model_uri or config.DEFAULT_MODEL_URI
     bodies = request_bodies(photo_jpegs())

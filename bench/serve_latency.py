@@ -70,7 +70,7 @@ def photo_1024() -> bytes:
     """A real photo (scikit-image's astronaut, 512 px) scaled to 1024x1024, JPEG quality 95."""
     from PIL import Image
 
-    from neuralstyle.samples import sample_rgb
+    from neuralstyle.builder.samples import sample_rgb
 
     img = Image.fromarray(sample_rgb("astronaut")).resize((1024, 1024), Image.Resampling.LANCZOS)
     out = io.BytesIO()
@@ -84,7 +84,7 @@ def registry(tracking_uri: str | None) -> Iterator[str]:
     if tracking_uri:
         yield tracking_uri
         return
-    from neuralstyle.packaging import package_models
+    from neuralstyle.builder.packaging import package_models
 
     with tempfile.TemporaryDirectory(prefix="bench-registry-") as root:
         uri = f"sqlite:///{root}/mlflow.db"
@@ -127,9 +127,9 @@ def measure(model_uri: str, tracking_uri: str, runs: int, warmup: int) -> dict:
     """Alternate in-process and served calls on the same frame; return timings and context."""
     import pandas as pd
 
-    from neuralstyle.client import StyleServerClient
-    from neuralstyle.inference import LocalPredictor
-    from neuralstyle.serving import REQUEST_TIMEOUT_S, running_server
+    from neuralstyle.run.client import StyleServerClient
+    from neuralstyle.run.inference import LocalPredictor
+    from neuralstyle.run.serving import REQUEST_TIMEOUT_S, running_server
 
     photo = photo_1024()
     frame = pd.DataFrame({"image": [base64.b64encode(photo).decode("ascii")], "style": ["7"]})

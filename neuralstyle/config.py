@@ -1,6 +1,7 @@
-"""Defaults shared by the scripts, the tasks and the tests: each is declared once, here.
+"""Where models live (registry, model URI, experiment, style) and how MLflow is pointed at them.
 
-``tests/test_mlproject.py`` checks that every MLproject parameter default equals these.
+The request params and their defaults are the model's contract (``neuralstyle.model.contract``);
+``tests/test_project.py`` checks the MLproject parameter defaults against both.
 """
 
 from __future__ import annotations
@@ -16,10 +17,6 @@ DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
 DEFAULT_EXPERIMENT = "style-transfer"
 DEFAULT_STYLE_MAP = "styles.json"
 DEFAULT_STYLE = "7"
-# Photos one loaded model decodes, stylizes and encodes at once; other rows wait for a slot
-# (docs/serving.md, "Under load"). OpenVINO already uses every core for one photo.
-PARALLEL_PHOTOS_ENV = "STYLIZE_PARALLEL_PHOTOS"
-DEFAULT_PARALLEL_PHOTOS = 2
 
 
 def tracking_uri(explicit: str | None = None) -> str:

@@ -20,7 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from neuralstyle import config, lineage
+from neuralstyle import config
+from neuralstyle.run import lineage
 
 BUCKET = "stylize-demo"
 KEY = "photos/chelsea.jpg"
@@ -44,7 +45,7 @@ def ensure_registered(model_name: str = config.DEFAULT_MODEL_NAME,
     try:
         return MlflowClient().get_model_version_by_alias(model_name, alias).version
     except MlflowException:
-        from neuralstyle.packaging import package_models
+        from neuralstyle.builder.packaging import package_models
 
         print(f"registry has no {model_name}@{alias}: packaging the networks (~20 s)", flush=True)
         return package_models(model_name, alias, style_map=config.DEFAULT_STYLE_MAP).version
@@ -55,7 +56,7 @@ def s3_server() -> Iterator[str]:
     """moto's standalone S3 server on a free 127.0.0.1 port; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
-    from neuralstyle.serving import free_port
+    from neuralstyle.run.serving import free_port
 
     port = free_port()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request
@@ -71,7 +72,7 @@ def upload_sample(endpoint: str) -> str:
     """Put the bundled sample photo into the demo bucket; return its s3:// URI."""
     import boto3
 
-    from neuralstyle.samples import sample_jpeg
+    from neuralstyle.builder.samples import sample_jpeg
 
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
                       aws_access_key_id=FAKE_AWS["AWS_ACCESS_KEY_ID"],
@@ -109,7 +110,7 @@ def main() -> int:
 
 def run_demo(uri: str, version: str) -> int:
     """Steps 2-5 against the registry at ``uri``, which holds ``version``."""
-    from neuralstyle.serving import serve_model
+    from neuralstyle.run.serving import serve_model
 
     # The demo's own earlier result and download: remove them so the pipeline runs again
     # (otherwise Luigi sees the result and, rightly, does nothing).

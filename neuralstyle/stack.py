@@ -212,14 +212,14 @@ def _luigid_env(s: Stack) -> dict[str, str]:
 
 
 def _model_command(s: Stack) -> list[str]:
-    from neuralstyle.serving import REQUEST_TIMEOUT_S, serve_command
+    from neuralstyle.run.serving import REQUEST_TIMEOUT_S, serve_command
 
     command = serve_command(config.DEFAULT_MODEL_URI, s.ports["model"], REQUEST_TIMEOUT_S, 1)
     return [s.python, *command[1:]]
 
 
 def _model_env(s: Stack) -> dict[str, str]:
-    from neuralstyle.serving import LIMIT_CONCURRENCY, REQUEST_TIMEOUT_S, serve_env
+    from neuralstyle.run.serving import LIMIT_CONCURRENCY, REQUEST_TIMEOUT_S, serve_env
 
     env = {**serve_env(s.url("mlflow"), REQUEST_TIMEOUT_S, LIMIT_CONCURRENCY), **s.base_env()}
     for name in list(env):  # nothing of the caller's AWS or MLflow identity
@@ -319,7 +319,7 @@ def _proc_state(pid: int) -> str | None:
 
 
 def _group_pids(pgid: int) -> list[int]:
-    from neuralstyle.serving import _group_pids as group_pids
+    from neuralstyle.run.serving import _group_pids as group_pids
 
     return group_pids(pgid)
 
@@ -391,7 +391,7 @@ def log_tail(s: Stack, name: str, lines: int = 20) -> str:
 # ---- first-time setup --------------------------------------------------------------------------
 
 def _free_port(taken: set[int]) -> int:
-    from neuralstyle.serving import free_port
+    from neuralstyle.run.serving import free_port
 
     for _ in range(100):
         port = free_port()
@@ -402,7 +402,7 @@ def _free_port(taken: set[int]) -> int:
 
 def choose_ports() -> dict[str, int]:
     """A free port for each service; weed's gRPC ports are its http ports + 10000 (see above)."""
-    from neuralstyle.serving import free_port  # noqa: F401 - fail early if serving moved
+    from neuralstyle.run.serving import free_port  # noqa: F401 - fail early if serving moved
 
     ports: dict[str, int] = {}
     taken: set[int] = set()

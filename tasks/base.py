@@ -23,6 +23,7 @@ from luigi.task import flatten
 from tqdm import tqdm
 
 from neuralstyle.atomic import atomic_path
+from neuralstyle.model.contract import FLAG_PARAMS, RequestParam
 from tasks.targets import (
     S3ObjectTarget,
     SuffixAtomicLocalTarget,
@@ -192,6 +193,32 @@ def remove_outputs(task: luigi.Task) -> list[str]:
     return removed
 
 
+def _luigi_parameter(param: RequestParam) -> luigi.Parameter:
+    """One request param of the model's contract as a Luigi parameter (same default and help)."""
+    description = f"{param.help} (default: {param.default})"
+    if param.choices:
+        return luigi.ChoiceParameter(choices=param.choices, var_type=str, default=param.default,
+                                     description=description)
+    kinds = {bool: luigi.BoolParameter, int: luigi.IntParameter, float: luigi.FloatParameter}
+    return kinds.get(param.kind, luigi.Parameter)(default=param.default, description=description)
+
+
+class RequestParams:
+    """The model's per-request params (``neuralstyle.model.contract``) as Luigi parameters.
+
+    Mixed into every task that stylizes (Stylize, StylizeBatch, StylizeSpark), so a param added
+    to the contract appears on all of them with its default and help.
+    """
+
+    def request_params(self) -> dict[str, Any]:
+        """The request params this task was given, by their contract names."""
+        return {param.name: getattr(self, param.name) for param in FLAG_PARAMS}
+
+
+for _param in FLAG_PARAMS:
+    setattr(RequestParams, _param.name, _luigi_parameter(_param))
+
+
 def run_here(task: luigi.Task) -> None:
     """Run ``task`` in this process, its incomplete dependencies first.
 
@@ -336,7 +363,7 @@ class S3Upload(ForceableTask):
 
     def run(self) -> None:
         """Upload; a lineage sidecar beside the file travels as the object's metadata."""
-        from neuralstyle import lineage
+        from neuralstyle.run import lineage
 
         local = local_input_path(self)
         record = lineage.read_sidecar(local)

@@ -18,9 +18,9 @@ from typing import Any
 import luigi
 from botocore.exceptions import ClientError
 
-from neuralstyle.imaging import SUFFIX_FORMATS
-from neuralstyle.inference import default_output
-from tasks.base import mirror_path
+from neuralstyle.model.imaging import SUFFIX_FORMATS
+from neuralstyle.run.inference import default_output
+from tasks.base import RequestParams, mirror_path
 from tasks.stylize import STAGING_ROOT, PublishStylized, Stylize
 from tasks.targets import boto3_s3, parse_s3_uri, s3_error
 
@@ -95,7 +95,7 @@ def result_location(image: str, images: str, results: str, style: str, suffix: s
     return str(Path(results) / rel_out)
 
 
-class StylizeBatch(luigi.WrapperTask):
+class StylizeBatch(RequestParams, luigi.WrapperTask):
     """Every photo under ``images`` -> a result under ``results`` (a folder or an S3 prefix)."""
 
     images = luigi.Parameter(description="s3://bucket/prefix/ or a local folder of photos")
@@ -122,11 +122,6 @@ class StylizeBatch(luigi.WrapperTask):
     model_uri = Stylize.model_uri
     server_url = Stylize.server_url
     tracking_uri = Stylize.tracking_uri
-    max_size = Stylize.max_size
-    strength = Stylize.strength
-    preserve_color = Stylize.preserve_color
-    quality = Stylize.quality
-    precision = Stylize.precision
 
     _listing: list[str] | None = None
 
@@ -149,9 +144,10 @@ class StylizeBatch(luigi.WrapperTask):
     def photo_settings(self) -> dict[str, Any]:
         """The Stylize parameters every photo of the batch shares."""
         return {
-            name: getattr(self, name)
-            for name in ("style", "style_image", "executor", "model_uri", "server_url", "tracking_uri",
-                         "max_size", "strength", "preserve_color", "quality", "precision", "force")
+            **{name: getattr(self, name)
+               for name in ("style", "style_image", "executor", "model_uri", "server_url",
+                            "tracking_uri", "force")},
+            **self.request_params(),
         }
 
     def requires(self) -> list[luigi.Task]:

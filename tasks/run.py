@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from neuralstyle import config
-from neuralstyle.pyfunc_model import DEFAULT_PARAMS
+from neuralstyle.run.executors import EXECUTORS, resolve_executor
+from neuralstyle.run.flags import add_request_flags, request_params
 
-EXECUTORS = ("local", "server", "docker")
 DEFAULT_BATCH_RESULTS = "out"
 
 
@@ -53,30 +53,6 @@ def _whole(text: str) -> int:
     if value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(value)
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-
-
-def add_request_params(parser: argparse.ArgumentParser) -> None:
-    """The model's per-request params as flags, defaults from the contract (one list, two CLIs)."""
-    parser.add_argument("--max-size", type=_whole, default=DEFAULT_PARAMS["max_size"],
-                        help="longest side in px (default: %(default)s)")
-    parser.add_argument("--strength", type=float, default=DEFAULT_PARAMS["strength"],
-                        help="0..1, mix of stylized and original (default: %(default)s)")
-    parser.add_argument("--preserve-color", type=_bool, default=DEFAULT_PARAMS["preserve_color"],
-                        help="true keeps the photo's colours (default: %(default)s)")
-    parser.add_argument("--quality", type=_whole, default=DEFAULT_PARAMS["quality"],
-                        help="JPEG/WebP quality 1..100 (default: %(default)s)")
-    parser.add_argument("--precision", choices=("exact", "fast"), default=DEFAULT_PARAMS["precision"],
-                        help="exact: fp32, as the original graph; fast: bf16 where the CPU has it "
-                             "and the style met the quality bound, else exact (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", type=_optional, default=None,
                         help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
                              f"{config.DEFAULT_TRACKING_URI})")
-    add_request_params(parser)
+    add_request_flags(parser)
     parser.add_argument("--workers", type=_whole, default=1,
                         help="Luigi workers, photos stylized at once (default: %(default)s)")
     parser.add_argument("--force", action="store_true",
@@ -120,16 +96,14 @@ def photo_settings(args: argparse.Namespace, executor: str | None, server_url: s
         "style": args.style, "style_image": args.style_image, "executor": executor,
         "model_uri": args.model_uri,
         "server_url": server_url, "tracking_uri": args.tracking_uri,
-        "max_size": args.max_size, "strength": args.strength,
-        "preserve_color": args.preserve_color, "quality": args.quality,
-        "precision": args.precision, "force": args.force,
+        **request_params(args), "force": args.force,
     }
 
 
 def build_task(args: argparse.Namespace, executor: str | None, server_url: str | None) -> Any:
     """The one task to build: a Stylize, a PublishStylized (s3:// output) or a StylizeBatch."""
-    from tasks import PublishStylized, Stylize, StylizeBatch
-    from tasks.batch import is_batch_location
+    from tasks.batch import StylizeBatch, is_batch_location
+    from tasks.stylize import PublishStylized, Stylize
 
     settings = photo_settings(args, executor, server_url)
     if is_batch_location(args.image):
@@ -142,7 +116,7 @@ def build_task(args: argparse.Namespace, executor: str | None, server_url: str |
 
 def photo_tasks(task: Any) -> list[Any]:
     """The per-photo tasks a summary counts (the batch's children, or the task itself)."""
-    from tasks import StylizeBatch
+    from tasks.batch import StylizeBatch
 
     if isinstance(task, StylizeBatch):
         try:
@@ -154,7 +128,8 @@ def photo_tasks(task: Any) -> list[Any]:
 
 def where(task: Any) -> str:
     """Where the result of one photo task is, for the final message."""
-    from tasks import PublishStylized, StylizeBatch
+    from tasks.batch import StylizeBatch
+    from tasks.stylize import PublishStylized
 
     if isinstance(task, StylizeBatch):
         return task.results
@@ -175,7 +150,7 @@ def _log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
 
 def _stylize_results(tasks: list[Any]) -> list[Any]:
     """StylizeResults of the photos run in this process (forked workers do not send them back)."""
-    from tasks import Stylize
+    from tasks.stylize import Stylize
 
     found = []
     for task in tasks:
@@ -200,7 +175,7 @@ def warm_local_model(model_uri: str, tracking_uri: str | None) -> None:
 
     from PIL import Image
 
-    from neuralstyle.inference import LocalPredictor, stylize_bytes
+    from neuralstyle.run.inference import LocalPredictor, stylize_bytes
 
     blank = io.BytesIO()
     Image.new("RGB", (64, 64)).save(blank, "PNG")
@@ -216,7 +191,7 @@ def run_pipeline(args: argparse.Namespace, executor: str | None, server_url: str
 
     started = time.perf_counter()
     task = build_task(args, executor, server_url)
-    if args.workers > 1 and (executor or ("server" if server_url else "local")) == "local":
+    if args.workers > 1 and resolve_executor(executor, server_url) == "local":
         warm_local_model(args.model_uri, args.tracking_uri)
     # Local scheduler unless luigi.cfg says otherwise ([core] local_scheduler = false -> luigid).
     local = get_config().getboolean("core", "local_scheduler", True)
@@ -228,7 +203,7 @@ def run_pipeline(args: argparse.Namespace, executor: str | None, server_url: str
 def model_version(model_uri: str, tracking_uri: str) -> str | None:
     """The registry version ``model_uri`` points at now, for the run's params; None if unknown."""
     try:
-        from neuralstyle.images import resolve_model
+        from neuralstyle.registry import resolve_model
 
         return resolve_model(model_uri, tracking_uri).version
     except Exception:  # not registered (yet): the task itself will say so, clearly
@@ -237,7 +212,7 @@ def model_version(model_uri: str, tracking_uri: str) -> str | None:
 
 def _lineage_records(photos: list[Any]) -> list[dict[str, Any]]:
     """The lineage sidecars of the results that exist (workers write them to disk)."""
-    from neuralstyle import lineage
+    from neuralstyle.run import lineage
     from tasks.stylize import stylized_path
 
     records = []
@@ -286,12 +261,11 @@ def log_outcome(task: Any, result: Any, seconds: float) -> tuple[str, int]:
 def photo_records(task: Any, result: Any) -> list[Any]:
     """Each photo's source, local input and result files, outcome and the model version its
     lineage names, for the run's page."""
-    from neuralstyle import lineage
-    from neuralstyle.stylize_run import PhotoRecord
-    from tasks import Stylize
+    from neuralstyle.run import lineage
+    from neuralstyle.ui.stylize_run import PhotoRecord
     from tasks.base import local_input_path
     from tasks.report import outcomes
-    from tasks.stylize import stylized_path
+    from tasks.stylize import Stylize, stylized_path
 
     records = []
     for outcome in outcomes(result, photo_tasks(task)):
@@ -314,7 +288,7 @@ def describe_run(run_id: str, args: argparse.Namespace, task: Any, result: Any,
     """Run name, note, the model version used, the input beside the result (neuralstyle)."""
     import mlflow
 
-    from neuralstyle.stylize_run import describe_stylize_run
+    from neuralstyle.ui.stylize_run import describe_stylize_run
     from tasks.batch import is_batch_location
 
     describe_stylize_run(
@@ -335,11 +309,15 @@ def _main(args: argparse.Namespace, tracking: str) -> int:
     """The pipeline as one MLflow run, inside ``main``'s MLflow scope."""
     import mlflow
 
-    from neuralstyle.container import model_container
+    from neuralstyle.run.container import model_container
     from tasks.stylize import one_line
 
-    executor = args.executor or ("server" if args.server_url else "local")
-    from neuralstyle.stylize_run import default_experiment_id, how_to_see
+    try:
+        executor = resolve_executor(args.executor, args.server_url)
+    except ValueError as exc:
+        print(f"stylize: error: {exc}", file=sys.stderr)
+        return 2
+    from neuralstyle.ui.stylize_run import default_experiment_id, how_to_see
 
     with mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID") or None,
                           experiment_id=default_experiment_id(mlflow.MlflowClient())) as run:

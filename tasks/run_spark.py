@@ -36,7 +36,8 @@ from tasks.spark import (
 
 def build_parser() -> argparse.ArgumentParser:
     """CLI flags (the MLproject ``stylize_spark`` entry maps its parameters onto these)."""
-    from tasks.run import _optional, _whole, add_request_params  # as the Luigi entry point
+    from neuralstyle.run.flags import add_request_flags
+    from tasks.run import _optional, _whole  # as the Luigi entry point
 
     parser = argparse.ArgumentParser(prog="python -m tasks.run_spark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pyspark-memory", default=DEFAULT_PYSPARK_MEMORY,
                         help="address-space cap per Python worker, spark.executor.pyspark.memory; "
                              "'' for none (default: %(default)s)")
-    add_request_params(parser)
+    add_request_flags(parser)
     return parser
 
 
@@ -84,8 +85,8 @@ def _main(args: argparse.Namespace, tracking: str) -> int:
     """The Spark job as one MLflow run, inside ``main``'s MLflow scope."""
     import mlflow
 
-    from neuralstyle.errors import is_input_error
-    from neuralstyle.stylize_run import how_to_see
+    from neuralstyle.model.errors import is_input_error
+    from neuralstyle.ui.stylize_run import how_to_see
     from tasks.run import _log_params
     from tasks.stylize import one_line
 

@@ -40,7 +40,8 @@ import luigi
 from luigi.contrib.spark import PySparkTask
 
 from neuralstyle import config
-from neuralstyle.pyfunc_model import DEFAULT_PARAMS
+from neuralstyle.model.contract import DEFAULT_PARAMS
+from tasks.base import RequestParams
 from tasks.batch import RESULT_SUFFIXES
 from tasks.stylize import one_line
 
@@ -83,7 +84,7 @@ class Plan:
 
 def style_tag(style: str) -> str:
     """The style as it appears in file names (``7``, ``3_0.5+12_0.5``): as in result names."""
-    from neuralstyle.inference import default_output
+    from neuralstyle.run.inference import default_output
 
     return Path(default_output("x", style)).stem[len("x-"):]
 
@@ -114,7 +115,7 @@ def existing_results(output: str) -> set[str]:
 
 def make_plan(images: str, output: str, style: str, suffix: str) -> Plan:
     """List the photos and the existing results; keep the photos whose result is missing."""
-    from neuralstyle.imaging import SUFFIX_FORMATS
+    from neuralstyle.model.imaging import SUFFIX_FORMATS
     from tasks.batch import is_batch_location, list_images, result_location
 
     if not is_batch_location(images):
@@ -148,7 +149,7 @@ def read_source(source: str, s3: Any) -> bytes:
     """The bytes of one photo: one GET from S3, or the local file."""
     from botocore.exceptions import ClientError
 
-    from neuralstyle.inference import read_image_file
+    from neuralstyle.run.inference import read_image_file
     from tasks.targets import parse_s3_uri, s3_error
 
     if not source.startswith("s3://"):
@@ -166,7 +167,7 @@ def check_photo(data: bytes, what: str, max_size: int) -> None:
     spark_udf fails the whole Spark task (and so the job) when predict raises for one row: the
     model's own decoder checks each photo here, so that a bad one fails only its row.
     """
-    from neuralstyle import imaging
+    from neuralstyle.model import imaging
 
     rgb = imaging.decode_image(data, what, max_size)
     imaging.fitted_size(rgb.shape[1], rgb.shape[0], max_size, what)
@@ -179,7 +180,7 @@ def read_partition(batches: Iterator[Any], *, max_size: int, rejected: Any) -> I
 
     import pandas as pd
 
-    from neuralstyle.lineage import sha256_bytes
+    from neuralstyle.run.lineage import sha256_bytes
     from tasks.targets import boto3_s3
 
     s3 = None
@@ -218,8 +219,8 @@ class LineageContext:
 
 
 def lineage_record(ctx: LineageContext, row: Any, data: bytes) -> dict[str, Any]:
-    """The result's lineage record (``neuralstyle.lineage``'s schema)."""
-    from neuralstyle import lineage
+    """The result's lineage record (``neuralstyle.run.lineage``'s schema)."""
+    from neuralstyle.run import lineage
 
     # The input's bytes stayed in the read stage: only their sha256 and size came along.
     record = lineage.build_record(
@@ -238,8 +239,8 @@ def write_result(result: str, data: bytes, record: dict[str, Any], s3: Any) -> N
     lineage sidecar then the result, each a temporary sibling renamed into place (a folder)."""
     import mimetypes
 
-    from neuralstyle import lineage
     from neuralstyle.atomic import write_bytes_atomic
+    from neuralstyle.run import lineage
     from tasks.targets import parse_s3_uri
 
     if result.startswith("s3://"):
@@ -367,11 +368,9 @@ def is_local(spark: Any) -> bool:
 
 def ship_code(spark: Any, folder: Path) -> None:
     """Send ``neuralstyle`` and ``tasks`` to the executors of a real cluster (addPyFile zips)."""
-    import neuralstyle
-    import tasks
+    from neuralstyle.codebase import PACKAGE_DIR
 
-    for package in (neuralstyle, tasks):
-        root = Path(package.__file__).parent
+    for root in (PACKAGE_DIR, Path(__file__).resolve().parent):  # neuralstyle/, tasks/
         archive = shutil.make_archive(str(folder / root.name), "zip", root.parent, root.name)
         spark.sparkContext.addPyFile(archive)
 
@@ -446,7 +445,7 @@ def jvm_pid(spark: Any) -> int | None:
 def model_params(max_size: int, strength: float, preserve_color: bool, quality: int,
                  suffix: str, precision: str = DEFAULT_PARAMS["precision"]) -> dict[str, Any]:
     """The per-request params of the model contract; the format follows the results' suffix."""
-    from neuralstyle.imaging import SUFFIX_FORMATS
+    from neuralstyle.model.imaging import SUFFIX_FORMATS
 
     return {"max_size": max_size, "strength": strength, "preserve_color": preserve_color,
             "quality": quality, "format": SUFFIX_FORMATS[suffix], "precision": precision}
@@ -459,7 +458,7 @@ def check_model(model_uri: str, tracking_uri: str | None, style: str, params: di
     row (its ``model`` column is the fingerprint the lineage records)."""
     from PIL import Image
 
-    from neuralstyle.inference import LocalPredictor, stylize_bytes
+    from neuralstyle.run.inference import LocalPredictor, stylize_bytes
 
     blank = io.BytesIO()
     Image.new("RGB", (64, 64)).save(blank, "PNG")
@@ -618,7 +617,7 @@ def _inside(inner: str, outer: str) -> bool:
 
 def validate(settings: JobSettings) -> None:
     """Bad arguments fail before Spark starts, naming the argument."""
-    from neuralstyle.pyfunc_model import Params
+    from neuralstyle.model.contract import Params
     from tasks.targets import parse_s3_uri
 
     for name in ("images", "output"):
@@ -638,7 +637,7 @@ def validate(settings: JobSettings) -> None:
 def prepare(settings: JobSettings) -> tuple[LineageContext, bool]:
     """Check the model on the driver; the lineage shared by every result, and whether the model
     reports its fingerprint."""
-    from neuralstyle import lineage
+    from neuralstyle.run import lineage
 
     answer = check_model(settings.model_uri, settings.tracking_uri, settings.style,
                          settings.params())
@@ -691,7 +690,7 @@ def stylize_on_spark(settings: JobSettings, spark: Any | None = None,
 
 # ---------------------------------------------------------------------------------- for Luigi
 
-class StylizeSpark(PySparkTask):
+class StylizeSpark(RequestParams, PySparkTask):
     """Luigi's own Spark task (spark-submit) around the same job; done when ``_SUCCESS-<style>``
     exists, which only a run without failures writes. A failed run fails the task; running it
     again does only the photos still missing."""
@@ -714,12 +713,6 @@ class StylizeSpark(PySparkTask):
     photos_per_task = luigi.IntParameter(
         default=DEFAULT_PHOTOS_PER_TASK, significant=False,
         description=f"photos per Spark task (default: {DEFAULT_PHOTOS_PER_TASK})")
-    max_size = luigi.IntParameter(default=DEFAULT_PARAMS["max_size"],
-                                  description=f"longest side (default: {DEFAULT_PARAMS['max_size']})")
-    quality = luigi.IntParameter(default=DEFAULT_PARAMS["quality"],
-                                 description=f"JPEG/WebP quality (default: {DEFAULT_PARAMS['quality']})")
-    precision = luigi.ChoiceParameter(choices=("exact", "fast"), default=DEFAULT_PARAMS["precision"],
-                                      description=f"exact | fast (default: {DEFAULT_PARAMS['precision']})")
 
     @property
     def master(self) -> str:
@@ -756,7 +749,7 @@ class StylizeSpark(PySparkTask):
             images=self.images, output=self.results, style=self.style, suffix=self.suffix,
             model_uri=self.model_uri, tracking_uri=self.tracking_uri, master=self.spark_master,
             arrow_batch=self.arrow_batch, photos_per_task=self.photos_per_task,
-            max_size=self.max_size, quality=self.quality, precision=self.precision,
+            **self.request_params(),
         )
 
     @property

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,13 @@ import luigi
 from luigi.util import inherits
 
 from neuralstyle import config
-from neuralstyle.errors import is_input_error
-from neuralstyle.inference import Predictor, StylizeResult, default_output
-from neuralstyle.pyfunc_model import DEFAULT_PARAMS
+from neuralstyle.model.errors import is_input_error
+from neuralstyle.run.executors import EXECUTORS
+from neuralstyle.run.inference import Predictor, StylizeResult, default_output
 from tasks.base import (
     ForceableTask,
     LocalFileExists,
+    RequestParams,
     S3Download,
     S3Upload,
     local_input_path,
@@ -41,7 +41,6 @@ from tasks.targets import SuffixAtomicLocalTarget
 
 logger = logging.getLogger("luigi-interface.tasks")
 
-EXECUTORS = ("local", "server", "docker")
 # Where results bound for S3 are written before their upload (mirrors the S3 key, like downloads).
 STAGING_ROOT = "out"
 
@@ -52,7 +51,7 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-class Stylize(ForceableTask):
+class Stylize(RequestParams, ForceableTask):
     """One photo (S3 or local) -> the style-transfer model -> an image file, atomically.
 
     ``--force`` removes the result and passes down to the S3 download, so both run again.
@@ -90,28 +89,6 @@ class Stylize(ForceableTask):
         description="MLflow registry for model_uri (default: $MLFLOW_TRACKING_URI, else "
         f"{config.DEFAULT_TRACKING_URI})",
     )
-    max_size = luigi.IntParameter(
-        default=DEFAULT_PARAMS["max_size"],
-        description=f"longest side in px (default: {DEFAULT_PARAMS['max_size']})",
-    )
-    strength = luigi.FloatParameter(
-        default=DEFAULT_PARAMS["strength"],
-        description=f"0..1, mix of stylized and original (default: {DEFAULT_PARAMS['strength']})",
-    )
-    preserve_color = luigi.BoolParameter(
-        default=DEFAULT_PARAMS["preserve_color"],
-        description="keep the photo's colours (default: false)",
-    )
-    quality = luigi.IntParameter(
-        default=DEFAULT_PARAMS["quality"],
-        description=f"JPEG/WebP quality 1..100 (default: {DEFAULT_PARAMS['quality']})",
-    )
-    precision = luigi.ChoiceParameter(
-        choices=("exact", "fast"), default=DEFAULT_PARAMS["precision"],
-        description="exact (fp32) or fast (bf16 where the CPU has it and the style met the "
-        f"quality bound) (default: {DEFAULT_PARAMS['precision']})",
-    )
-
     # What the last run() in this process wrote (metrics for the entry point; not pickled back
     # from forked worker processes).
     result: StylizeResult | None = None
@@ -123,13 +100,12 @@ class Stylize(ForceableTask):
 
     def resolved_executor(self) -> str:
         """The executor to use: the parameter, else ``server`` when a server URL is set."""
-        executor = self.executor or ("server" if self.server_url else "local")
-        if executor == "server" and not self.server_url:
-            raise ValueError(
-                f"Stylize {self.image}: executor server needs server_url "
-                "(--server-url http://127.0.0.1:5001, or [Stylize] server_url in luigi.cfg)"
-            )
-        return executor
+        from neuralstyle.run.executors import resolve_executor
+
+        try:
+            return resolve_executor(self.executor, self.server_url)
+        except ValueError as exc:
+            raise ValueError(f"Stylize {self.image}: {exc}") from None
 
     def output_file(self) -> str:
         """The result path: ``output_path``, else derived from the image and style only."""
@@ -142,13 +118,7 @@ class Stylize(ForceableTask):
 
     def model_params(self) -> dict[str, Any]:
         """Per-request params of the model contract (the format follows the output suffix)."""
-        return {
-            "max_size": self.max_size,
-            "strength": self.strength,
-            "preserve_color": self.preserve_color,
-            "quality": self.quality,
-            "precision": self.precision,
-        }
+        return self.request_params()
 
     def requires(self) -> luigi.Task | dict[str, luigi.Task]:
         photo = self.fetch(self.image)
@@ -172,24 +142,15 @@ class Stylize(ForceableTask):
     def output(self) -> SuffixAtomicLocalTarget:
         return SuffixAtomicLocalTarget(self.output_file(), format=luigi.format.Nop)
 
-    @contextlib.contextmanager
-    def predictor(self) -> Iterator[Predictor]:
+    def predictor(self) -> contextlib.AbstractContextManager[Predictor]:
         """The model for this task's executor; a docker container lives only inside the block."""
-        from neuralstyle.inference import make_predictor
+        from neuralstyle.run.executors import open_predictor
 
-        executor = self.resolved_executor()
-        if executor == "local":
-            yield make_predictor(self.model_uri, tracking_uri=self.tracking_uri)
-        elif executor == "server":
-            yield make_predictor(server_url=self.server_url)
-        else:
-            from neuralstyle.container import model_container
-
-            with model_container(self.model_uri, tracking_uri=self.tracking_uri) as url:
-                yield make_predictor(server_url=url)
+        return open_predictor(self.resolved_executor(), model_uri=self.model_uri,
+                              server_url=self.server_url, tracking_uri=self.tracking_uri)
 
     def run(self) -> None:
-        from neuralstyle.inference import stylize_file
+        from neuralstyle.run.inference import stylize_file
 
         source, painting = self.local_inputs()
         try:

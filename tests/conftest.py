@@ -26,7 +26,7 @@ class Registry:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """Package the real networks once (~20 s) into a registry outside the repo."""
-    from neuralstyle.packaging import package_models
+    from neuralstyle.builder.packaging import package_models
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root}/mlflow.db"
@@ -34,7 +34,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     cwd = os.getcwd()
     os.chdir(root)  # artifacts go to <root>/mlruns, never into the repo
-    from neuralstyle.samples import encode, sample_painting
+    from neuralstyle.builder.samples import encode, sample_painting
 
     stain = root / "stain.png"  # a named painting ships with the version: style=stain
     stain.write_bytes(encode(sample_painting("immunohistochemistry")))
@@ -62,7 +62,7 @@ def model(registry: Registry):
 @pytest.fixture(scope="session")
 def photos() -> dict[str, bytes]:
     """Real photos from scikit-image as JPEG bytes: square (astronaut) and odd-sized (chelsea)."""
-    from neuralstyle.samples import SAMPLES, sample_jpeg
+    from neuralstyle.builder.samples import SAMPLES, sample_jpeg
 
     return {name: sample_jpeg(name) for name in SAMPLES}
 

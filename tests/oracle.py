@@ -13,14 +13,14 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from neuralstyle.styles import Catalog
-from neuralstyle.weights import MULTISTYLE26, locate
+from neuralstyle.builder.weights import MULTISTYLE26, locate
+from neuralstyle.model.styles import Catalog
 
 # Served pixels vs the oracle, in 0..255 levels: the network differs by < 1e-3 (0..1 scale, see
 # test_networks), so after rounding to 8 bits a pixel may differ by one level, never more.
 PIXEL_TOLERANCE = 1
 # What precision=fast (the default) promises where it runs bf16: the bound packaging checks for
-# every style (neuralstyle.packaging), so a default result is within it or within one level.
+# every style (neuralstyle.builder.packaging), so a default result is within it or within one level.
 FAST_MIN_PSNR_DB = 40.0
 FAST_MAX_MEAN_LEVELS = 1.5
 

@@ -18,11 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from neuralstyle import weights
-from neuralstyle.arbitrary import NATIVE_CONTENT_SIZE, STYLE_SIZE, load_arbitrary
-from neuralstyle.imaging import centre_square
-from neuralstyle.packaging import EXPORT_TOLERANCE, export_error, export_onnx
-from neuralstyle.samples import PAINTINGS, sample_painting, sample_rgb
+from neuralstyle.builder import weights
+from neuralstyle.builder.arbitrary import NATIVE_CONTENT_SIZE, STYLE_SIZE, load_arbitrary
+from neuralstyle.builder.packaging import EXPORT_TOLERANCE, export_error, export_onnx
+from neuralstyle.builder.samples import PAINTINGS, sample_painting, sample_rgb
+from neuralstyle.model.imaging import centre_square
 
 MEAN_BAR, PSNR_BAR = 0.02, 30.0  # the bar (0..1 scale)
 PHOTOS = ("astronaut", "chelsea", "coffee")

@@ -72,7 +72,7 @@ def page(browser):
 @pytest.fixture(scope="module")
 def mlflow_ui(registry, tmp_path_factory) -> Iterator[str]:
     """``mlflow ui`` on the test registry, on 127.0.0.1; its whole process group stopped after."""
-    from neuralstyle.serving import Server, free_port
+    from neuralstyle.run.serving import Server, free_port
 
     port = free_port()
     log = tmp_path_factory.mktemp("mlflow-ui") / "ui.log"
@@ -106,7 +106,7 @@ def stylize_run(registry, tmp_path_factory) -> str:
     """One photo stylized by the pipeline with the registered model (local executor): its run."""
     import mlflow
 
-    from neuralstyle.samples import sample_jpeg
+    from neuralstyle.builder.samples import sample_jpeg
     from tasks.run import main
 
     folder = tmp_path_factory.mktemp("stylize-run")
@@ -157,7 +157,7 @@ def test_registered_model_has_a_description_and_tags(page, mlflow_ui) -> None:
 def test_packaging_runs_contact_sheet_is_legible(page, mlflow_ui, registry, tmp_path) -> None:
     import mlflow
 
-    from neuralstyle import model_card
+    from neuralstyle.ui import model_card
 
     run_id = mlflow.MlflowClient(registry.tracking_uri).get_model_version(
         "style-transfer", registry.version).run_id
@@ -185,7 +185,7 @@ def test_packaging_runs_contact_sheet_is_legible(page, mlflow_ui, registry, tmp_
 def test_experiment_opens_on_its_runs_table(page, mlflow_ui, registry) -> None:
     import mlflow
 
-    from neuralstyle import model_card
+    from neuralstyle.ui import model_card
 
     experiment = mlflow.MlflowClient(registry.tracking_uri).get_experiment_by_name("style-transfer")
     assert experiment.tags[model_card.EXPERIMENT_KIND_TAG] == model_card.EXPERIMENT_KIND
@@ -220,7 +220,7 @@ def test_stylize_run_links_its_model_version(page, mlflow_ui, registry, stylize_
 def test_try_it_page_end_to_end(page, registry, docker_client, photos, tmp_path) -> None:
     import mlflow
 
-    from neuralstyle.container import model_container
+    from neuralstyle.run.container import model_container
 
     with model_container(registry.model_uri, tracking_uri=registry.tracking_uri,
                          client=docker_client) as url:
@@ -247,7 +247,7 @@ def test_try_it_page_end_to_end(page, registry, docker_client, photos, tmp_path)
                                " return !r.hidden && r.complete && r.naturalWidth > 0; }",
                                timeout=120_000)
         assert page.locator("#error").is_hidden()
-        from neuralstyle.imaging import fitted_size
+        from neuralstyle.model.imaging import fitted_size
 
         width, height = fitted_size(451, 300, 400, "chelsea")  # (400, 266)
         src = page.locator("#result").get_attribute("src")

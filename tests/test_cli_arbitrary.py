@@ -7,7 +7,7 @@ import json
 import pytest
 from test_cli import stylize
 
-from neuralstyle.samples import encode, sample_painting
+from neuralstyle.builder.samples import encode, sample_painting
 
 pytestmark = pytest.mark.slow
 

@@ -24,9 +24,9 @@ import responses
 from oracle import PIXEL_TOLERANCE, decode_rgb, max_level_diff
 from responses.registries import OrderedRegistry
 
-from neuralstyle.client import ServerError, StyleServerClient
-from neuralstyle.errors import StyleInputError
-from neuralstyle.serving import free_port, serve_model
+from neuralstyle.model.errors import StyleInputError
+from neuralstyle.run.client import ServerError, StyleServerClient
+from neuralstyle.run.serving import free_port, serve_model
 
 REPO = Path(__file__).resolve().parent.parent
 URL = "http://stylize.test:5001"

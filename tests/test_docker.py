@@ -1,6 +1,6 @@
 """The Docker images: the serving image (build-docker + our front proxy) and the batch image.
 
-Each image is built once per session by ``neuralstyle.images`` (reused across sessions while the
+Each image is built once per session by ``neuralstyle.containers.images`` (reused across sessions while the
 model fingerprint and the recipe are unchanged), then used the way a user would: the serving
 image through a port published on 127.0.0.1, the batch image with ``docker run`` and a bind
 mount. Containers are always removed. Figures (build, cold start, latency) are printed as
@@ -37,7 +37,7 @@ from oracle import (
 )
 from PIL import Image
 
-from neuralstyle import images
+from neuralstyle.containers import images
 
 pytestmark = pytest.mark.docker
 
@@ -87,7 +87,7 @@ def assert_rebuilds_nothing(ensure, *args) -> tuple[str, float]:
 
 
 def test_nginx_conf_fits_the_server_limits() -> None:
-    from neuralstyle import serving
+    from neuralstyle.run import serving
 
     text = images.NGINX_CONF.read_text()
     server_timeout = int(images.SERVING_ENV["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"])
@@ -220,7 +220,7 @@ def test_health_version_and_unknown_paths(serving_container) -> None:
 
 
 def test_container_stylizes_like_the_in_process_model(serving_container, model, photos) -> None:
-    from neuralstyle.client import StyleServerClient
+    from neuralstyle.run.client import StyleServerClient
 
     frame = frame_for(photos["chelsea"])  # odd-sized, 451x300
     params = {"format": "png", "precision": "exact"}
@@ -246,7 +246,7 @@ def test_container_whole_path_matches_the_original_pipeline(serving_container, w
 
 
 def test_latency_of_one_1024px_photo(serving_container, photos, request) -> None:
-    from neuralstyle.client import StyleServerClient
+    from neuralstyle.run.client import StyleServerClient
 
     photo = Image.open(io.BytesIO(photos["astronaut"])).convert("RGB").resize((1024, 1024),
                                                                              Image.LANCZOS)
@@ -312,8 +312,8 @@ def test_a_body_over_the_limit_gets_a_json_413(serving_container) -> None:
 
 def test_a_bad_request_gets_a_4xx_with_the_reason_and_serving_goes_on(serving_container,
                                                                       photos) -> None:
-    from neuralstyle.client import StyleServerClient
-    from neuralstyle.errors import StyleInputError
+    from neuralstyle.model.errors import StyleInputError
+    from neuralstyle.run.client import StyleServerClient
 
     url = serving_container.url
     bad = requests.post(f"{url}/invocations", data=request_body(b"hello, I am text"),
@@ -351,7 +351,7 @@ def test_past_the_queue_nginx_answers_503_with_retry_after(serving_container) ->
     from test_load import post_until_not_503
 
     from bench.load import photo_jpegs
-    from neuralstyle import serving
+    from neuralstyle.run import serving
 
     url = serving_container.url
     host, port = url.removeprefix("http://").split(":")
@@ -384,7 +384,7 @@ def test_overload_through_nginx_is_only_503s_with_retry_after(serving_container,
                                                               request) -> None:
     """Half again as many clients as the queue holds: the rest are refused, nothing fails."""
     from bench.load import photo_jpegs, request_bodies, run_load
-    from neuralstyle import serving
+    from neuralstyle.run import serving
 
     clients = serving.LIMIT_CONCURRENCY * 3 // 2
     result = run_load(serving_container.url, clients=clients, seconds=10,
@@ -534,8 +534,8 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
 
     import luigi
 
-    from neuralstyle.client import StyleServerClient
-    from neuralstyle.serving import running_server
+    from neuralstyle.run.client import StyleServerClient
+    from neuralstyle.run.serving import running_server
     from tasks import Stylize
 
     photo = tmp_path / "chelsea.jpg"

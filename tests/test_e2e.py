@@ -19,7 +19,7 @@ import pytest
 from oracle import decode_rgb, faithful, oracle_uint8
 
 from neuralstyle import demo
-from neuralstyle.serving import serve_model
+from neuralstyle.run.serving import serve_model
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_AWS = {

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neuralstyle import imaging
-from neuralstyle.errors import StyleInputError
+from neuralstyle.model import imaging
+from neuralstyle.model.errors import StyleInputError
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -2,7 +2,7 @@
 
 16 clients (``bench/load.py``'s ``run_load``: a thread and a ``requests.Session`` each, no
 retries) post 512 px photos for 20 s, one in five truncated, to a server started by
-``neuralstyle.serving`` with its defaults (the ones ``make serve`` sets; tests/test_serve.py
+``neuralstyle.run.serving`` with its defaults (the ones ``make serve`` sets; tests/test_serve.py
 checks they agree). Past the queue a request is refused with 503 and ``Retry-After``. The
 container's counterparts are in tests/test_docker.py. Figures are printed as ``[load]`` lines.
 """
@@ -23,8 +23,9 @@ import pytest
 import requests
 
 from bench.load import LoadResult, photo_jpegs, request_bodies, run_load
-from neuralstyle import config, pyfunc_model, serving
-from neuralstyle.serving import Server, running_server
+from neuralstyle.model import contract, pyfunc_model
+from neuralstyle.run import serving
+from neuralstyle.run.serving import Server, running_server
 
 CLIENTS = 16
 SECONDS = 20.0
@@ -52,12 +53,12 @@ def assert_served_everyone(result: LoadResult) -> None:
 
 
 def test_parallel_photos_comes_from_the_environment(monkeypatch) -> None:
-    monkeypatch.delenv(config.PARALLEL_PHOTOS_ENV, raising=False)
-    assert pyfunc_model.parallel_photos() == config.DEFAULT_PARALLEL_PHOTOS == 2
-    monkeypatch.setenv(config.PARALLEL_PHOTOS_ENV, " 3 ")
+    monkeypatch.delenv(contract.PARALLEL_PHOTOS_ENV, raising=False)
+    assert pyfunc_model.parallel_photos() == contract.DEFAULT_PARALLEL_PHOTOS == 2
+    monkeypatch.setenv(contract.PARALLEL_PHOTOS_ENV, " 3 ")
     assert pyfunc_model.parallel_photos() == 3
     for bad in ("0", "two", "-1"):
-        monkeypatch.setenv(config.PARALLEL_PHOTOS_ENV, bad)
+        monkeypatch.setenv(contract.PARALLEL_PHOTOS_ENV, bad)
         with pytest.raises(ValueError, match=f"STYLIZE_PARALLEL_PHOTOS='{bad}' must be a whole"):
             pyfunc_model.parallel_photos()
 
@@ -92,7 +93,7 @@ def test_at_most_two_photos_are_stylized_at_once(model, photos, monkeypatch) -> 
     for thread in threads:
         thread.join(timeout=120)
     assert len(results) == 6 and all(r["width"].tolist() == [128, 128] for r in results)
-    assert peak[0] == config.DEFAULT_PARALLEL_PHOTOS
+    assert peak[0] == contract.DEFAULT_PARALLEL_PHOTOS
 
 
 @pytest.fixture(scope="module")

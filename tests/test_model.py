@@ -29,8 +29,8 @@ from oracle import (
 )
 from PIL import Image
 
-from neuralstyle.errors import StyleInputError
-from neuralstyle.styles import N_STYLES
+from neuralstyle.model.errors import StyleInputError
+from neuralstyle.model.styles import N_STYLES
 
 pytestmark = pytest.mark.slow
 
@@ -147,8 +147,8 @@ def test_fast_meets_the_quality_bound_on_every_style(model, registry, photos, st
     missed the bound at packaging runs fp32, one that met it runs this CPU's fast precision."""
     from mlflow import MlflowClient
 
-    from neuralstyle import runtime
-    from neuralstyle.styles import style_name
+    from neuralstyle.model import runtime
+    from neuralstyle.model.styles import style_name
 
     version = MlflowClient(registry.tracking_uri).get_model_version("style-transfer", registry.version)
     served_exact = version.tags["served_exact"].split(",")
@@ -170,7 +170,7 @@ def test_logged_model_metadata(registry) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    from neuralstyle.weights import MULTISTYLE26
+    from neuralstyle.builder.weights import MULTISTYLE26
 
     client = MlflowClient(registry.tracking_uri)
     version = client.get_model_version_by_alias("style-transfer", "champion")

@@ -16,8 +16,8 @@ from oracle import decode_b64
 from PIL import Image
 from test_arbitrary import MEAN_BAR, PSNR_BAR, figures
 
-from neuralstyle.packaging import high_frequency_energy
-from neuralstyle.samples import LARGE_PHOTO, encode, sample_painting, sample_rgb
+from neuralstyle.builder.packaging import high_frequency_energy
+from neuralstyle.builder.samples import LARGE_PHOTO, encode, sample_painting, sample_rgb
 
 pytestmark = pytest.mark.slow
 
@@ -81,8 +81,8 @@ def test_default_precision_meets_the_fast_bound_or_runs_exact(model, name: str) 
     met the bound at packaging (then within it of exact), else fp32 and said so in the output."""
     from oracle import FAST_MAX_MEAN_LEVELS, FAST_MIN_PSNR_DB, psnr_and_mean
 
-    from neuralstyle import runtime
-    from neuralstyle.pyfunc_model import ARBITRARY_QUALITY_KEY
+    from neuralstyle.model import runtime
+    from neuralstyle.model.pyfunc_model import ARBITRARY_QUALITY_KEY
 
     engine = model.unwrap_python_model().engine
     entry = engine.quality.get("styles", {}).get(ARBITRARY_QUALITY_KEY, {})

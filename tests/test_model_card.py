@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neuralstyle import model_card
-from neuralstyle.styles import Catalog
-from neuralstyle.stylize_run import PhotoRecord, results_sheet, run_note
+from neuralstyle.model.styles import Catalog
+from neuralstyle.ui import model_card
+from neuralstyle.ui.stylize_run import PhotoRecord, results_sheet, run_note
 
 CATALOG = Catalog(
     networks={"candy": {"file": "candy.onnx", "source": "s3://models/candy.pth", "sha256": "ab" * 32}},
@@ -92,7 +92,7 @@ def test_contact_sheet_is_legible_at_the_viewer_width(tmp_path) -> None:
 
 
 def test_batch_results_sheet_and_note(tmp_path) -> None:
-    from neuralstyle import imaging
+    from neuralstyle.model import imaging
 
     paths = []
     for i, size in enumerate([(300, 451), (512, 512)]):
@@ -121,7 +121,7 @@ def test_the_descriptions_calls_work_as_written(registry, photos, tmp_path) -> N
     """The curl and Python calls on the version page, copied and run as a user would."""
     from mlflow import MlflowClient
 
-    from neuralstyle.serving import serve_model
+    from neuralstyle.run.serving import serve_model
 
     text = MlflowClient(registry.tracking_uri).get_model_version(
         "style-transfer", registry.version).description
@@ -147,7 +147,7 @@ def test_the_descriptions_calls_work_as_written(registry, photos, tmp_path) -> N
 
 def test_the_run_line_points_at_the_tracking_server_or_mlflow_ui() -> None:
     """A stack user (http tracking URI) gets the server's page; a local registry, `mlflow ui`."""
-    from neuralstyle.stylize_run import how_to_see
+    from neuralstyle.ui.stylize_run import how_to_see
 
     assert how_to_see("http://127.0.0.1:5050/", "3", "abc") == (
         "open http://127.0.0.1:5050/#/experiments/3/runs/abc")

@@ -7,16 +7,16 @@ import pytest
 import torch
 from oracle import oracle_float
 
-from neuralstyle import weights
-from neuralstyle.networks import (
+from neuralstyle.builder import weights
+from neuralstyle.builder.networks import (
     CheckpointError,
     TransformerNet,
     UnitRangeTransformerNet,
     load_transformer_checkpoint,
 )
-from neuralstyle.packaging import EXPORT_TOLERANCE, PARITY_TOLERANCE, export_error, export_onnx
-from neuralstyle.samples import sample_rgb
-from neuralstyle.styles import Catalog
+from neuralstyle.builder.packaging import EXPORT_TOLERANCE, PARITY_TOLERANCE, export_error, export_onnx
+from neuralstyle.builder.samples import sample_rgb
+from neuralstyle.model.styles import Catalog
 
 
 @pytest.fixture(scope="module")

@@ -107,8 +107,8 @@ def test_packaging_in_process_leaves_no_mlflow_state_behind(tmp_path, monkeypatc
     """
     import mlflow
 
+    from neuralstyle.builder.packaging import package_models
     from neuralstyle.config import MLFLOW_STATE_VARS
-    from neuralstyle.packaging import package_models
 
     monkeypatch.chdir(tmp_path)  # artifacts under tmp_path/mlruns, as the demo's under the repo
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -37,8 +37,8 @@ from s3_fixtures import (  # noqa: F401  (fixtures are found by name)
     s3,
 )
 
-from neuralstyle.inference import LocalPredictor
-from neuralstyle.serving import free_port
+from neuralstyle.run.inference import LocalPredictor
+from neuralstyle.run.serving import free_port
 from tasks import PublishStylized, Stylize, StylizeBatch, StylizeToCanvas
 from tasks.batch import list_images, result_location
 from tasks.report import outcomes, summary_line
@@ -73,7 +73,7 @@ def png_of(photo: bytes, size: tuple[int, int] | None = None) -> bytes:
 
 def warm_model(registry: Any, photos: dict[str, bytes]) -> None:
     """Load the model in this process (cached per URI) before Luigi forks workers."""
-    from neuralstyle.inference import stylize_bytes
+    from neuralstyle.run.inference import stylize_bytes
 
     stylize_bytes(photos["chelsea"], "7", LocalPredictor(registry.model_uri, registry.tracking_uri),
                   {"max_size": 64})
@@ -465,15 +465,15 @@ def test_stylize_then_submit_to_canvas(
 
 # ---------------------------------------------------------------- the docker executor
 
-OURS = {"label": "org.stylize.started-by=neuralstyle.container"}
+OURS = {"label": "org.stylize.started-by=neuralstyle.run.container"}
 
 
 @pytest.mark.docker
 def test_docker_executor_runs_the_serving_image_and_removes_its_container(
     docker_client: Any, registry: Any, photos: dict[str, bytes], workdir: Path
 ) -> None:
-    """The serving image is built once (neuralstyle.images; minutes) and reused after."""
-    from neuralstyle.container import ContainerError, model_container
+    """The serving image is built once (neuralstyle.containers.images; minutes) and reused after."""
+    from neuralstyle.run.container import ContainerError, model_container
 
     before = {c.id for c in docker_client.containers.list(all=True, filters=OURS)}
     foreign = docker_client.containers.run("python:3.11.7-slim", ["sleep", "3600"], detach=True,
@@ -536,7 +536,7 @@ def test_entry_point_logs_an_mlflow_run(
     assert sidecar["style"] == {"requested": "7", "resolved": "style-07"}
     assert sidecar["params"]["format"] == "png" and sidecar["params"]["max_size"] == 1024
     # What ran, not only what was asked: style 7 meets the fast bound, so bf16 where the CPU has it.
-    from neuralstyle import runtime
+    from neuralstyle.model import runtime
 
     assert sidecar["params"]["precision"] == "fast"
     assert sidecar["precision"] == runtime.fast_precision()

@@ -26,7 +26,7 @@ from s3_fixtures import (  # noqa: F401  (fixtures are found by name)
 from test_model_arbitrary import b64
 from test_pipeline import leftovers, stylize, workdir  # noqa: F401
 
-from neuralstyle.samples import encode, sample_painting
+from neuralstyle.builder.samples import encode, sample_painting
 from tasks.report import outcomes
 
 pytestmark = pytest.mark.slow

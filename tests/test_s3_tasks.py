@@ -548,3 +548,18 @@ def test_download_logs_what_it_did(
         f"downloaded s3://{bucket}/cat.jpg to {tmp_path}/cat.jpg ({len(PHOTO)} bytes)"
         in caplog.text
     )
+
+
+def test_packaging_fetches_an_s3_checkpoint_whole_or_not_at_all(s3: Any, bucket: str,
+                                                                  tmp_path: Path) -> None:
+    """``package_models.py --checkpoint s3://...`` downloads with boto3 alone (the library
+    imports nothing from the pipeline); a missing key names itself and leaves no file."""
+    from neuralstyle.builder.packaging import resolve_checkpoint
+
+    s3.put_object(Bucket=bucket, Key="nets/candy.pth", Body=b"weights" * 1000)
+    got = resolve_checkpoint(f"s3://{bucket}/nets/candy.pth", tmp_path)
+    assert got == tmp_path / "checkpoints" / "candy.pth"
+    assert got.read_bytes() == b"weights" * 1000
+    with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/nets/gone.pth does not exist"):
+        resolve_checkpoint(f"s3://{bucket}/nets/gone.pth", tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["candy.pth"]

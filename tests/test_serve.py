@@ -1,6 +1,6 @@
 """``mlflow models serve`` with the registered model, called the ways a user calls it.
 
-Starts the real server (``neuralstyle.serving``) on 127.0.0.1 and posts real photos: both JSON
+Starts the real server (``neuralstyle.run.serving``) on 127.0.0.1 and posts real photos: both JSON
 forms, several rows at once, params, a 25 MB photo, every kind of bad request, and the curl and
 Python calls printed in docs/serving.md. Served pixels must match the in-process pyfunc and the
 original ONNX graph within ``oracle.PIXEL_TOLERANCE``.
@@ -35,9 +35,9 @@ from oracle import (
 )
 from PIL import Image
 
-from neuralstyle import serving
-from neuralstyle.client import StyleServerClient
-from neuralstyle.serving import Server, ServerStartError, running_server
+from neuralstyle.run import serving
+from neuralstyle.run.client import StyleServerClient
+from neuralstyle.run.serving import Server, ServerStartError, running_server
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "serving.md"
@@ -55,7 +55,7 @@ def server(registry) -> Iterator[Server]:
 def big_jpeg() -> bytes:
     """A real photo upscaled to 6000x4500 (27 MP, under Pillow's 89.5 MP guard) with +-1 level
     of noise, JPEG quality 100 without chroma subsampling: ~25 MB, like a camera's full file."""
-    from neuralstyle.samples import sample_rgb
+    from neuralstyle.builder.samples import sample_rgb
 
     img = Image.fromarray(sample_rgb("coffee")).resize((6000, 4500), Image.Resampling.BICUBIC)
     noise = np.random.default_rng(0).integers(-1, 2, size=(4500, 6000, 3), dtype=np.int16)
@@ -149,7 +149,7 @@ def test_several_rows_in_dataframe_split_match_in_process_and_oracle(server, mod
 def test_default_precision_is_fast_and_says_what_ran(server, model, photos) -> None:
     """Served like in-process; style 7 meets the bound (bf16 where the CPU has it), a blend with
     style 3 (which misses it on these networks) runs fp32, and each row says which ran."""
-    from neuralstyle import runtime
+    from neuralstyle.model import runtime
 
     rows = [(photos["chelsea"], "7"), (photos["chelsea"], "3:0.5,12:0.5")]
     response = post(server.url, split_body(rows, {"format": "png"}))

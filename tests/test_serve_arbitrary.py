@@ -15,8 +15,8 @@ from oracle import decode_b64
 from PIL import Image
 from test_serve import b64, post
 
-from neuralstyle.samples import encode, sample_painting
-from neuralstyle.serving import Server, running_server
+from neuralstyle.builder.samples import encode, sample_painting
+from neuralstyle.run.serving import Server, running_server
 
 pytestmark = pytest.mark.integration
 

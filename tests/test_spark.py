@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from neuralstyle import demo
-from neuralstyle.samples import SAMPLES, sample_rgb
+from neuralstyle.builder.samples import SAMPLES, sample_rgb
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -237,7 +237,7 @@ def test_luigi_pyspark_task_on_a_folder_fails_on_a_bad_photo_then_completes(
     assert sorted(p.name for p in results.iterdir()) == [
         "_stylize-report-7.csv", "astronaut-7.jpg", "astronaut-7.jpg.lineage.json",
         "chelsea-7.jpg", "chelsea-7.jpg.lineage.json", "coffee-7.jpg", "coffee-7.jpg.lineage.json"]
-    from neuralstyle import lineage
+    from neuralstyle.run import lineage
 
     record = lineage.read_sidecar(results / "chelsea-7.jpg")
     assert record["model"]["version"] == registry.version

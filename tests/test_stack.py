@@ -68,7 +68,7 @@ def workdir(tmp_path: Path, name: str) -> Path:
 
 
 def upload_photos(s: stack_mod.Stack, prefix: str, count: int) -> list[str]:
-    from neuralstyle.samples import sample_jpeg
+    from neuralstyle.builder.samples import sample_jpeg
 
     client = stack_mod.s3_client(s)
     keys = []
@@ -241,7 +241,7 @@ def test_anonymous_requests_are_refused(stack):
 
 
 def stack_pids(s: stack_mod.Stack) -> list[int]:
-    from neuralstyle.serving import _group_pids
+    from neuralstyle.run.serving import _group_pids
 
     pids = []
     for name in stack_mod.SERVICE_NAMES:

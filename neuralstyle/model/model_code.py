@@ -6,6 +6,6 @@ objects; ``neuralstyle/`` ships beside it through ``code_paths``.
 
 from mlflow.models import set_model
 
-from neuralstyle.pyfunc_model import StyleTransferModel
+from neuralstyle.model.pyfunc_model import StyleTransferModel
 
 set_model(StyleTransferModel())

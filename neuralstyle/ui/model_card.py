@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from neuralstyle.styles import N_STYLES, Catalog, style_name
+from neuralstyle.model.styles import N_STYLES, Catalog, style_name
 
 # MLflow reads these tag keys: a note is the markdown description of a run or an experiment;
 # the experiment kind decides whether the UI opens on the runs table or on GenAI traces.
@@ -163,7 +163,7 @@ def _fast_rows(metrics: dict[str, float]) -> list[str]:
     if not psnr:
         return ["| precision=fast vs exact | not measured (no bf16 on the packaging CPU: fast "
                 "runs fp32) | - | - |"]
-    from neuralstyle.packaging import FAST_MAX_MEAN_LEVELS, FAST_MIN_PSNR_DB
+    from neuralstyle.model.runtime import FAST_MAX_MEAN_LEVELS, FAST_MIN_PSNR_DB
 
     worst = min(psnr, key=psnr.get)
     rows = [f"| precision=fast vs exact, worst of {len(psnr)} styles ({worst}), sample photos | "
@@ -174,7 +174,7 @@ def _fast_rows(metrics: dict[str, float]) -> list[str]:
 
 
 def _params_table() -> str:
-    from neuralstyle.pyfunc_model import DEFAULT_PARAMS, MAX_SIZE_LIMIT
+    from neuralstyle.model.contract import DEFAULT_PARAMS, MAX_SIZE_LIMIT
 
     meaning = {
         "max_size": f"longest side of the result in px, 1..{MAX_SIZE_LIMIT} (larger photos are "
@@ -393,7 +393,7 @@ Tiles = list[tuple[StyleRow | None, np.ndarray]]  # (None, the photo) first, the
 def render_tiles(engine: Any, catalog: Catalog, photo: np.ndarray, precision: str = "fast") -> Tiles:
     """The sample photo (None) and one stylized tile per style, from the exported networks, at
     ``precision`` (default: what a request gets without asking for one)."""
-    from neuralstyle import imaging
+    from neuralstyle.model import imaging
 
     pixels = imaging.to_uint8(imaging.fit_within(photo.astype(np.float32) / 255.0, TILE, "sample photo"))
     tiles: Tiles = [(None, pixels.astype(np.float32) / 255.0)]
@@ -417,7 +417,7 @@ def precision_note(engine: Any, style: Any, ran: str) -> str:
 
 def exact_and_fast(engine: Any, catalog: Catalog, photo: np.ndarray) -> Captioned:
     """One cell per style: exact (left) beside fast (right), captioned with what fast ran."""
-    from neuralstyle import imaging
+    from neuralstyle.model import imaging
 
     pixels = imaging.to_uint8(imaging.fit_within(photo.astype(np.float32) / 255.0, TILE, "sample photo"))
     rgb = pixels.astype(np.float32) / 255.0
@@ -447,7 +447,7 @@ def contact_sheet(cells: Captioned, path: Path, columns: int = SHEET_COLUMNS, ce
     artifact viewer (~850 px wide); 6 of 115 px fit a version page's description."""
     from PIL import Image, ImageDraw
 
-    from neuralstyle import imaging
+    from neuralstyle.model import imaging
 
     scale = cell / max(max(rgb.shape[:2]) for _, rgb in cells)
     th = max(round(rgb.shape[0] * scale) for _, rgb in cells)
@@ -472,7 +472,7 @@ def contact_sheet(cells: Captioned, path: Path, columns: int = SHEET_COLUMNS, ce
 
 def save_tiles(tiles: Tiles, folder: Path) -> None:
     """One JPEG per style (``styles/07-style-07.jpg``, ``styles/candy.jpg``) for the viewer."""
-    from neuralstyle import imaging
+    from neuralstyle.model import imaging
 
     folder.mkdir(parents=True, exist_ok=True)
     for row, tile in tiles:
@@ -486,7 +486,7 @@ def save_tiles(tiles: Tiles, folder: Path) -> None:
         (folder / f"{safe}.jpg").write_bytes(imaging.encode_image(tile, "jpeg", 90))
 
 
-# --- the packaging run's hooks (called by neuralstyle.packaging) ------------------------------
+# --- the packaging run's hooks (called by neuralstyle.builder.packaging) ------------------------------
 
 
 def start_package_run(client: Any, run_info: Any, script: str) -> None:
@@ -510,7 +510,7 @@ def log_pictures(staging: Path, catalog: Catalog, photo: np.ndarray, workdir: Pa
     """Contact sheet, one tile per style and the readable catalog, rendered by the served code."""
     import mlflow
 
-    from neuralstyle.pyfunc_model import Engine
+    from neuralstyle.model.pyfunc_model import Engine
 
     engine = Engine(staging)
     tiles = render_tiles(engine, catalog, photo)

@@ -15,9 +15,10 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from neuralstyle import config, imaging
+from neuralstyle import config
 from neuralstyle.atomic import write_bytes_atomic
-from neuralstyle.errors import StyleInputError, is_input_error
+from neuralstyle.model import imaging
+from neuralstyle.model.errors import StyleInputError, is_input_error
 
 
 class Predictor(Protocol):
@@ -45,17 +46,6 @@ class LocalPredictor:
     def predict(self, frame: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         model = _load_model(self.model_uri, self.tracking_uri)
         return model.predict(frame, params=params)
-
-
-def make_predictor(
-    model_uri: str | None = None, server_url: str | None = None, tracking_uri: str | None = None
-) -> Predictor:
-    """A server client when ``server_url`` is given, else the model URI in-process."""
-    if server_url:
-        from neuralstyle.client import StyleServerClient
-
-        return StyleServerClient(server_url)
-    return LocalPredictor(model_uri or config.DEFAULT_MODEL_URI, tracking_uri)
 
 
 @dataclass(frozen=True)
@@ -120,8 +110,8 @@ def stylize_file(
     ``input_uri`` is where the photo came from (an s3:// URI) when ``image`` is a local copy;
     ``style_image`` is a painting file used as the style (``style_image_uri`` where it came from).
     """
-    from neuralstyle import lineage
-    from neuralstyle.pyfunc_model import DEFAULT_PARAMS
+    from neuralstyle.model.contract import DEFAULT_PARAMS
+    from neuralstyle.run import lineage
 
     started = time.perf_counter()
     params = dict(params or {})

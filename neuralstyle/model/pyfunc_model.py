@@ -1,6 +1,6 @@
 """The pyfunc model contract: base64 photo + style in, base64 stylized photo out.
 
-Runs the exported networks on OpenVINO through :mod:`neuralstyle.runtime` (no torch at serving
+Runs the exported networks on OpenVINO through :mod:`neuralstyle.model.runtime` (no torch at serving
 time), at the precision a request asks for. Heavy things (compiled networks, the style catalog,
 the per-style quality record) load once in ``load_context``; ``predict`` is pure per row.
 Logged as a model from code (``model_code.py``), so loading it unpickles no Python objects.
@@ -13,7 +13,6 @@ import json
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,14 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from neuralstyle import imaging, painting, runtime
-from neuralstyle.config import DEFAULT_PARALLEL_PHOTOS, PARALLEL_PHOTOS_ENV
-from neuralstyle.errors import StyleInputError
-from neuralstyle.styles import N_STYLES, Catalog, Resolved, style_name
+from neuralstyle.model import imaging, painting, runtime
+from neuralstyle.model.contract import (
+    DEFAULT_PARALLEL_PHOTOS,
+    PARALLEL_PHOTOS_ENV,
+    Params,
+)
+from neuralstyle.model.errors import StyleInputError
+from neuralstyle.model.styles import N_STYLES, Catalog, Resolved, style_name
 
 ARTIFACT_KEY = "networks"
 IDENTITY_FILE = "identity.json"  # {"fingerprint": ...}: the registry tags the version with the same
@@ -32,7 +35,6 @@ IDENTITY_FILE = "identity.json"  # {"fingerprint": ...}: the registry tags the v
 # styles meet the quality bound at bf16, measured at packaging (packaging.check_fast_quality).
 QUALITY_FILE = "quality.json"
 OUTPUT_COLUMNS = ["image", "width", "height", "style", "model", "precision"]
-MAX_SIZE_LIMIT = 2048  # ~0.5 GB per 32-channel activation at 2048^2: keeps a server alive
 SIZE_MULTIPLE = 4  # two stride-2 convolutions, then two x2 upsamplings
 RELEASE_ABOVE_PIXELS = 1024 * 1024  # larger runs hand the runtime's buffers back afterwards
 # OpenVINO's compiled blobs, so a restart skips most of the compile (unset: ~/.cache/stylize).
@@ -42,73 +44,12 @@ THREADS_ENV = "STYLIZE_THREADS"  # threads per inference; unset: every core
 # network name, so no checkpoint can take it): one bf16 decision for every painting.
 ARBITRARY = ":arbitrary"
 ARBITRARY_QUALITY_KEY = "painting:any"
-DEFAULT_PARAMS: dict[str, Any] = {
-    "max_size": 1024,
-    "strength": 1.0,
-    "preserve_color": False,
-    "format": "jpeg",
-    "quality": 90,
-    # fast: bf16 where the CPU has it and the style meets the quality bound, else fp32 (exact).
-    "precision": "fast",
-}
-
-
-@dataclass(frozen=True)
-class Params:
-    """Validated per-request parameters."""
-
-    max_size: int
-    strength: float
-    preserve_color: bool
-    format: str
-    quality: int
-    precision: str = "fast"
-
-    @classmethod
-    def parse(cls, params: dict[str, Any] | None) -> Params:
-        merged = {**DEFAULT_PARAMS, **{k: v for k, v in (params or {}).items() if v is not None}}
-        unknown = sorted(set(merged) - set(DEFAULT_PARAMS))
-        if unknown:
-            raise StyleInputError(
-                f"unknown params {unknown}: accepted are {', '.join(DEFAULT_PARAMS)}"
-            )
-        try:
-            max_size = int(merged["max_size"])
-            strength = float(merged["strength"])
-            quality = int(merged["quality"])
-        except (TypeError, ValueError) as exc:
-            raise StyleInputError(f"params: {exc}") from None
-        fmt = str(merged["format"]).lower().replace("jpg", "jpeg")
-        if not 0 < max_size <= MAX_SIZE_LIMIT:
-            raise StyleInputError(
-                f"param max_size={max_size} must be in 1..{MAX_SIZE_LIMIT} (longest side in px)"
-            )
-        if not 0.0 <= strength <= 1.0:
-            raise StyleInputError(f"param strength={strength} must be in 0..1")
-        if fmt not in imaging.FORMATS:
-            raise StyleInputError(
-                f"param format={merged['format']!r} must be one of {', '.join(imaging.FORMATS)}"
-            )
-        if not 1 <= quality <= 100:
-            raise StyleInputError(f"param quality={quality} must be in 1..100")
-        precision = str(merged["precision"]).strip().lower()
-        if precision not in runtime.PRECISIONS:
-            raise StyleInputError(
-                f"param precision={merged['precision']!r} must be one of "
-                f"{', '.join(runtime.PRECISIONS)} (exact: fp32, as the original graph; fast: bf16 "
-                "where this CPU has it and the style meets the quality bound)"
-            )
-        preserve = merged["preserve_color"]
-        if isinstance(preserve, str):
-            preserve = preserve.strip().lower() in ("1", "true", "yes")
-        return cls(max_size, strength, bool(preserve), fmt, quality, precision)
-
 
 class Engine:
     """The compiled networks at both precisions, and which styles may run fast.
 
     Every network (the 26-style network, extra checkpoints, the arbitrary-style pair) is compiled
-    by :func:`neuralstyle.runtime.compile_network`: one runtime, the same two precisions.
+    by :func:`neuralstyle.model.runtime.compile_network`: one runtime, the same two precisions.
     """
 
     def __init__(self, root: str | Path, cache_dir: str | Path | None = None) -> None:

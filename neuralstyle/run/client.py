@@ -19,7 +19,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from neuralstyle.errors import StyleInputError
+from neuralstyle.model.errors import StyleInputError
 
 RETRY_STATUSES = (500, 502, 503, 504)
 # Read timeout = the request timeout serving.py gives the server: the client then sees the

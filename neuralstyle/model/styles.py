@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuralstyle.errors import StyleInputError
+from neuralstyle.model.errors import StyleInputError
 
 N_STYLES = 26
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")

@@ -17,7 +17,7 @@ activations run in float32; :class:`Int8Points` can round them to the source's i
 it quantizes them, to prove the rebuild op for op. torch is needed only to package models, never
 to serve them.
 
-    python -c "from neuralstyle.arbitrary import load_arbitrary; print(load_arbitrary())"
+    python -c "from neuralstyle.builder.arbitrary import load_arbitrary; print(load_arbitrary())"
 """
 
 from __future__ import annotations
@@ -373,7 +373,7 @@ def load_arbitrary(
     conditioned on any runtime or precision. ``int8=True`` rounds activations to the source's
     int8 grid, which proves the rebuild op for op (tests) but amplifies a runtime's rounding.
     """
-    from neuralstyle import weights
+    from neuralstyle.builder import weights
 
     paths = []
     for path, pinned in ((predict_path, weights.ARBITRARY_PREDICT),

@@ -30,6 +30,10 @@ FP32, BF16 = "fp32", "bf16"
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 # Set to "0" to refuse bf16 even where the CPU has it (every request then runs fp32).
 FAST_ENV = "STYLIZE_FAST_BF16"
+# The quality bound of ``fast``: against exact, per style, worst over the bundled sample photos
+# (8-bit results), checked at packaging; a style below either bound is served exact.
+FAST_MIN_PSNR_DB = 40.0
+FAST_MAX_MEAN_LEVELS = 1.5  # mean |fast - exact| in levels of 255
 
 
 def cpu_flags() -> set[str]:

@@ -23,30 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
-from neuralstyle import config, model_card
-from neuralstyle.pyfunc_model import IDENTITY_FILE, QUALITY_FILE
-from neuralstyle.styles import N_STYLES, Catalog, load_style_map, validate_network_name
+from neuralstyle import config
+from neuralstyle.codebase import MODEL_CODE_FILE, REPO_DIR, code_version, stage_shipped_code
+from neuralstyle.model.contract import signature
+from neuralstyle.model.pyfunc_model import IDENTITY_FILE, QUALITY_FILE
+from neuralstyle.model.runtime import FAST_MAX_MEAN_LEVELS, FAST_MIN_PSNR_DB
+from neuralstyle.model.styles import N_STYLES, Catalog, load_style_map, validate_network_name
+from neuralstyle.ui import model_card
 
 log = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_DIR = PACKAGE_DIR.parent
 PARITY_TOLERANCE = 1e-3  # vs the original ONNX graph, 0..1 scale
 EXPORT_TOLERANCE = 1e-4  # exported ONNX vs the PyTorch module
 PARITY_STYLES = ("0", "7", "19", "3:0.5,12:0.5")
-# precision=fast against exact, per style, worst over the bundled sample photos (8-bit results):
-# a style below either bound is served exact.
-FAST_MIN_PSNR_DB = 40.0
-FAST_MAX_MEAN_LEVELS = 1.5  # mean |fast - exact| in levels of 255
 # Bundled paintings the arbitrary-style network is checked with (besides the version's named ones).
 QUALITY_PAINTINGS = ("hubble_deep_field", "immunohistochemistry", "brick")
-# The files that define what a model version is (how it is built and what it does when served);
-# their hash is the version's code_version, so a change to any of them makes a new version.
-MODEL_FILES = (
-    "__init__.py", "errors.py", "imaging.py", "styles.py", "pyfunc_model.py", "model_code.py",
-    "networks.py", "weights.py", "packaging.py", "config.py", "arbitrary.py", "painting.py",
-    "runtime.py",
-)
 
 
 @dataclass
@@ -67,14 +58,6 @@ def serving_requirements() -> list[str]:
     reqs = list(pyproject["project"]["dependencies"])
     assert not any(r.startswith("torch") for r in reqs), "serving must not depend on torch"
     return reqs
-
-
-def code_version() -> str:
-    """sha256 (first 12 hex) over the files that build and serve the model."""
-    digest = hashlib.sha256()
-    for name in MODEL_FILES:
-        digest.update(name.encode() + b"\0" + (PACKAGE_DIR / name).read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def git_commit() -> str:
@@ -148,12 +131,28 @@ def export_error(module, path: Path, inputs: list[tuple]) -> float:
 
 
 def resolve_checkpoint(source: str, workdir: Path, folder: str = "checkpoints") -> Path:
-    """A local path as is; an ``s3://`` URI downloaded atomically through the pipeline's helper."""
-    if source.startswith("s3://"):
-        from tasks import download_s3_object
+    """A local path as is; an ``s3://`` URI downloaded with boto3 (endpoint and keys from its
+    chain). ``download_file`` writes a temporary sibling and renames it only when whole."""
+    if not source.startswith("s3://"):
+        return Path(source)
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
-        return download_s3_object(source, workdir / folder / Path(source).name)
-    return Path(source)
+    bucket, _, key = source.removeprefix("s3://").partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise ValueError(f"{source}: not an s3://bucket/key URI of one file")
+    dest = workdir / folder / Path(key).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        boto3.client("s3").download_file(bucket, key, str(dest))
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("404", "NoSuchKey", "NoSuchBucket"):
+            raise FileNotFoundError(f"{source} does not exist") from None
+        raise OSError(f"{source}: S3 refused the download ({code or err})") from None
+    except BotoCoreError as err:
+        raise OSError(f"{source}: {err}") from None
+    return dest
 
 
 def parse_style_images(specs: list[str]) -> dict[str, str]:
@@ -175,7 +174,8 @@ def plan_paintings(catalog: Catalog, style_images: dict[str, str], workdir: Path
 
     Their style vectors are computed after the export, by the served predictor network.
     """
-    from neuralstyle import imaging, painting, weights
+    from neuralstyle.builder import weights
+    from neuralstyle.model import imaging, painting
 
     paths: dict[str, Path] = {}
     for name, source in style_images.items():
@@ -192,8 +192,8 @@ def plan_paintings(catalog: Catalog, style_images: dict[str, str], workdir: Path
 
 def add_painting_vectors(staging: Path, catalog: Catalog, paths: dict[str, Path]) -> None:
     """Store each named painting's style vector in the catalog, computed by the exported network."""
-    from neuralstyle import painting
-    from neuralstyle.pyfunc_model import Engine
+    from neuralstyle.model import painting
+    from neuralstyle.model.pyfunc_model import Engine
 
     engine = Engine(staging)
     for name, path in paths.items():
@@ -207,8 +207,8 @@ def plan_catalog(
     checkpoints: list[str], aliases: dict[str, str], workdir: Path
 ) -> tuple[Catalog, dict[str, Path]]:
     """What the model will serve, known before any export (so an unchanged rerun is instant)."""
-    from neuralstyle import weights
-    from neuralstyle.networks import load_transformer_checkpoint
+    from neuralstyle.builder import weights
+    from neuralstyle.builder.networks import load_transformer_checkpoint
 
     catalog = Catalog(aliases=aliases, arbitrary=dict(ARBITRARY_FILES))
     paths: dict[str, Path] = {}
@@ -233,8 +233,8 @@ def build_networks(
     """Rebuild, prove and export every network into ``staging``; returns metrics and params."""
     import torch
 
-    from neuralstyle import samples, weights
-    from neuralstyle.networks import UnitRangeTransformerNet, load_transformer_checkpoint
+    from neuralstyle.builder import samples, weights
+    from neuralstyle.builder.networks import UnitRangeTransformerNet, load_transformer_checkpoint
 
     metrics: dict[str, float] = {}
     source_path = weights.locate(weights.MULTISTYLE26)
@@ -284,7 +284,7 @@ def build_arbitrary(staging: Path, catalog: Catalog) -> dict[str, float]:
     """Rebuild, export and check the arbitrary-style pair (painting -> vector, photo + vector)."""
     import torch
 
-    from neuralstyle.arbitrary import STYLE_DIM, STYLE_SIZE, load_arbitrary
+    from neuralstyle.builder.arbitrary import STYLE_DIM, STYLE_SIZE, load_arbitrary
 
     predictor, transformer = load_arbitrary()
     painting = torch.rand(1, 3, STYLE_SIZE, STYLE_SIZE)
@@ -321,9 +321,10 @@ def check_fast_quality(staging: Path, catalog: Catalog) -> tuple[dict, dict[str,
     (``quality.json``) and the metrics to log. On a CPU without bf16, fast is exact, nothing can
     be checked, and the record lets no style run bf16 wherever the version is later served.
     """
-    from neuralstyle import imaging, painting, runtime, samples
-    from neuralstyle.pyfunc_model import ARBITRARY_QUALITY_KEY, SIZE_MULTIPLE, pad_to_multiple
-    from neuralstyle.styles import style_name
+    from neuralstyle.builder import samples
+    from neuralstyle.model import imaging, painting, runtime
+    from neuralstyle.model.pyfunc_model import ARBITRARY_QUALITY_KEY, SIZE_MULTIPLE, pad_to_multiple
+    from neuralstyle.model.styles import style_name
 
     record: dict = {"checked": runtime.fast_precision(), "min_psnr_db": FAST_MIN_PSNR_DB,
                     "max_mean_levels": FAST_MAX_MEAN_LEVELS, "photos": list(samples.SAMPLES),
@@ -381,7 +382,7 @@ def check_fast_quality(staging: Path, catalog: Catalog) -> tuple[dict, dict[str,
 
 def fingerprint(catalog: Catalog) -> str:
     """Identity of a model version: weights, extra checkpoints, style map, serving code."""
-    from neuralstyle import weights
+    from neuralstyle.builder import weights
 
     payload = {
         "weights": weights.MULTISTYLE26.sha256,
@@ -423,9 +424,11 @@ def arbitrary_preview(staging: Path, catalog: Catalog, path: Path) -> dict[str, 
     """
     from PIL import Image
 
-    from neuralstyle import imaging, painting, samples, weights
-    from neuralstyle.pyfunc_model import DEFAULT_PARAMS, Engine
-    from neuralstyle.styles import Resolved
+    from neuralstyle.builder import samples, weights
+    from neuralstyle.model import imaging, painting
+    from neuralstyle.model.contract import DEFAULT_PARAMS
+    from neuralstyle.model.pyfunc_model import Engine
+    from neuralstyle.model.styles import Resolved
 
     engine = Engine(staging)
     pixels = imaging.to_uint8(
@@ -454,7 +457,7 @@ def original_method_384(photo: np.ndarray, vector: np.ndarray, transform_onnx: P
     import onnxruntime as ort
     from PIL import Image
 
-    from neuralstyle import imaging
+    from neuralstyle.model import imaging
 
     height, width = photo.shape[:2]
     scale = 384 / max(height, width)
@@ -483,35 +486,12 @@ def input_example() -> tuple:
 
     import pandas as pd
 
-    from neuralstyle import imaging, samples
+    from neuralstyle.builder import samples
+    from neuralstyle.model import imaging
 
     rgb = imaging.fit_within(samples.sample_rgb("chelsea").astype(np.float32) / 255, 64, "sample")
     data = base64.b64encode(imaging.encode_image(rgb, "jpeg", 85)).decode()
     return pd.DataFrame({"image": [data], "style": ["7"]})
-
-
-def signature():
-    """Inputs, outputs and per-request params of the contract in DESIGN.md."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    from neuralstyle.pyfunc_model import DEFAULT_PARAMS
-
-    dtypes = {int: "long", float: "double", bool: "boolean", str: "string"}
-    return ModelSignature(
-        inputs=Schema([
-            ColSpec("string", "image"),
-            ColSpec("string", "style", required=False),  # may be absent when style_image is given
-            ColSpec("string", "style_image", required=False),  # base64 of a painting
-        ]),
-        outputs=Schema([
-            ColSpec("string", "image"), ColSpec("long", "width"), ColSpec("long", "height"),
-            ColSpec("string", "style"), ColSpec("string", "model"), ColSpec("string", "precision"),
-        ]),
-        params=ParamSchema(
-            [ParamSpec(k, dtypes[type(v)], v) for k, v in DEFAULT_PARAMS.items()]
-        ),
-    )
 
 
 def package_models(
@@ -532,7 +512,7 @@ def package_models(
     import mlflow
     from mlflow import MlflowClient
 
-    from neuralstyle import samples, weights
+    from neuralstyle.builder import samples, weights
 
     started = time.perf_counter()
     aliases = load_style_map(style_map)
@@ -575,8 +555,8 @@ def package_models(
             mlflow.log_artifacts(str(staging), "networks")
             info = mlflow.pyfunc.log_model(
                 name=model_name,
-                python_model=str(PACKAGE_DIR / "model_code.py"),
-                code_paths=[str(PACKAGE_DIR)],
+                python_model=str(MODEL_CODE_FILE),
+                code_paths=[str(stage_shipped_code(Path(tmp) / "code"))],
                 artifacts={"networks": f"runs:/{run.info.run_id}/networks"},
                 signature=signature(),
                 input_example=input_example(),

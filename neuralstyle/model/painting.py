@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from neuralstyle import imaging
-from neuralstyle.styles import Resolved
+from neuralstyle.model import imaging
+from neuralstyle.model.styles import Resolved
 
 STYLE_SIZE = 256  # the predictor network's input side
 CACHE_ENTRIES = 256  # style vectors kept (400 bytes each): a bounded memory, whatever the traffic

@@ -22,7 +22,7 @@ and reused while the model and the code are unchanged:
       docker run --rm --user "$(id -u):$(id -g)" -v "$PWD:/data" <tag> --image in.jpg --output out.jpg
 
 Builds run the docker CLI (and MLflow's CLI) as subprocesses and log their output line by line
-(logger ``neuralstyle.images``): a cold serving build takes minutes. docker/README.md says what
+(logger ``neuralstyle.containers.images``): a cold serving build takes minutes. docker/README.md says what
 each image contains and why; bench/results/docker.md has the measured sizes and times.
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -41,15 +40,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from neuralstyle import config, tryit
+from neuralstyle import config
+from neuralstyle.codebase import REPO_DIR
+from neuralstyle.containers import tryit
+from neuralstyle.registry import ModelRef, content_key, resolve_model
 
 log = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_DIR = PACKAGE_DIR.parent
 NGINX_CONF = REPO_DIR / "docker" / "nginx.conf"
 BATCH_MODEL_DIR = Path("build") / "model"  # relative to the build context (the repo)
 
@@ -113,78 +112,15 @@ class ImageBuildError(RuntimeError):
     """A build failed; the message holds the command, its exit status and its last lines."""
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """What a model URI points at right now, and the identity used to tag and reuse images."""
-
-    uri: str
-    tracking_uri: str
-    registry_uri: str
-    name: str | None  # None for URIs outside the registry (runs:/..., a path)
-    version: str | None
-    run_id: str
-    key: str  # the version's ``fingerprint`` tag (weights + code + styles + requirements)
-    code_version: str  # the version's ``code_version`` tag: the serving code inside the model
-
-    @property
-    def tag_suffix(self) -> str:
-        """``v3-1a2b3c4d5e6f`` for a registered version, ``uri-<hash>`` otherwise."""
-        if self.version is None:
-            return f"uri-{self.key[:12]}"
-        return _tag_safe(f"v{self.version}-{self.code_version}")
-
-
 def _tag_safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", text).lstrip(".-")[:128]
 
 
-def _sha(*parts: str | bytes) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode() if isinstance(part, str) else part)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?$")
-_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
-
-
-def resolve_model(model_uri: str, tracking_uri: str | None = None) -> ModelRef:
-    """Resolve ``models:/name@alias`` or ``models:/name/N`` in the registry (sets no global
-    MLflow state).
-
-    Other URIs (``runs:/...``, a local folder) are built too, keyed by the URI (and for a local
-    folder by its files), without a version in the tag.
-    """
-    from mlflow import MlflowClient
-
-    tracking = config.tracking_uri(tracking_uri)
-    # An explicit tracking URI is the registry too (as in neuralstyle.serving): a leftover
-    # MLFLOW_REGISTRY_URI must not redirect it.
-    registry = tracking if tracking_uri else (os.environ.get("MLFLOW_REGISTRY_URI") or tracking)
-    alias = _ALIAS_URI.match(model_uri)
-    numbered = _VERSION_URI.match(model_uri)
-    if alias or numbered:
-        client = MlflowClient(tracking_uri=tracking, registry_uri=registry)
-        if alias:
-            mv = client.get_model_version_by_alias(alias["name"], alias["alias"])
-        else:
-            mv = client.get_model_version(numbered["name"], numbered["version"])
-        run_id = mv.run_id or ""
-        # Versions registered by package_models carry these tags; others get a key from where
-        # the registry says the version is (registry, name, version, run, source).
-        key = mv.tags.get("fingerprint") or _sha(registry, mv.name, str(mv.version), run_id,
-                                                 mv.source or "")
-        code = mv.tags.get("code_version") or key[:12]
-        return ModelRef(model_uri, tracking, registry, mv.name, str(mv.version), run_id, key, code)
-    path = Path(model_uri.removeprefix("file://"))
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-        key = _sha(*(part for p in files for part in (str(p.relative_to(path)), p.read_bytes())))
-    else:
-        key = _sha(tracking, model_uri)
-    return ModelRef(model_uri, tracking, registry, None, None, "", key, key[:12])
+def _tag_suffix(model: ModelRef) -> str:
+    """``v3-1a2b3c4d5e6f`` for a registered version, ``uri-<hash>`` otherwise."""
+    if model.version is None:
+        return f"uri-{model.key[:12]}"
+    return _tag_safe(f"v{model.version}-{model.code_version}")
 
 
 def _model_labels(model: ModelRef, kind: str, recipe: str) -> dict[str, str]:
@@ -355,7 +291,7 @@ def serving_layer_dockerfile(base: str = "<build-docker image>",
 def serving_recipe() -> str:
     """Hash of what the thin layer adds: a change to docker/nginx.conf or the env rebuilds it."""
     page = [part for p in tryit.page_files() for part in (p.name, p.read_bytes())]
-    return _sha(serving_layer_dockerfile(), NGINX_CONF.read_bytes(), *page)[:16]
+    return content_key(serving_layer_dockerfile(), NGINX_CONF.read_bytes(), *page)[:16]
 
 
 def build_docker_command(model_uri: str, tag: str) -> list[str]:
@@ -441,7 +377,7 @@ def ensure_serving_image(model_uri: str, tracking_uri: str | None = None, *,
     """
     model = resolve_model(model_uri, tracking_uri)
     variant = "lean" if lean else "full"
-    tag = f"{SERVING_REPOSITORY}:{model.tag_suffix}{'-lean' if lean else ''}"
+    tag = f"{SERVING_REPOSITORY}:{_tag_suffix(model)}{'-lean' if lean else ''}"
     labels = {**_model_labels(model, "serving", serving_recipe()), f"{LABEL}.variant": variant}
     with _build_lock(tag):
         if not rebuild and _reusable(tag, _identity(labels)):
@@ -455,7 +391,7 @@ def ensure_serving_image(model_uri: str, tracking_uri: str | None = None, *,
         conf_path, torch_free = _probe(stock)
         if not torch_free:
             raise ImageBuildError(f"{stock} contains torch: the model's requirements must not "
-                                  "pull it in (neuralstyle.packaging.serving_requirements)")
+                                  "pull it in (neuralstyle.builder.packaging.serving_requirements)")
         with tempfile.TemporaryDirectory(prefix="stylize-serving-layer-") as ctx:
             Path(ctx, "Dockerfile").write_text(serving_layer_dockerfile(stock, conf_path, labels))
             shutil.copyfile(NGINX_CONF, Path(ctx, "nginx.conf"))
@@ -484,7 +420,7 @@ def batch_context_files(context: Path = REPO_DIR) -> list[Path]:
 
 def batch_recipe(context: Path = REPO_DIR) -> str:
     """Hash of the Dockerfile, .dockerignore, stylize.py and neuralstyle/**.py."""
-    return _sha(*(part for p in batch_context_files(context)
+    return content_key(*(part for p in batch_context_files(context)
                   for part in (str(p.relative_to(context)), p.read_bytes())))[:16]
 
 
@@ -531,7 +467,7 @@ def ensure_batch_image(model_uri: str, tracking_uri: str | None = None, *, rebui
     copies), and the base image is ``python:<the model's Python>-slim``, as for build-docker.
     Reused when its labels say it holds this model and these files.
     """
-    from neuralstyle.packaging import code_version
+    from neuralstyle.codebase import code_version
 
     model = resolve_model(model_uri, tracking_uri)
     identity = f"v{model.version}" if model.version else f"uri-{model.key[:12]}"
@@ -556,10 +492,10 @@ def ensure_batch_image(model_uri: str, tracking_uri: str | None = None, *, rebui
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m neuralstyle.images serving|batch``: build (or reuse) an image, print its tag."""
+    """``python -m neuralstyle.containers.images serving|batch``: build (or reuse) an image, print its tag."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m neuralstyle.images", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m neuralstyle.containers.images", description=main.__doc__)
     parser.add_argument("kind", choices=["serving", "batch"],
                         help="serving: build-docker image + our proxy; batch: the project Dockerfile")
     parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,

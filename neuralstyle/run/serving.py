@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuralstyle import config
-from neuralstyle.config import DEFAULT_PARALLEL_PHOTOS, PARALLEL_PHOTOS_ENV
+from neuralstyle.model.contract import DEFAULT_PARALLEL_PHOTOS, PARALLEL_PHOTOS_ENV
 
 HOST = "127.0.0.1"
 # MLflow's default is 60 s (mlflow/environment_variables.py, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT).
@@ -210,7 +210,7 @@ def _launch(
 
 def _wait_ready(server: Server, model_uri: str, ready_timeout_s: float) -> None:
     """Poll ``/ping``; fail fast with the log tail if the process dies, or after the deadline."""
-    from neuralstyle.client import NotReady, wait_for_ping
+    from neuralstyle.run.client import NotReady, wait_for_ping
 
     def exit_reason() -> str | None:
         return None if server.alive() else f"exited with status {server.process.returncode}"

@@ -90,7 +90,7 @@ def load_multistyle26(path: str | Path | None = None):  # -> MultiStyleNet
     import torch
     from onnx import numpy_helper
 
-    from neuralstyle.networks import MultiStyleNet
+    from neuralstyle.builder.networks import MultiStyleNet
 
     if path is None:
         path = locate(MULTISTYLE26)

@@ -1,6 +1,6 @@
 """Image decoding, checks and encoding for the served model (Pillow and NumPy only, no torch).
 
-Every check raises :class:`~neuralstyle.errors.StyleInputError` with a message that names the
+Every check raises :class:`~neuralstyle.model.errors.StyleInputError` with a message that names the
 input (``what``) and the problem, so the CLI, the server and the pipeline all report the same.
 """
 
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from neuralstyle.errors import StyleInputError
+from neuralstyle.model.errors import StyleInputError
 
 MIN_SIDE = 32
 FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuralstyle import model_card
+from neuralstyle.ui import model_card
 
 SHEET_LIMIT = 48  # photos on a batch's contact sheet (the rest are counted, not shown)
 RESULTS_SHEET = "results_contact_sheet.png"
@@ -92,7 +92,7 @@ def log_photos(client: Any, run_id: str, photos: list[PhotoRecord]) -> None:
 
 def results_sheet(done: list[PhotoRecord], path: Path, total: int) -> None:
     """The batch's results as one picture, each captioned with its source photo."""
-    from neuralstyle import imaging
+    from neuralstyle.model import imaging
 
     cells = []
     for photo in done[:SHEET_LIMIT]:

@@ -1,0 +1,1 @@
+"""Building and registering models: the torch networks, weights, export, checks, registration."""

@@ -1,0 +1,1 @@
+"""What MLflow's UI shows: version descriptions, contact sheets, stylize-run notes."""
