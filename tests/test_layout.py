@@ -125,14 +125,14 @@ def test_the_staged_code_is_only_the_model_package(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_registered_version_ships_only_the_model_package(registry) -> None:
+def test_a_registered_version_ships_only_the_model_package(registry, tmp_path: Path) -> None:
     """The files in a registered version's ``code/`` folder: the model package, nothing else."""
     from mlflow.artifacts import download_artifacts
 
     from neuralstyle.config import mlflow_scope
 
     with mlflow_scope(registry.tracking_uri):
-        root = Path(download_artifacts(f"{registry.model_uri}", dst_path=str(REPO / "build" / "code-check")))
+        root = Path(download_artifacts(registry.model_uri, dst_path=str(tmp_path)))
     code = root / "code"
     files = sorted(p.relative_to(code).as_posix() for p in code.rglob("*")
                    if p.is_file() and "__pycache__" not in p.parts)
