@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -26,17 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from neuralstyle import config  # noqa: E402
+from neuralstyle.model.runtime import cpu_model  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "arbitrary.md"
 SIZES = (384, 1024)
-
-
-def cpu_model() -> str:
-    """The CPU model line of /proc/cpuinfo (machines differ; compare only within one run)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,9 +21,7 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,33 +76,18 @@ def photo_1024() -> bytes:
     return out.getvalue()
 
 
-@contextlib.contextmanager
-def registry(tracking_uri: str | None) -> Iterator[str]:
+def registry(tracking_uri: str | None) -> contextlib.AbstractContextManager[str]:
     """The given registry, or this checkout packaged into a throwaway one."""
-    if tracking_uri:
-        yield tracking_uri
-        return
-    from neuralstyle.builder.packaging import package_models
+    from neuralstyle.builder.packaging import temporary_registry
 
-    with tempfile.TemporaryDirectory(prefix="bench-registry-") as root:
-        uri = f"sqlite:///{root}/mlflow.db"
-        cwd = os.getcwd()
-        os.chdir(root)  # artifacts go to <root>/mlruns
-        try:
-            package_models(style_map=str(REPO / config.DEFAULT_STYLE_MAP), tracking_uri=uri)
-        finally:
-            os.chdir(cwd)
-        yield uri
+    return temporary_registry(REPO / config.DEFAULT_STYLE_MAP, given=tracking_uri)
 
 
 def machine() -> dict[str, str]:
     """What the figures were measured on."""
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    from neuralstyle.model.runtime import cpu_model
+
+    cpu = cpu_model()
     memory = "unknown"
     with contextlib.suppress(OSError, ValueError, IndexError):
         kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])

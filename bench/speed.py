@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -77,12 +77,7 @@ def cpu_info() -> dict[str, str]:
 
     from neuralstyle.model import runtime
 
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = runtime.cpu_model()
     flags = runtime.cpu_flags()
     info = {
         "CPU": model,
@@ -99,23 +94,11 @@ def cpu_info() -> dict[str, str]:
     return info
 
 
-@contextlib.contextmanager
-def registry(tracking_uri: str | None) -> Iterator[str]:
+def registry(tracking_uri: str | None) -> contextlib.AbstractContextManager[str]:
     """The given registry, or this checkout packaged into a throwaway one."""
-    if tracking_uri:
-        yield tracking_uri
-        return
-    from neuralstyle.builder.packaging import package_models
+    from neuralstyle.builder.packaging import temporary_registry
 
-    with tempfile.TemporaryDirectory(prefix="bench-registry-") as root:
-        uri = f"sqlite:///{root}/mlflow.db"
-        cwd = os.getcwd()
-        os.chdir(root)
-        try:
-            package_models(style_map=str(REPO / config.DEFAULT_STYLE_MAP), tracking_uri=uri)
-        finally:
-            os.chdir(cwd)
-        yield uri
+    return temporary_registry(REPO / config.DEFAULT_STYLE_MAP, given=tracking_uri)
 
 
 def photo(size: int) -> bytes:

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -492,6 +493,25 @@ def input_example() -> tuple:
     rgb = imaging.fit_within(samples.sample_rgb("chelsea").astype(np.float32) / 255, 64, "sample")
     data = base64.b64encode(imaging.encode_image(rgb, "jpeg", 85)).decode()
     return pd.DataFrame({"image": [data], "style": ["7"]})
+
+
+@contextlib.contextmanager
+def temporary_registry(style_map: str | Path = config.DEFAULT_STYLE_MAP,
+                       given: str | None = None) -> Iterator[str]:
+    """``given`` as is, else this checkout packaged into a throwaway sqlite registry (artifacts
+    beside it): its URI, for benchmarks that must not touch the user's registry."""
+    if given:
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="stylize-registry-") as root:
+        uri = f"sqlite:///{root}/mlflow.db"
+        cwd = os.getcwd()
+        os.chdir(root)  # artifacts go to <root>/mlruns
+        try:
+            package_models(style_map=str(Path(style_map).resolve()), tracking_uri=uri)
+        finally:
+            os.chdir(cwd)
+        yield uri
 
 
 def package_models(

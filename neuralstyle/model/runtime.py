@@ -36,16 +36,26 @@ FAST_MIN_PSNR_DB = 40.0
 FAST_MAX_MEAN_LEVELS = 1.5  # mean |fast - exact| in levels of 255
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo is unreadable)."""
+def _cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` line of /proc/cpuinfo (None where unreadable or absent)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        if line.split(":", 1)[0].strip() == name:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo is unreadable)."""
+    return set((_cpuinfo_field("flags") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for every benchmark's header (``unknown`` where unreadable)."""
+    return _cpuinfo_field("model name") or "unknown"
 
 
 @functools.lru_cache(maxsize=1)
