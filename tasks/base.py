@@ -203,20 +203,21 @@ def _luigi_parameter(param: RequestParam) -> luigi.Parameter:
     return kinds.get(param.kind, luigi.Parameter)(default=param.default, description=description)
 
 
-class RequestParams:
-    """The model's per-request params (``neuralstyle.model.contract``) as Luigi parameters.
-
-    Mixed into every task that stylizes (Stylize, StylizeBatch, StylizeSpark), so a param added
-    to the contract appears on all of them with its default and help.
-    """
-
+class _RequestParamsBase:
     def request_params(self) -> dict[str, Any]:
         """The request params this task was given, by their contract names."""
         return {param.name: getattr(self, param.name) for param in FLAG_PARAMS}
 
 
-for _param in FLAG_PARAMS:
-    setattr(RequestParams, _param.name, _luigi_parameter(_param))
+# The model's per-request params (neuralstyle.model.contract) as Luigi parameters, mixed into
+# every task that stylizes (Stylize, StylizeBatch, StylizeSpark): a param added to the contract
+# appears on all of them with its default and help. Built by type(), so each Parameter gets its
+# name through __set_name__ as if written in a class body.
+RequestParams = type("RequestParams", (_RequestParamsBase,), {
+    "__doc__": "The model's per-request params as Luigi parameters, built from the contract.",
+    "__module__": __name__,
+    **{param.name: _luigi_parameter(param) for param in FLAG_PARAMS},
+})
 
 
 def run_here(task: luigi.Task) -> None:
