@@ -78,3 +78,51 @@ def test_conda_env_pins_equal_pyproject() -> None:
     assert all(re.fullmatch(r"[a-z0-9_.\[\],-]+==[0-9][0-9a-z.]*", p) for p in wanted), wanted
     assert "torch==2.13.0" in wanted
     assert not any(p.startswith("torch") for p in pyproject["dependencies"])
+
+
+@pytest.mark.parametrize("entry", ["stylize", "stylize_spark"])
+def test_mlproject_offers_every_request_param_of_the_contract(entry: str) -> None:
+    """A param added to the contract must reach ``mlflow run`` users too."""
+    from neuralstyle.model.contract import FLAG_PARAMS
+
+    params = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"][entry]["parameters"]
+    for param in FLAG_PARAMS:
+        assert param.name in params, f"MLproject {entry} lacks {param.name}"
+        assert same_default(params[param.name]["default"], param.default), param.name
+
+
+def test_every_task_and_cli_takes_the_contract_params_with_its_defaults() -> None:
+    """Built from the contract: the Luigi parameters (instantiated, as Luigi does) and the flags."""
+    import luigi
+
+    from neuralstyle.model.contract import FLAG_PARAMS
+    from tasks.batch import StylizeBatch
+    from tasks.spark import StylizeSpark
+    from tasks.stylize import Stylize
+
+    luigi.task_register.Register.clear_instance_cache()
+    tasks = [Stylize(image="photo.jpg"), StylizeBatch(images="in/", results="out/"),
+             StylizeSpark(images="in/", results="out/")]
+    for task in tasks:
+        given = task.request_params()
+        assert given == {p.name: p.default for p in FLAG_PARAMS}, type(task).__name__
+        names = {name for name, _ in type(task).get_params()}
+        assert {p.name for p in FLAG_PARAMS} <= names, type(task).__name__
+    custom = Stylize(image="photo.jpg", max_size=512, precision="exact", preserve_color=True)
+    assert custom.request_params()["max_size"] == 512 and custom.model_params()["precision"] == "exact"
+    for script in (REPO / "stylize.py", REPO / "tasks" / "run.py", REPO / "tasks" / "run_spark.py"):
+        defaults = script_defaults(script)
+        for param in FLAG_PARAMS:
+            assert defaults[param.name] == param.default, (script.name, param.name)
+
+
+def test_the_flags_check_values_as_the_model_does() -> None:
+    """A bad value is a usage error naming the flag's contract name and its limits (exit 2)."""
+    from tasks.run import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--image", "x", "--max-size", "1024.0"]).max_size == 1024
+    assert parser.parse_args(["--image", "x", "--preserve-color", "yes"]).preserve_color is True
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--image", "x", "--strength", "2"])
+    assert exit_info.value.code == 2
