@@ -121,7 +121,7 @@ def test_executor_defaults_to_server_when_a_url_is_set() -> None:
     assert Stylize(image="cat.jpg", server_url="http://h:1").resolved_executor() == "server"
     assert Stylize(image="cat.jpg", server_url="http://h:1", executor="local"
                    ).resolved_executor() == "local"
-    with pytest.raises(ValueError, match="executor server needs server_url"):
+    with pytest.raises(ValueError, match="executor server needs a server URL"):
         Stylize(image="cat.jpg", executor="server")
     with pytest.raises(ValueError, match="not a valid S3 bucket name"):
         Stylize(image="s3://no such bucket/cat.jpg")
