@@ -101,7 +101,7 @@ try: install  ## the serving image's try-it page on http://127.0.0.1:5002/ (buil
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(PY) -m neuralstyle.run.container
 
 screenshots: install install-browser  ## refresh docs/screenshots/ from the browser tests
-	STYLIZE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -m browser tests/test_browser.py
+	STYLIZE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -m browser tests/ui/test_browser.py
 
 clean:
 	rm -rf out data .pytest_cache .ruff_cache

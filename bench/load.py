@@ -10,7 +10,7 @@ truncated JPEG) and must be answered 400. The server is started with exactly the
 ``make serve`` uses (``neuralstyle.run.serving.serve_model``), the container with the serving image's.
 Reported per target and run: photos/s (200 answers per second of wall time), p50/p95 latency of
 the 200s, every status seen, peak RSS of the server's processes (sampled every 0.25 s).
-Tests reuse :func:`run_load` (tests/test_load.py); this script writes bench/results/load.md.
+Tests reuse :func:`run_load` (tests/run/test_load.py); this script writes bench/results/load.md.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def workdir(tmp_path: Path, name: str) -> Path:
 
     Workers of one batch share it, as the README's commands run from one checkout. Workers in
     separate folders (separate machines) work too: PublishStylized stylizes again when the
-    staged file is not there (tests/test_pipeline.py).
+    staged file is not there (tests/pipeline/test_pipeline.py).
     """
     folder = tmp_path / name
     folder.mkdir()

@@ -42,7 +42,7 @@ class Int8Points:
     Each rebuilt op calls ``q(x, name)`` where the source quantizes its output, which rounds
     ``x`` to that int8 grid and back (float ops: Div, Round, Clip, Mul in the export). Why: the
     source is a fully int8 graph whose instance-norm statistics are themselves int8, so with this
-    table the rebuild reproduces the graph's own tensors (``tests/test_arbitrary.py``).
+    table the rebuild reproduces the graph's own tensors (``tests/builder/test_arbitrary.py``).
     Empty (``Int8Points()``) = plain float, what is served.
     """
 

@@ -40,7 +40,7 @@ LIMIT_CONCURRENCY = 32
 # --timeout-keep-alive: by then idle keep-alive connections have closed and left the count.
 RETRY_AFTER_S = 5
 # The variables serve_env sets on purpose; `make serve`, docs/serving.md and bench/load.py show
-# the same values (tests/test_load.py checks).
+# the same values (tests/run/test_load.py checks).
 LIMIT_VARIABLES = ("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "UVICORN_LIMIT_CONCURRENCY",
                    "UVICORN_HEADERS", "STYLIZE_PARALLEL_PHOTOS")
 READY_TIMEOUT_S = 180.0

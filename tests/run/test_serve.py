@@ -39,7 +39,7 @@ from neuralstyle.run import serving
 from neuralstyle.run.client import StyleServerClient
 from neuralstyle.run.serving import Server, ServerStartError, running_server
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "serving.md"
 DOCS_URL = "http://127.0.0.1:5001"
 MB = 1_000_000

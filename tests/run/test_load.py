@@ -2,9 +2,9 @@
 
 16 clients (``bench/load.py``'s ``run_load``: a thread and a ``requests.Session`` each, no
 retries) post 512 px photos for 20 s, one in five truncated, to a server started by
-``neuralstyle.run.serving`` with its defaults (the ones ``make serve`` sets; tests/test_serve.py
+``neuralstyle.run.serving`` with its defaults (the ones ``make serve`` sets; tests/run/test_serve.py
 checks they agree). Past the queue a request is refused with 503 and ``Retry-After``. The
-container's counterparts are in tests/test_docker.py. Figures are printed as ``[load]`` lines.
+container's counterparts are in tests/containers/test_docker.py. Figures are printed as ``[load]`` lines.
 """
 
 from __future__ import annotations

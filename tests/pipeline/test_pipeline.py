@@ -477,7 +477,7 @@ def test_docker_executor_runs_the_serving_image_and_removes_its_container(
 
     before = {c.id for c in docker_client.containers.list(all=True, filters=OURS)}
     foreign = docker_client.containers.run("python:3.11.7-slim", ["sleep", "3600"], detach=True,
-                                           labels={"org.stylize.test": "tests/test_pipeline.py"})
+                                           labels={"org.stylize.test": "tests/pipeline/test_pipeline.py"})
     try:
         (workdir / "cat.jpg").write_bytes(photos["chelsea"])
         task = stylize(registry, image="cat.jpg", output_path="out/cat.png", executor="docker")

@@ -13,7 +13,7 @@ import pytest
 from oracle import decode_rgb, faithful, max_level_diff, oracle_uint8
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def stylize(*args: str, cwd: Path, uri: str) -> subprocess.CompletedProcess:

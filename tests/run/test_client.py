@@ -28,7 +28,7 @@ from neuralstyle.model.errors import StyleInputError
 from neuralstyle.run.client import ServerError, StyleServerClient
 from neuralstyle.run.serving import free_port, serve_model
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 URL = "http://stylize.test:5001"
 INVOCATIONS = f"{URL}/invocations"
 PREDICTIONS = {"predictions": [{"image": "aGk=", "width": 64, "height": 48, "style": "style-07"}]}

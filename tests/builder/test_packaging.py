@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from test_networks import make_upstream_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -21,7 +21,7 @@ from oracle import decode_rgb, faithful, oracle_uint8
 from neuralstyle import demo
 from neuralstyle.run.serving import serve_model
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

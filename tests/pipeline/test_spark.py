@@ -25,7 +25,7 @@ from PIL import Image
 from neuralstyle import demo
 from neuralstyle.builder.samples import SAMPLES, sample_rgb
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1"}
 GOOD = 24

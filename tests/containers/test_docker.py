@@ -41,7 +41,7 @@ from neuralstyle.containers import images
 
 pytestmark = pytest.mark.docker
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 180.0
 TEST_LABEL = "org.stylize.test"
 
@@ -140,7 +140,7 @@ def serving(docker_client, tag: str):
     started = time.perf_counter()
     container = docker_client.containers.create(
         tag, ports={images.SERVING_CONTAINER_PORT: ("127.0.0.1", port)},
-        labels={TEST_LABEL: "tests/test_docker.py"},
+        labels={TEST_LABEL: "tests/containers/test_docker.py"},
     )
     try:
         created_s = time.perf_counter() - started
@@ -466,7 +466,7 @@ def run_batch(docker_client, tag: str, data: Path, user: str, args: list[str]):
     started = time.perf_counter()
     container = docker_client.containers.run(
         tag, args, user=user, volumes={str(data): {"bind": "/data", "mode": "rw"}}, detach=True,
-        labels={TEST_LABEL: "tests/test_docker.py"},
+        labels={TEST_LABEL: "tests/containers/test_docker.py"},
     )
     try:
         status = container.wait(timeout=300)["StatusCode"]
