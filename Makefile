@@ -61,13 +61,14 @@ serve: install  ## serve models:/style-transfer@champion on 127.0.0.1:5001 (limi
 		mlflow models serve -m models:/style-transfer@champion --env-manager local \
 		-h 127.0.0.1 -p 5001 --timeout 300
 
-bench: install  ## speed vs the peer, throughput (server + container): bench/RESULTS.md, bench/latency.png
+bench: install  ## speed vs the peer, throughput (server + container), a painting as the style: bench/RESULTS.md, bench/latency.png, bench/results/arbitrary.md
 	rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
 	cd $(BENCH_DIR) && $(abspath $(PY)) $(CURDIR)/package_models.py --style-map $(CURDIR)/styles.json \
 		--tracking-uri $(BENCH_REGISTRY)
 	$(PY) bench/load.py --clients 8 --seconds 30 --runs 1 --container \
 		--tracking-uri $(BENCH_REGISTRY) --output $(BENCH_DIR)/load.md
 	$(PY) bench/speed.py --tracking-uri $(BENCH_REGISTRY) --load-report $(BENCH_DIR)/load.md
+	$(PY) bench/arbitrary.py --tracking-uri $(BENCH_REGISTRY) --runs 5
 
 docker-serving: install  ## build (or reuse) the serving image style-transfer (docker/README.md)
 	$(PY) -m neuralstyle.containers.images serving
