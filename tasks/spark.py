@@ -239,7 +239,6 @@ def write_result(result: str, data: bytes, record: dict[str, Any], s3: Any) -> N
     lineage sidecar then the result, each a temporary sibling renamed into place (a folder)."""
     import mimetypes
 
-    from neuralstyle.atomic import write_bytes_atomic
     from neuralstyle.run import lineage
     from tasks.targets import parse_s3_uri
 
@@ -249,9 +248,7 @@ def write_result(result: str, data: bytes, record: dict[str, Any], s3: Any) -> N
         s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=kind,
                       Metadata=lineage.s3_metadata(record))
     else:
-        # The sidecar first: the result's existence marks the work done (as stylize_file does).
-        write_bytes_atomic(lineage.sidecar_path(result), lineage.to_json(record))
-        write_bytes_atomic(result, data)
+        lineage.write_result(result, data, record)  # as stylize_file does
 
 
 def write_partition(batches: Iterator[Any], *, ctx: LineageContext) -> Iterator[Any]:

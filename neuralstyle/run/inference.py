@@ -16,7 +16,6 @@ from typing import Any, Protocol
 import pandas as pd
 
 from neuralstyle import config
-from neuralstyle.atomic import write_bytes_atomic
 from neuralstyle.model import imaging
 from neuralstyle.model.errors import StyleInputError, is_input_error
 
@@ -130,8 +129,7 @@ def stylize_file(
         tracking_uri=config.tracking_uri(tracking_uri),
         precision=str(row.get("precision", "") or "") or None,  # what ran, not what was asked
     )
-    write_bytes_atomic(lineage.sidecar_path(output), lineage.to_json(record))
-    write_bytes_atomic(output, encoded)
+    lineage.write_result(output, encoded, record)
     return StylizeResult(
         Path(output), int(row["width"]), int(row["height"]), str(row["style"]),
         time.perf_counter() - started, len(encoded), record,

@@ -9,10 +9,14 @@ which version made it: ``sha256sum result.jpg`` matches ``output.sha256`` in its
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +96,33 @@ def build_record(
 def to_json(record: dict[str, Any]) -> bytes:
     """The sidecar's bytes: indented, sorted keys, trailing newline."""
     return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on the folder itself (no lock file left behind), held for a few ms."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def write_result(output: str | Path, data: bytes, record: dict[str, Any]) -> None:
+    """Write a result and its sidecar, each atomically, the sidecar first.
+
+    The result's existence marks the work done, so it never exists without its record; and two
+    writers of one output (two tasks, two machines on one share) take turns, so the file and its
+    sidecar always come from the same run, whichever wins.
+    """
+    from neuralstyle.atomic import write_bytes_atomic
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(output.parent):
+        write_bytes_atomic(sidecar_path(output), to_json(record))
+        write_bytes_atomic(output, data)
 
 
 def read_sidecar(output: str | Path) -> dict[str, Any] | None:

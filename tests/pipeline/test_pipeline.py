@@ -11,6 +11,7 @@ failures that name the photo and the problem without stopping the other photos.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -293,6 +294,12 @@ def test_two_runs_writing_the_same_output_never_mix(
     assert sorted(fits) == [False, True], fits  # one style, whole
     # The result and its lineage sidecar; no temporary file of either writer is left.
     assert sorted(p.name for p in (workdir / "out").iterdir()) == ["same.png", "same.png.lineage.json"]
+    # ...and the sidecar is the winner's: its output sha256 and style are the file's.
+    record = json.loads((workdir / "out" / "same.png.lineage.json").read_text())
+    assert record["output"]["sha256"] == hashlib.sha256((workdir / "out" / "same.png").read_bytes()
+                                                        ).hexdigest()
+    winner = ("0", "19")[fits.index(True)]
+    assert record["style"]["resolved"] == f"style-{int(winner):02d}", record["style"]
 
 
 # ---------------------------------------------------------------- batches and publishing
