@@ -117,6 +117,32 @@ def test_whole_method_matches_original_graph(served, name: str) -> None:
     print("\n".join(lines) + f"\n{within_bar}/{len(PHOTOS)} within the bar outright")
 
 
+@pytest.mark.slow
+def test_int8_emulation_end_to_end_is_closer_but_chaotic(served) -> None:
+    """Why the bar is out of reach: rounded to the original's int8 grid (the rebuild every stage
+    of which matches the original), and fed the original's own style vector, the transformer is
+    closer to the original than the served float one, yet still not within the bar for every
+    painting: a few rounding ties per stage cascade through the int8 instance-norm statistics."""
+    _, transformer8 = load_arbitrary(int8=True)
+    _, transformer = served
+    lines = []
+    for name in PAINTINGS:
+        ref_vector = original_vector(prepared(sample_painting(name), STYLE_SIZE))
+        vector = torch.from_numpy(ref_vector.reshape(1, -1))
+        for photo_name in PHOTOS:
+            photo = prepared(sample_rgb(photo_name), NATIVE_CONTENT_SIZE)
+            ref = original_stylized(photo, ref_vector)
+            with torch.no_grad():
+                emulated = transformer8(nchw(photo), vector).numpy()[0].transpose(1, 2, 0)
+                floating = transformer(nchw(photo), vector).numpy()[0].transpose(1, 2, 0)
+            e_mean, e_psnr = figures(emulated, ref)
+            f_mean, f_psnr = figures(floating, ref)
+            lines.append(f"{name} on {photo_name}: int8 emulation {e_mean:.4f} / {e_psnr:.1f} dB, "
+                         f"float {f_mean:.4f} / {f_psnr:.1f} dB (same style vector)")
+            assert e_mean < f_mean, lines[-1]
+    print("\n".join(lines))
+
+
 def graph_with_outputs(path, names: list[str]) -> ort.InferenceSession:
     """The original graph with some of its internal tensors exposed as outputs."""
     model = onnx.load(str(path))
