@@ -299,7 +299,8 @@ class JobResult:
 
 def spark_conf(master: str, arrow_batch: int, driver_memory: str, executor_memory: str,
                pyspark_memory: str) -> dict[str, str]:
-    """The Spark settings this job needs (DESIGN.md: loopback only, no UI, small Arrow batches)."""
+    """The Spark settings this job needs (loopback only, no UI, small Arrow
+    batches: README, "Batch on Spark")."""
     conf = {
         "spark.master": master,
         "spark.app.name": "stylize-spark",

@@ -250,7 +250,8 @@ def parallel_photos() -> int:
 
 
 class StyleTransferModel(mlflow.pyfunc.PythonModel):
-    """``models:/style-transfer@champion``: see DESIGN.md, "The model contract"."""
+    """``models:/style-transfer@champion`` (its params: ``neuralstyle.model.contract``; README,
+    "The model contract")."""
 
     def load_context(self, context) -> None:
         self.engine = Engine(context.artifacts[ARTIFACT_KEY])
