@@ -174,36 +174,35 @@ def _fast_rows(metrics: dict[str, float]) -> list[str]:
 
 
 def _params_table() -> str:
-    from neuralstyle.model.contract import DEFAULT_PARAMS, MAX_SIZE_LIMIT
+    """The request params, from the contract itself (name, default, limits, help)."""
+    from neuralstyle.model.contract import REQUEST_PARAMS
 
-    meaning = {
-        "max_size": f"longest side of the result in px, 1..{MAX_SIZE_LIMIT} (larger photos are "
-                    "shrunk first)",
-        "strength": "0..1, mix of stylized (1) and original (0)",
-        "preserve_color": "true keeps the photo's colours, takes the style's texture",
-        "format": "jpeg, png or webp: the encoding of the result",
-        "quality": "1..100, JPEG/WebP quality",
-        "precision": "exact (fp32, as the original graph) or fast (bf16 where this CPU has it and "
-                     "the style met the quality bound at packaging, else fp32); the output column "
-                     "`precision` says what ran",
-    }
     lines = ["| param | default | meaning |", "|---|---|---|"]
-    for key, default in DEFAULT_PARAMS.items():
-        shown = json.dumps(default)
-        lines.append(f"| `{key}` | `{shown}` | {meaning.get(key, '')} |")
+    for param in REQUEST_PARAMS:
+        limits = (f", {param.low:g}..{param.high:g}" if param.low is not None else
+                  f": {', '.join(param.choices)}" if param.choices else "")
+        lines.append(f"| `{param.name}` | `{json.dumps(param.default)}` | {param.help}{limits} |")
     return "\n".join(lines)
 
 
 def _styles_table(catalog: Catalog) -> str:
+    """One row for the plain built-ins (index = name), one per style with more to say."""
+    rows = style_rows(catalog)
+    plain = [r for r in rows if r.kind == "built-in" and not r.aliases]
     lines = ["| style | name | aliases | kind |", "|---|---|---|---|"]
-    for row in style_rows(catalog):
+    if plain:
+        lines.append(f"| `0`..`{N_STYLES - 1}` | style-00..style-{N_STYLES - 1:02d} (the other "
+                     f"{len(plain)}) |  | built-in |")
+    for row in rows:
+        if row in plain:
+            continue
         aliases = ", ".join(f"`{a}`" for a in row.aliases) or ""
         kind = row.detail if row.kind != "built-in" else "built-in"
         lines.append(f"| `{row.spec}` | {row.name} | {aliases} | {kind} |")
     return "\n".join(lines)
 
 
-def version_description(
+def _version_markdown(
     *,
     model_name: str,
     version: str,
@@ -278,9 +277,10 @@ Send any of these as `style`; blends mix the built-ins: `3:0.5,12:0.5` (weights 
 
 ## Contract
 
-Input: a DataFrame with columns `image` (base64 of a JPEG, PNG or WebP file) and `style`.
-Output: `image` (base64 of the encoded result), `width`, `height`, `style` (the resolved name).
-Request params (per call, in `params`):
+Input: a DataFrame with columns `image` (base64 of a JPEG, PNG or WebP file) and `style`, or
+`style_image` (base64 of any painting) instead of `style`. Output: `image` (base64 of the
+result), `width`, `height`, `style` (the resolved name), `model` (this version's fingerprint),
+`precision` (what ran). Request params (per call, in `params`):
 
 {_params_table()}
 
@@ -310,6 +310,28 @@ open("photo-styled.jpg", "wb").write(base64.b64decode(out["image"][0]))
 
 In a browser: `make try` serves this model's Docker image with a try-it page at `/`.
 """
+
+
+# MLflow keeps a version's description in a VARCHAR(5000) on SQL backends (PostgreSQL refuses
+# more; sqlite silently keeps it): the page must fit, whatever the catalog holds.
+DESCRIPTION_LIMIT = 5000
+
+
+def version_description(**facts: Any) -> str:
+    """The version page (markdown), within MLflow's description limit.
+
+    A catalog with many extra styles gets its styles table replaced by a pointer to
+    ``catalog.json``; only past that is the text cut, with a note saying where the rest is.
+    """
+    text = _version_markdown(**facts)
+    if len(text) > DESCRIPTION_LIMIT:
+        table = _styles_table(facts["catalog"])
+        text = text.replace(table, f"{len(style_rows(facts['catalog']))} styles: the full table is "
+                                   f"`{CATALOG_ARTIFACT}` in the packaging run.")
+    if len(text) > DESCRIPTION_LIMIT:
+        tail = "\n\n… (cut at MLflow's 5000-character limit)\n"
+        text = text[:DESCRIPTION_LIMIT - len(tail)] + tail
+    return text
 
 
 def registered_model_description(model_name: str) -> str:

@@ -198,7 +198,7 @@ def test_logged_model_metadata(registry) -> None:
     assert "signature:" in mlmodel and "params:" in mlmodel
     assert "model_code_path" in mlmodel  # logged from code
     assert not list(local.rglob("*.pkl")), "a model from code pickles nothing"
-    assert (local / "code" / "neuralstyle" / "pyfunc_model.py").is_file()
+    assert (local / "code" / "neuralstyle" / "model" / "pyfunc_model.py").is_file()
     assert (local / "input_example.json").is_file() or list(local.glob("input_example*"))
 
 

@@ -58,6 +58,39 @@ def test_version_description_tells_the_whole_story() -> None:
     assert "| ONNX export vs PyTorch (candy) | 1.2e-06 | ≤ 0.0001 | pass |" in text
 
 
+def test_the_version_page_fits_mlflows_description_limit() -> None:
+    """PostgreSQL refuses a description over 5000 characters (sqlite keeps it): found by the
+    stack test. The usual catalog fits whole; a crowded one loses its table, not its story."""
+    text = describe()
+    assert len(text) <= model_card.DESCRIPTION_LIMIT, len(text)
+    assert "| `0`..`25` | style-00..style-25 (the other 25) |  | built-in |" in text
+    for fast in (0, 1):  # the fast-precision rows of a real packaging run
+        metrics = {**GOOD, **{f"fast_psnr_db.style-{i:02d}": 45.0 - 10 * fast for i in range(26)},
+                   **{f"fast_mean_levels.style-{i:02d}": 0.5 for i in range(26)}}
+        assert len(describe(metrics)) <= model_card.DESCRIPTION_LIMIT
+
+    def page(networks: int, aliases: int) -> str:
+        crowded = Catalog(
+            networks={f"net{i}": {"file": f"net{i}.onnx", "source": f"s3://models/net-{i}.pth",
+                                  "sha256": "ab" * 32} for i in range(networks)},
+            aliases={f"alias-{i}": str(i % 26) for i in range(aliases)},
+        )
+        return model_card.version_description(
+            model_name="style-transfer", version="3", catalog=crowded, metrics=GOOD,
+            weights={"weight_source": "x", "weight_sha256": "0a" * 32}, fingerprint="f" * 64,
+            code_version="c" * 12, git_commit="abc123", experiment_id="1", run_id="r" * 32,
+            parity_bound=1e-3, export_bound=1e-4)
+
+    many_aliases = page(2, 60)
+    assert len(many_aliases) <= model_card.DESCRIPTION_LIMIT
+    assert "the full table is `catalog.json` in the packaging run" in many_aliases
+    assert "**Parity: PASS**" in many_aliases and "curl -sS" in many_aliases
+    many_networks = page(40, 0)
+    assert len(many_networks) <= model_card.DESCRIPTION_LIMIT
+    assert many_networks.endswith("(cut at MLflow's 5000-character limit)\n")
+    assert "**Parity: PASS**" in many_networks
+
+
 def test_a_failed_check_reads_fail() -> None:
     text = describe({**GOOD, "parity_max_abs_diff": 2e-3})
     assert "**Parity: FAIL**" in text and "| 0.002 | ≤ 0.001 | FAIL |" in text
