@@ -38,6 +38,15 @@ class RequestParam:
     flag: bool = True  # a CLI/Luigi option (format is not: it follows the output's suffix)
 
     @property
+    def described(self) -> str:
+        """The help with the limits or choices: what a CLI's --help and the version page show."""
+        if self.low is not None and self.high is not None:
+            return f"{self.help}, {self.low:g}..{self.high:g}"
+        if self.choices:
+            return f"{self.help} (one of {', '.join(self.choices)})"
+        return self.help
+
+    @property
     def option(self) -> str:
         """The command-line spelling: ``--max-size``."""
         return "--" + self.name.replace("_", "-")
@@ -80,11 +89,11 @@ def parse_bool(value: Any) -> bool:
 
 REQUEST_PARAMS: tuple[RequestParam, ...] = (
     RequestParam("max_size", int, 1024, "longest side in px", 1, MAX_SIZE_LIMIT),
-    RequestParam("strength", float, 1.0, "0..1, mix of stylized and original", 0.0, 1.0),
+    RequestParam("strength", float, 1.0, "mix of stylized (1) and original (0)", 0.0, 1.0),
     RequestParam("preserve_color", bool, False, "true keeps the photo's colours"),
     RequestParam("format", str, "jpeg", "the result's encoding", choices=tuple(FORMATS),
                  flag=False),
-    RequestParam("quality", int, 90, "JPEG/WebP quality 1..100", 1, 100),
+    RequestParam("quality", int, 90, "JPEG/WebP quality", 1, 100),
     RequestParam("precision", str, "fast",
                  "exact: fp32, as the original graph; fast: bf16 where this CPU has it and the "
                  "style meets the quality bound, else exact", choices=PRECISIONS),

@@ -26,7 +26,7 @@ def add_request_flags(parser: argparse.ArgumentParser) -> None:
     """``--max-size``, ``--strength``, ``--preserve-color [true|false]``, ``--quality``, ``--precision``."""
     for param in FLAG_PARAMS:
         kwargs: dict[str, Any] = {"type": _converter(param), "default": param.default,
-                                  "help": f"{param.help} (default: %(default)s)"}
+                                  "help": f"{param.described} (default: %(default)s)"}
         if param.choices:
             kwargs["choices"] = param.choices
         if param.kind is bool:  # a bare --preserve-color means true

@@ -179,9 +179,7 @@ def _params_table() -> str:
 
     lines = ["| param | default | meaning |", "|---|---|---|"]
     for param in REQUEST_PARAMS:
-        limits = (f", {param.low:g}..{param.high:g}" if param.low is not None else
-                  f": {', '.join(param.choices)}" if param.choices else "")
-        lines.append(f"| `{param.name}` | `{json.dumps(param.default)}` | {param.help}{limits} |")
+        lines.append(f"| `{param.name}` | `{json.dumps(param.default)}` | {param.described} |")
     return "\n".join(lines)
 
 
