@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -298,11 +299,17 @@ def describe_run(run_id: str, args: argparse.Namespace, task: Any, result: Any,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_scoped(parser: argparse.ArgumentParser,
+               body: Callable[[argparse.Namespace, str], int], argv: list[str] | None) -> int:
+    """Parse, point MLflow at ``--tracking-uri`` for the whole run, then leave it as it was."""
+    args = parser.parse_args(argv)
     with config.mlflow_scope(args.tracking_uri) as tracking:
         args.tracking_uri = tracking
-        return _main(args, tracking)
+        return body(args, tracking)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_scoped(build_parser(), _main, argv)
 
 
 def _main(args: argparse.Namespace, tracking: str) -> int:

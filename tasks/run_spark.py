@@ -75,10 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    with config.mlflow_scope(args.tracking_uri) as tracking:
-        args.tracking_uri = tracking
-        return _main(args, tracking)
+    from tasks.run import run_scoped
+
+    return run_scoped(build_parser(), _main, argv)
 
 
 def _main(args: argparse.Namespace, tracking: str) -> int:
