@@ -94,13 +94,6 @@ def cpu_info() -> dict[str, str]:
     return info
 
 
-def registry(tracking_uri: str | None) -> contextlib.AbstractContextManager[str]:
-    """The given registry, or this checkout packaged into a throwaway one."""
-    from neuralstyle.builder.packaging import temporary_registry
-
-    return temporary_registry(REPO / config.DEFAULT_STYLE_MAP, given=tracking_uri)
-
-
 def photo(size: int) -> bytes:
     """scikit-image's astronaut scaled to ``size`` x ``size``, JPEG quality 95."""
     from PIL import Image
@@ -571,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
 
     info = cpu_info()
     load_before = os.getloadavg()[0]
+    from serve_latency import registry  # the bench scripts' one throwaway registry
+
     with registry(args.tracking_uri) as uri, config.mlflow_scope(uri):
         model = mlflow.pyfunc.load_model(args.model_uri)
         networks_dir = model.unwrap_python_model().engine.root
