@@ -239,7 +239,7 @@ def _serve_target(model_uri: str, tracking_uri: str) -> Iterator[tuple[str, Call
 @contextlib.contextmanager
 def _container_target(model_uri: str, tracking_uri: str) -> Iterator[tuple[str, Callable[[], int]]]:
     """The serving image run as the pipeline's docker executor runs it: URL and container RSS."""
-    from neuralstyle import container as containers
+    from neuralstyle.run import container as containers
 
     client = containers.docker_client()
     with containers.model_container(model_uri, tracking_uri=tracking_uri, client=client) as url:
