@@ -140,3 +140,51 @@ def test_a_registered_version_ships_only_the_model_package(registry, tmp_path: P
     print(f"registered version's code/ folder: {len(files)} files, {size / 1024:.0f} KiB")
     assert files and all(f == "neuralstyle/__init__.py" or f.startswith("neuralstyle/model/")
                          for f in files), files
+
+
+def every_python_file() -> list[Path]:
+    """The project's own Python: the packages, entry points, benchmarks, docs scripts and tests."""
+    skip = {".venv", "build", ".bench", "mlruns", ".git"}
+    return sorted(p for p in REPO.rglob("*.py") if not skip & set(p.relative_to(REPO).parts))
+
+
+def test_every_project_import_names_something_that_exists() -> None:
+    """``from neuralstyle.x import y`` anywhere (bench/ and docs/ have no tests of their own) must
+    name a module or a top-level definition that exists: a moved module fails here, not in
+    ``make bench`` minutes in."""
+    modules = {module_name(p): p for p in project_files()}
+    missing = []
+    for path in every_python_file():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                wanted = [(a.name, None) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                wanted = [(node.module, a.name) for a in node.names]
+            else:
+                continue
+            for module, name in wanted:
+                if module.split(".")[0] not in ("neuralstyle", "tasks"):
+                    continue
+                if module not in modules:
+                    missing.append(f"{path.relative_to(REPO)}: no module {module}")
+                elif name and f"{module}.{name}" not in modules and name not in defined(modules[module]):
+                    missing.append(f"{path.relative_to(REPO)}: {module} has no {name}")
+    assert not missing, "\n".join(missing)
+
+
+def defined(path: Path) -> set[str]:
+    """Names a module defines or imports at top level (what ``from module import name`` finds)."""
+    names = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.If | ast.Try):  # TYPE_CHECKING blocks and guarded imports
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Import | ast.ImportFrom):
+                    names |= {(a.asname or a.name).split(".")[0] for a in sub.names}
+    return names
