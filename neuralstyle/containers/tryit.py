@@ -33,7 +33,10 @@ def model_catalog(model_uri: str, tracking_uri: str, registry_uri: str) -> Any:
 
     from neuralstyle.model.styles import Catalog
 
-    with tempfile.TemporaryDirectory(prefix="stylize-catalog-") as tmp:
+    # MLflow resolves a models:/ URI through its process-wide registry, whatever registry_uri
+    # says: without the scope a registry other than $MLFLOW_TRACKING_URI is not found.
+    with (tempfile.TemporaryDirectory(prefix="stylize-catalog-") as tmp,
+          config.mlflow_scope(tracking_uri)):
         path = mlflow.artifacts.download_artifacts(
             artifact_uri=f"{model_uri.rstrip('/')}/artifacts/networks/catalog.json",
             dst_path=tmp, tracking_uri=tracking_uri, registry_uri=registry_uri,
