@@ -1,11 +1,13 @@
 """Make the README's arbitrary-style picture through ``mlflow models serve``.
 
-    python docs/arbitrary_picture.py --tracking-uri sqlite:///mlflow.db --style stain
+    python docs/arbitrary_picture.py        # packages this checkout into a throwaway registry
 
-Starts the registered model's server on 127.0.0.1, sends scikit-image's ``retina`` photo fitted
-to 1024 px twice (with the painting as ``style_image``, and as the named painting ``--style``),
-and writes to ``docs/images/``: ours beside the peer's own ``stylize_with`` (384 px, scaled up),
-a 256 px crop of each enlarged x2, and the named painting's result beside the sent painting's.
+Packages the model with scikit-image's ``immunohistochemistry`` image as the named painting
+``stain`` (or uses ``--tracking-uri`` as is), starts the model's server on 127.0.0.1, sends
+scikit-image's ``retina`` photo fitted to 1024 px twice (with the painting as ``style_image``,
+and as the named painting ``--style``), and writes to ``docs/images/``: ours beside the peer's
+own ``stylize_with`` (384 px, scaled up), a 256 px crop of each enlarged x2, and the named
+painting's result beside the sent painting's.
 Prints the high-frequency energy of both.
 """
 
@@ -15,13 +17,15 @@ import argparse
 import base64
 import io
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from neuralstyle import config
-from neuralstyle.builder.packaging import high_frequency_energy
+from neuralstyle.builder.kinds.arbitrary import high_frequency_energy
+from neuralstyle.builder.packaging import temporary_registry
 from neuralstyle.builder.samples import LARGE_PHOTO, encode, sample_painting, sample_rgb
 from neuralstyle.run.serving import running_server
 
@@ -59,8 +63,9 @@ def side_by_side(left: np.ndarray, right: np.ndarray, labels: tuple[str, str]) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracking-uri", default=config.DEFAULT_TRACKING_URI,
-                        help="registry holding the model (default: %(default)s)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="registry holding a model packaged with the named painting (default: "
+                             "this checkout packaged into a throwaway registry)")
     parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,
                         help="model to serve (default: %(default)s)")
     parser.add_argument("--style", default="stain",
@@ -72,9 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     photo_rgb = np.asarray(Image.fromarray(sample_rgb(LARGE_PHOTO)).resize(
         (1024, 1024), Image.Resampling.LANCZOS))
     photo, painting = encode(photo_rgb), encode(sample_painting("immunohistochemistry"))
-    with running_server(args.model_uri, tracking_uri=args.tracking_uri) as server:
-        ours = served(server.url, photo, painting, None)
-        named = served(server.url, photo, None, args.style)
+    with tempfile.TemporaryDirectory() as tmp:
+        painting_file = Path(tmp, "immunohistochemistry.png")
+        painting_file.write_bytes(painting)
+        with (temporary_registry(given=args.tracking_uri,
+                                 style_images=[f"{args.style}={painting_file}"]) as tracking_uri,
+              running_server(args.model_uri, tracking_uri=tracking_uri) as server):
+            ours = served(server.url, photo, painting, None)
+            named = served(server.url, photo, None, args.style)
     peer = np.asarray(StyleTransfer(device="cpu").stylize_with(
         Image.open(io.BytesIO(photo)), Image.open(io.BytesIO(painting)), max_size=1024))
     OUT.mkdir(parents=True, exist_ok=True)

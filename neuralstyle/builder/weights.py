@@ -101,3 +101,29 @@ def load_multistyle26(path: str | Path | None = None):  # -> MultiStyleNet
     net = MultiStyleNet()
     net.load_state_dict(state, strict=True)
     return net.eval()
+
+
+def fetch(source: str, workdir: Path, folder: str = "checkpoints") -> Path:
+    """A user's input file (a checkpoint, a named painting): a local path as is; an ``s3://`` URI
+    downloaded with boto3 (endpoint and keys from its chain). ``download_file`` writes a temporary
+    sibling and renames it only when whole."""
+    if not source.startswith("s3://"):
+        return Path(source)
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = source.removeprefix("s3://").partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise ValueError(f"{source}: not an s3://bucket/key URI of one file")
+    dest = workdir / folder / Path(key).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        boto3.client("s3").download_file(bucket, key, str(dest))
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("404", "NoSuchKey", "NoSuchBucket"):
+            raise FileNotFoundError(f"{source} does not exist") from None
+        raise OSError(f"{source}: S3 refused the download ({code or err})") from None
+    except BotoCoreError as err:
+        raise OSError(f"{source}: {err}") from None
+    return dest

@@ -27,12 +27,12 @@ from neuralstyle.model.contract import (
     Params,
 )
 from neuralstyle.model.errors import StyleInputError
-from neuralstyle.model.styles import N_STYLES, Catalog, Resolved, style_name
+from neuralstyle.model.styles import ARBITRARY, Catalog, Resolved
 
 ARTIFACT_KEY = "networks"
 IDENTITY_FILE = "identity.json"  # {"fingerprint": ...}: the registry tags the version with the same
 # {"checked": "bf16", "styles": {"style-07": {"psnr": .., "mean": .., "fast": true}, ...}}: which
-# styles meet the quality bound at bf16, measured at packaging (packaging.check_fast_quality).
+# styles meet the quality bound at bf16, measured at packaging (builder.packaging.check_fast_quality).
 QUALITY_FILE = "quality.json"
 OUTPUT_COLUMNS = ["image", "width", "height", "style", "model", "precision"]
 SIZE_MULTIPLE = 4  # two stride-2 convolutions, then two x2 upsamplings
@@ -40,10 +40,6 @@ RELEASE_ABOVE_PIXELS = 1024 * 1024  # larger runs hand the runtime's buffers bac
 # OpenVINO's compiled blobs, so a restart skips most of the compile (unset: ~/.cache/stylize).
 CACHE_ENV = "STYLIZE_CACHE_DIR"
 THREADS_ENV = "STYLIZE_THREADS"  # threads per inference; unset: every core
-# Engine's key of the arbitrary-style transformer, and its entry in quality.json (not a valid
-# network name, so no checkpoint can take it): one bf16 decision for every painting.
-ARBITRARY = ":arbitrary"
-ARBITRARY_QUALITY_KEY = "painting:any"
 
 class Engine:
     """The compiled networks at both precisions, and which styles may run fast.
@@ -61,13 +57,7 @@ class Engine:
         self.quality = json.loads(quality.read_text()) if quality.is_file() else {}
         self.root = root
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
-        # Keyed by network name; None is the 26-style network, ARBITRARY the arbitrary-style
-        # transformer (photo + style vector), present when the version has the arbitrary pair.
-        self.files: dict[str | None, str] = {None: self.catalog.multistyle_file} | {
-            name: info["file"] for name, info in self.catalog.networks.items()
-        }
-        if "transform" in self.catalog.arbitrary:
-            self.files[ARBITRARY] = self.catalog.arbitrary["transform"]
+        self.files = self.catalog.network_files()
         # The painting -> style vector network always runs exact: a vector is cached by the
         # painting's bytes whatever precision asked for it, and at 256 px it is cheap.
         self.predictor = (
@@ -106,27 +96,17 @@ class Engine:
             return runtime.FP32
         return runtime.BF16
 
-    @staticmethod
-    def quality_keys(style: Resolved) -> list[str]:
-        """The entries of ``quality.json`` that decide whether ``style`` may run fast."""
-        if style.style_vector is not None:
-            return [ARBITRARY_QUALITY_KEY]  # one decision for the network, whatever the painting
-        if style.network is not None:
-            return [style.network]
-        return [style_name(i) for i in range(N_STYLES) if style.weights[i] > 0]
-
     def may_run_fast(self, style: Resolved) -> bool:
         """True when every style in ``style`` met the quality bound at packaging."""
         checked = self.quality.get("styles", {})
-        return all(checked.get(name, {}).get("fast", False) for name in self.quality_keys(style))
+        return all(checked.get(name, {}).get("fast", False) for name in style.quality_keys())
 
     def network_for(self, style: Resolved, precision: str) -> runtime.Network:
         """The compiled network that serves ``style`` at the requested precision."""
         fast = precision == "fast" and self.may_run_fast(style)
-        key = ARBITRARY if style.style_vector is not None else style.network
-        if key == ARBITRARY and ARBITRARY not in self.files:
+        if style.network_key == ARBITRARY and ARBITRARY not in self.files:
             raise self._no_arbitrary()
-        return (self.fast if fast else self.exact)[key]
+        return (self.fast if fast else self.exact)[style.network_key]
 
     def run(self, pixels: np.ndarray, style: Resolved, precision: str = "exact") -> tuple[np.ndarray, str]:
         """Stylize uint8 RGB [H, W, 3]; returns float RGB [H, W, 3] in 0..1 and what ran.
@@ -140,12 +120,7 @@ class Engine:
         height, width = pixels.shape[:2]
         x = np.ascontiguousarray(pad_to_multiple(pixels, SIZE_MULTIPLE)[None], dtype=np.uint8)
         network = self.network_for(style, precision)
-        if style.style_vector is not None:
-            feeds = {"image": x, "style_vector": style.style_vector.reshape(1, -1).astype(np.float32)}
-        elif style.network is not None:
-            feeds = {"image": x}
-        else:
-            feeds = {"image": x, "style_weights": style.weights}
+        feeds = {"image": x, **style.feeds()}
         release = x.shape[1] * x.shape[2] > RELEASE_ABOVE_PIXELS
         out = network.run(feeds, release_memory=release)[0]
         return out[0, :height, :width], network.precision

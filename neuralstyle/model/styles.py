@@ -18,6 +18,10 @@ import numpy as np
 from neuralstyle.model.errors import StyleInputError
 
 N_STYLES = 26
+# The arbitrary-style transformer's network key, and its entry in quality.json (not valid
+# network names, so no checkpoint can take them): one bf16 decision for every painting.
+ARBITRARY = ":arbitrary"
+ARBITRARY_QUALITY_KEY = "painting:any"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
@@ -34,6 +38,29 @@ class Resolved:
     weights: np.ndarray | None = None  # float32 [26], sums to 1
     network: str | None = None
     style_vector: np.ndarray | None = None  # float32 [100]: a painting (arbitrary networks)
+
+    # How each kind of network runs a resolved style (the served half of a kind; the building
+    # half is ``neuralstyle.builder.kinds``).
+    @property
+    def network_key(self) -> str | None:
+        """The network that runs it: None the 26-style one, a name an extra one, ARBITRARY a painting."""
+        return ARBITRARY if self.style_vector is not None else self.network
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """That network's inputs besides the photo."""
+        if self.style_vector is not None:
+            return {"style_vector": self.style_vector.reshape(1, -1).astype(np.float32)}
+        if self.network is not None:
+            return {}
+        return {"style_weights": self.weights}
+
+    def quality_keys(self) -> list[str]:
+        """The entries of ``quality.json`` that decide whether it may run fast."""
+        if self.style_vector is not None:
+            return [ARBITRARY_QUALITY_KEY]  # one decision for the network, whatever the painting
+        if self.network is not None:
+            return [self.network]
+        return [style_name(i) for i in range(N_STYLES) if self.weights[i] > 0]
 
 
 @dataclass
@@ -60,6 +87,16 @@ class Catalog:
         data = json.loads(Path(path).read_text())
         return cls(data["multistyle_file"], data.get("networks", {}), data.get("aliases", {}),
                    data.get("arbitrary", {}), data.get("paintings", {}))
+
+    def network_files(self) -> dict[str | None, str]:
+        """Every network a photo runs through, by ``Resolved.network_key``: None the 26-style
+        network, extra networks by name, ARBITRARY the painting transformer (when the version has
+        the pair; the painting -> vector network is not a photo's)."""
+        files: dict[str | None, str] = {None: self.multistyle_file}
+        files |= {name: info["file"] for name, info in self.networks.items()}
+        if "transform" in self.arbitrary:
+            files[ARBITRARY] = self.arbitrary["transform"]
+        return files
 
     def names(self) -> list[str]:
         """Every name a request may use, for error messages and docs."""

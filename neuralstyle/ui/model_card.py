@@ -424,7 +424,7 @@ def render_tiles(engine: Any, catalog: Catalog, photo: np.ndarray, precision: st
 def precision_note(engine: Any, style: Any, ran: str) -> str:
     """What ``precision=fast`` ran for ``style`` and why: ``fast bf16 47.1 dB``,
     ``fast fp32 (bf16 missed: 35.2 dB)``, ``fast fp32 (no bf16 here)``."""
-    entries = [engine.quality.get("styles", {}).get(k, {}) for k in engine.quality_keys(style)]
+    entries = [engine.quality.get("styles", {}).get(k, {}) for k in style.quality_keys()]
     measured = [e["psnr_db"] for e in entries if "psnr_db" in e]
     worst = f"{min(measured):.1f} dB" if measured else ""
     if ran == "bf16":

@@ -20,7 +20,7 @@ from PIL import Image
 
 from neuralstyle.builder import weights
 from neuralstyle.builder.arbitrary import NATIVE_CONTENT_SIZE, STYLE_SIZE, load_arbitrary
-from neuralstyle.builder.packaging import EXPORT_TOLERANCE, export_error, export_onnx
+from neuralstyle.builder.export import EXPORT_TOLERANCE, export_error, export_onnx
 from neuralstyle.builder.samples import PAINTINGS, sample_painting, sample_rgb
 from neuralstyle.model.imaging import centre_square
 

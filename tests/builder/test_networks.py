@@ -8,13 +8,14 @@ import torch
 from oracle import oracle_float
 
 from neuralstyle.builder import weights
+from neuralstyle.builder.export import EXPORT_TOLERANCE, export_error, export_onnx
+from neuralstyle.builder.kinds.multistyle import PARITY_TOLERANCE
 from neuralstyle.builder.networks import (
     CheckpointError,
     TransformerNet,
     UnitRangeTransformerNet,
     load_transformer_checkpoint,
 )
-from neuralstyle.builder.packaging import EXPORT_TOLERANCE, PARITY_TOLERANCE, export_error, export_onnx
 from neuralstyle.builder.samples import sample_rgb
 from neuralstyle.model.styles import Catalog
 

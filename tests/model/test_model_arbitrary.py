@@ -16,7 +16,7 @@ from oracle import decode_b64
 from PIL import Image
 from test_arbitrary import MEAN_BAR, PSNR_BAR, figures
 
-from neuralstyle.builder.packaging import high_frequency_energy
+from neuralstyle.builder.kinds.arbitrary import high_frequency_energy
 from neuralstyle.builder.samples import LARGE_PHOTO, encode, sample_painting, sample_rgb
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,7 @@ def test_default_precision_meets_the_fast_bound_or_runs_exact(model, name: str) 
     from oracle import FAST_MAX_MEAN_LEVELS, FAST_MIN_PSNR_DB, psnr_and_mean
 
     from neuralstyle.model import runtime
-    from neuralstyle.model.pyfunc_model import ARBITRARY_QUALITY_KEY
+    from neuralstyle.model.styles import ARBITRARY_QUALITY_KEY
 
     engine = model.unwrap_python_model().engine
     entry = engine.quality.get("styles", {}).get(ARBITRARY_QUALITY_KEY, {})

@@ -554,7 +554,7 @@ def test_packaging_fetches_an_s3_checkpoint_whole_or_not_at_all(s3: Any, bucket:
                                                                   tmp_path: Path) -> None:
     """``package_models.py --checkpoint s3://...`` downloads with boto3 alone (the library
     imports nothing from the pipeline); a missing key names itself and leaves no file."""
-    from neuralstyle.builder.packaging import resolve_checkpoint
+    from neuralstyle.builder.weights import fetch as resolve_checkpoint
 
     s3.put_object(Bucket=bucket, Key="nets/candy.pth", Body=b"weights" * 1000)
     got = resolve_checkpoint(f"s3://{bucket}/nets/candy.pth", tmp_path)
