@@ -17,6 +17,7 @@ import logging
 import mimetypes
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -152,6 +153,87 @@ def _expect_json(response: requests.Response, step: str, token: str) -> dict[str
     return body
 
 
+@dataclass(frozen=True)
+class _Canvas:
+    """One submission's connection: the base URL, the token, the session and the timeout."""
+
+    base: str
+    token: str
+    session: requests.Session
+    timeout: float
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def request(self, method: str, url: str, step: str, **kwargs: Any) -> requests.Response:
+        return _request(self.session, method, url, step, self.token, self.timeout, **kwargs)
+
+    def json(self, response: requests.Response, step: str) -> dict[str, Any]:
+        return _expect_json(response, step, self.token)
+
+
+def _upload_slot(canvas: _Canvas, api: str, path: Path, content_type: str) -> tuple[str, dict, str]:
+    """Step 1: tell Canvas about the file; it answers with a signed upload slot."""
+    step = f"step 1 (asking for an upload slot for {path.name})"
+    response = canvas.request(
+        "POST", f"{api}/self/files", step, headers=canvas.auth,
+        data={"name": path.name, "size": str(path.stat().st_size), "content_type": content_type},
+    )
+    slot = canvas.json(response, step)
+    if not slot.get("upload_url"):
+        raise CanvasError(f"Canvas {step}: the answer has no upload_url")
+    return slot["upload_url"], slot.get("upload_params") or {}, slot.get("file_param") or "file"
+
+
+def _upload(canvas: _Canvas, path: Path, content_type: str, slot: tuple[str, dict, str]) -> Any:
+    """Steps 2 and 3: POST the bytes with the slot's parameters (file last, no token), then
+    confirm; returns the file id. A 3xx must be followed with a GET (or the file may never
+    become available); a 201 carries the file JSON, or a Location to GET it from."""
+    upload_url, upload_params, file_param = slot
+    with open(path, "rb") as fh:
+        response = canvas.request(
+            "POST", upload_url, f"step 2 (uploading {path.name}, {path.stat().st_size} bytes)",
+            data=upload_params, files={file_param: (path.name, fh, content_type)},
+        )
+    step = f"step 3 (confirming the upload of {path.name})"
+    status = response.status_code
+    body: dict[str, Any] = {}
+    if 200 <= status < 300 and "json" in response.headers.get("Content-Type", ""):
+        body = canvas.json(response, step)
+    location = response.headers.get("Location")
+    if 300 <= status < 400 or (200 <= status < 300 and "id" not in body and location):
+        if not location:
+            raise CanvasError(f"Canvas {step}: HTTP {status} without a Location to confirm")
+        confirm_url = urljoin(upload_url, location)
+        if not _same_origin(confirm_url, canvas.base):
+            raise CanvasError(
+                f"Canvas {step}: confirmation URL {_where(confirm_url)} is not on {canvas.base}; "
+                "refusing to send the token there"
+            )
+        body = canvas.json(canvas.request("GET", confirm_url, step, headers=canvas.auth), step)
+    elif not 200 <= status < 300:
+        # A 4xx/5xx from the upload slot: raise with its message.
+        canvas.json(response, f"step 2 (uploading {path.name})")
+    if "id" not in body:
+        raise CanvasError(f"Canvas {step}: no file id in the answer")
+    return body["id"]
+
+
+def _submit(canvas: _Canvas, api: str, file_id: Any) -> dict[str, Any]:
+    """Step 4: submit the uploaded file."""
+    step = f"step 4 (submitting file {file_id})"
+    response = canvas.request(
+        "POST", api, step, headers=canvas.auth,
+        data={"submission[submission_type]": "online_upload",
+              "submission[file_ids][]": str(file_id)},
+    )
+    submission = canvas.json(response, step)
+    if "id" not in submission:
+        raise CanvasError(f"Canvas {step}: no submission id in the answer")
+    return submission
+
+
 def submit_file_to_canvas(
     base_url: str,
     course_id: str | int,
@@ -167,109 +249,28 @@ def submit_file_to_canvas(
     The receipt (submission id, file id, attempt, file size and sha256) is what SubmitToCanvas
     stores so that a rerun does not submit again.
     """
-    token = token or canvas_token()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist or is not a file: nothing to submit")
     base = base_url.rstrip("/")
     if urlsplit(base).scheme not in ("http", "https"):
         raise CanvasError(f"Canvas URL {base_url!r} must start with https:// (or http://)")
-    session = session or requests.Session()
-    auth = {"Authorization": f"Bearer {token}"}
+    canvas = _Canvas(base, token or canvas_token(), session or requests.Session(), timeout)
     api = (
         f"{base}/api/v1/courses/{quote(str(course_id), safe=':')}"
         f"/assignments/{quote(str(assignment_id), safe=':')}/submissions"
     )
-    size = path.stat().st_size
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    call = {"session": session, "token": token, "timeout": timeout}
-
-    # Step 1: tell Canvas about the file; it answers with a signed upload slot.
-    step = f"step 1 (asking for an upload slot for {path.name})"
-    response = _request(
-        method="POST",
-        url=f"{api}/self/files",
-        step=step,
-        headers=auth,
-        data={"name": path.name, "size": str(size), "content_type": content_type},
-        **call,
-    )
-    slot = _expect_json(response, step, token)
-    upload_url = slot.get("upload_url")
-    if not upload_url:
-        raise CanvasError(f"Canvas {step}: the answer has no upload_url")
-    upload_params = slot.get("upload_params") or {}
-    file_param = slot.get("file_param") or "file"
-
-    # Step 2: POST the bytes with the slot's parameters, file last, and no token.
-    step = f"step 2 (uploading {path.name}, {size} bytes)"
-    with open(path, "rb") as fh:
-        response = _request(
-            method="POST",
-            url=upload_url,
-            step=step,
-            data=upload_params,
-            files={file_param: (path.name, fh, content_type)},
-            **call,
-        )
-
-    # Step 3: confirm. A 3xx must be followed with a GET (or the file may never become
-    # available); a 201 carries the file JSON, or a Location to GET it from.
-    step = f"step 3 (confirming the upload of {path.name})"
-    status = response.status_code
-    body: dict[str, Any] = {}
-    if 200 <= status < 300 and "json" in response.headers.get("Content-Type", ""):
-        body = _expect_json(response, step, token)
-    location = response.headers.get("Location")
-    if 300 <= status < 400 or (200 <= status < 300 and "id" not in body and location):
-        if not location:
-            raise CanvasError(f"Canvas {step}: HTTP {status} without a Location to confirm")
-        confirm_url = urljoin(upload_url, location)
-        if not _same_origin(confirm_url, base):
-            raise CanvasError(
-                f"Canvas {step}: confirmation URL {_where(confirm_url)} is not on {base}; "
-                "refusing to send the token there"
-            )
-        response = _request(method="GET", url=confirm_url, step=step, headers=auth, **call)
-        body = _expect_json(response, step, token)
-    elif not 200 <= status < 300:
-        # A 4xx/5xx from the upload slot: raise with its message.
-        _expect_json(response, f"step 2 (uploading {path.name})", token)
-    if "id" not in body:
-        raise CanvasError(f"Canvas {step}: no file id in the answer")
-    file_id = body["id"]
-
-    # Step 4: submit the uploaded file.
-    step = f"step 4 (submitting file {file_id})"
-    response = _request(
-        method="POST",
-        url=api,
-        step=step,
-        headers=auth,
-        data={
-            "submission[submission_type]": "online_upload",
-            "submission[file_ids][]": str(file_id),
-        },
-        **call,
-    )
-    submission = _expect_json(response, step, token)
-    if "id" not in submission:
-        raise CanvasError(f"Canvas {step}: no submission id in the answer")
-    logger.info(
-        "submitted %s to %s course %s assignment %s: submission %s (attempt %s)",
-        path,
-        base,
-        course_id,
-        assignment_id,
-        submission["id"],
-        submission.get("attempt"),
-    )
+    file_id = _upload(canvas, path, content_type, _upload_slot(canvas, api, path, content_type))
+    submission = _submit(canvas, api, file_id)
+    logger.info("submitted %s to %s course %s assignment %s: submission %s (attempt %s)",
+                path, base, course_id, assignment_id, submission["id"], submission.get("attempt"))
     return {
         "canvas_url": base,
         "course_id": str(course_id),
         "assignment_id": str(assignment_id),
         "file_name": path.name,
-        "file_size": size,
+        "file_size": path.stat().st_size,
         "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "file_id": file_id,
         "submission_id": submission["id"],

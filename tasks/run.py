@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,29 +91,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def photo_settings(args: argparse.Namespace, executor: str | None, server_url: str | None
-                   ) -> dict[str, Any]:
-    """The Stylize parameters from the command line."""
-    return {
-        "style": args.style, "style_image": args.style_image, "executor": executor,
-        "model_uri": args.model_uri,
-        "server_url": server_url, "tracking_uri": args.tracking_uri,
-        **request_params(args), "force": args.force,
-    }
+@dataclass(frozen=True)
+class Job:
+    """What one ``tasks.run`` invocation asks for, typed, so the helpers below do not take the
+    whole argparse namespace."""
+
+    image: str
+    output: str | None
+    style: str | None
+    style_image: str | None
+    model_uri: str
+    tracking_uri: str
+    workers: int
+    force: bool
+    request: dict[str, Any]  # the contract's request params (max_size, precision, ...)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Job:
+        return cls(args.image, args.output, args.style, args.style_image, args.model_uri,
+                   args.tracking_uri, args.workers, args.force, request_params(args))
+
+    def photo_settings(self, executor: str | None, server_url: str | None) -> dict[str, Any]:
+        """The Stylize parameters every photo's task gets."""
+        return {
+            "style": self.style, "style_image": self.style_image, "executor": executor,
+            "model_uri": self.model_uri, "server_url": server_url,
+            "tracking_uri": self.tracking_uri, **self.request, "force": self.force,
+        }
 
 
-def build_task(args: argparse.Namespace, executor: str | None, server_url: str | None) -> Any:
+def build_task(job: Job, executor: str | None, server_url: str | None) -> Any:
     """The one task to build: a Stylize, a PublishStylized (s3:// output) or a StylizeBatch."""
     from tasks.batch import StylizeBatch, is_batch_location
     from tasks.stylize import PublishStylized, Stylize
 
-    settings = photo_settings(args, executor, server_url)
-    if is_batch_location(args.image):
-        return StylizeBatch(images=args.image, results=args.output or DEFAULT_BATCH_RESULTS,
+    settings = job.photo_settings(executor, server_url)
+    if is_batch_location(job.image):
+        return StylizeBatch(images=job.image, results=job.output or DEFAULT_BATCH_RESULTS,
                             **settings)
-    if args.output and args.output.startswith("s3://"):
-        return PublishStylized(image=args.image, s3_path=args.output, **settings)
-    return Stylize(image=args.image, output_path=args.output, **settings)
+    if job.output and job.output.startswith("s3://"):
+        return PublishStylized(image=job.image, s3_path=job.output, **settings)
+    return Stylize(image=job.image, output_path=job.output, **settings)
 
 
 def photo_tasks(task: Any) -> list[Any]:
@@ -184,19 +203,19 @@ def warm_local_model(model_uri: str, tracking_uri: str | None) -> None:
                   {"max_size": 64})
 
 
-def run_pipeline(args: argparse.Namespace, executor: str | None, server_url: str | None
+def run_pipeline(job: Job, executor: str | None, server_url: str | None
                  ) -> tuple[Any, Any, float]:
     """Build the task with Luigi; return (task, Luigi's result, seconds)."""
     import luigi
     from luigi.configuration import get_config
 
     started = time.perf_counter()
-    task = build_task(args, executor, server_url)
-    if args.workers > 1 and resolve_executor(executor, server_url) == "local":
-        warm_local_model(args.model_uri, args.tracking_uri)
+    task = build_task(job, executor, server_url)
+    if job.workers > 1 and resolve_executor(executor, server_url) == "local":
+        warm_local_model(job.model_uri, job.tracking_uri)
     # Local scheduler unless luigi.cfg says otherwise ([core] local_scheduler = false -> luigid).
     local = get_config().getboolean("core", "local_scheduler", True)
-    result = luigi.build([task], local_scheduler=local, workers=args.workers,
+    result = luigi.build([task], local_scheduler=local, workers=job.workers,
                          detailed_summary=True)
     return task, result, time.perf_counter() - started
 
@@ -284,8 +303,8 @@ def photo_records(task: Any, result: Any) -> list[Any]:
     return records
 
 
-def describe_run(run_id: str, args: argparse.Namespace, task: Any, result: Any,
-                 executor: str) -> None:
+def describe_run(run_id: str, job: Job, task: Any, result: Any, executor: str,
+                 server_url: str | None) -> None:
     """Run name, note, the model version used, the input beside the result (neuralstyle)."""
     import mlflow
 
@@ -293,9 +312,9 @@ def describe_run(run_id: str, args: argparse.Namespace, task: Any, result: Any,
     from tasks.batch import is_batch_location
 
     describe_stylize_run(
-        mlflow.MlflowClient(), run_id, image=args.image, style=args.style,
-        batch=is_batch_location(args.image), photos=photo_records(task, result),
-        executor=executor, model_uri=args.model_uri, server_url=args.server_url,
+        mlflow.MlflowClient(), run_id, image=job.image, style=job.style,
+        batch=is_batch_location(job.image), photos=photo_records(task, result),
+        executor=executor, model_uri=job.model_uri, server_url=server_url,
     )
 
 
@@ -326,6 +345,7 @@ def _main(args: argparse.Namespace, tracking: str) -> int:
         return 2
     from neuralstyle.ui.stylize_run import default_experiment_id, how_to_see
 
+    job = Job.from_args(args)
     with mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID") or None,
                           experiment_id=default_experiment_id(mlflow.MlflowClient())) as run:
         run_id = run.info.run_id
@@ -338,15 +358,15 @@ def _main(args: argparse.Namespace, tracking: str) -> int:
             if executor == "docker":
                 # One container for the whole build (a batch too), removed when it ends.
                 with model_container(args.model_uri, tracking_uri=tracking) as url:
-                    task, result, seconds = run_pipeline(args, "server", url)
+                    task, result, seconds = run_pipeline(job, "server", url)
             else:
-                task, result, seconds = run_pipeline(args, args.executor, args.server_url)
+                task, result, seconds = run_pipeline(job, args.executor, args.server_url)
         except Exception as exc:  # bad arguments, no Docker engine, a container that fails
             print(f"stylize: error: {one_line(exc)}", file=sys.stderr)
             mlflow.end_run(status="FAILED")
             return 2 if isinstance(exc, ValueError) else 1
         line, failed = log_outcome(task, result, seconds)
-        describe_run(run_id, args, task, result, executor)
+        describe_run(run_id, job, task, result, executor, args.server_url)
         print(f"stylize: {line}")
         print(f"result: {where(task)}")
         print(f"mlflow: run {run_id} in {tracking} (experiment {run.info.experiment_id}); "
