@@ -45,6 +45,17 @@ class Timings:
         return statistics.median(self.seconds)
 
 
+def add_model_flags(parser: argparse.ArgumentParser, output: Path) -> None:
+    """The flags every bench script shares: which registry and model, where the report goes."""
+    parser.add_argument("--tracking-uri", default=None,
+                        help="registry holding --model-uri (default: package this checkout into "
+                             "a temporary sqlite registry, ~20 s)")
+    parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,
+                        help="model to benchmark (default: %(default)s)")
+    parser.add_argument("--output", default=str(output),
+                        help=f"Markdown report (default: {output.relative_to(REPO)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI flags; every default is stated in its help."""
     parser = argparse.ArgumentParser(
@@ -54,13 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="timed runs per side after the warm-up (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed runs per side first (default: %(default)s)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="registry holding --model-uri (default: package this checkout into "
-                             "a temporary sqlite registry, ~20 s)")
-    parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,
-                        help="model to benchmark (default: %(default)s)")
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT),
-                        help="Markdown report (default: bench/results/serve_latency.md)")
+    add_model_flags(parser, DEFAULT_OUTPUT)
     return parser
 
 

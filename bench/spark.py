@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from serve_latency import add_model_flags  # noqa: E402
+
 from neuralstyle import config  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "spark.md"
@@ -52,13 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--photos", type=int, default=64, help="photos (default: %(default)s)")
     parser.add_argument("--size", type=int, default=512,
                         help="side of the square photos in px (default: %(default)s)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="registry holding --model-uri (default: package this checkout into "
-                             "a temporary sqlite registry, ~20 s)")
-    parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,
-                        help="model to benchmark (default: %(default)s)")
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT),
-                        help="Markdown report (default: bench/results/spark.md)")
+    add_model_flags(parser, DEFAULT_OUTPUT)
     parser.add_argument("--measure-spark", default=None, help=argparse.SUPPRESS)  # internal
     parser.add_argument("--photos-dir", default=None, help=argparse.SUPPRESS)
     return parser
