@@ -21,8 +21,9 @@ and reused while the model and the code are unchanged:
       tag = ensure_batch_image("models:/style-transfer@champion", "sqlite:///mlflow.db")
       docker run --rm --user "$(id -u):$(id -g)" -v "$PWD:/data" <tag> --image in.jpg --output out.jpg
 
-Builds run the docker CLI (and MLflow's CLI) as subprocesses and log their output line by line
-(logger ``neuralstyle.containers.images``): a cold serving build takes minutes. docker/README.md says what
+Builds run on the Docker SDK (MLflow's ``build-docker`` / ``generate-dockerfile`` as the
+subprocess users type) and log their output line by line (logger
+``neuralstyle.containers.images``): a cold serving build takes minutes. docker/README.md says what
 each image contains and why; bench/results/docker.md has the measured sizes and times.
 """
 
@@ -44,7 +45,7 @@ from pathlib import Path
 
 from neuralstyle import config
 from neuralstyle.codebase import REPO_DIR
-from neuralstyle.containers import tryit
+from neuralstyle.containers import engine, tryit
 from neuralstyle.registry import ModelRef, content_key, resolve_model
 
 log = logging.getLogger(__name__)
@@ -137,28 +138,39 @@ def _model_labels(model: ModelRef, kind: str, recipe: str) -> dict[str, str]:
     }
 
 
-# --- the docker CLI -------------------------------------------------------------------------
+# --- the engine (Docker SDK) and MLflow's image CLI ----------------------------------------
+
+
+def _client():
+    """The engine's SDK client; no engine is a build error that says how to start one."""
+    try:
+        return engine.docker_client()
+    except engine.EngineError as err:
+        raise ImageBuildError(str(err)) from None
+
+
+def _image(tag: str):
+    """The local image with this tag or id, or None."""
+    import docker.errors
+
+    try:
+        return _client().images.get(tag)
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as err:
+        raise ImageBuildError(f"cannot inspect image {tag}: {err}") from None
 
 
 def image_labels(tag: str) -> dict[str, str] | None:
     """The labels of a local image, or None when no image has that tag."""
-    result = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", tag],
-        capture_output=True, text=True,
-    )
-    if result.returncode != 0:
-        if "no such image" in result.stderr.lower():
-            return None
-        raise ImageBuildError(f"docker image inspect {tag} failed: {result.stderr.strip()}"
-                              f"{_engine_hint(result.stderr)}")
-    return json.loads(result.stdout or "null") or {}
+    image = _image(tag)
+    return None if image is None else (image.labels or {})
 
 
 def image_id(tag: str) -> str | None:
     """The local image's id, or None when no image has that tag."""
-    result = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
-                            capture_output=True, text=True)
-    return result.stdout.strip() if result.returncode == 0 else None
+    image = _image(tag)
+    return None if image is None else image.id
 
 
 def remove_replaced(old_id: str | None, tag: str) -> None:
@@ -167,44 +179,71 @@ def remove_replaced(old_id: str | None, tag: str) -> None:
     With the vfs storage driver every layer is a full copy of the image: a replaced serving
     image left dangling holds gigabytes. Images still tagged, or used by a container, stay.
     """
+    import docker.errors
+
     if not old_id or old_id == image_id(tag):
         return
-    result = subprocess.run(
-        ["docker", "image", "inspect", "--format",
-         "{{json .RepoTags}} {{index .Config.Labels \"" + LABEL + ".kind\"}}", old_id],
-        capture_output=True, text=True)
-    if result.returncode != 0:
+    old = _image(old_id)
+    if old is None or old.tags or old.labels.get(f"{LABEL}.kind") not in ("serving", "batch"):
         return
-    tags, _, kind = result.stdout.strip().partition(" ")
-    if json.loads(tags or "[]") or kind not in ("serving", "batch"):
-        return
-    removed = subprocess.run(["docker", "image", "rm", old_id], capture_output=True, text=True)
-    if removed.returncode == 0:
+    try:
+        _client().images.remove(old_id)
         log.info("removed %s, the image %s replaced", old_id[:19], tag)
-    else:
-        log.info("kept %s, the image %s replaced: %s", old_id[:19], tag, removed.stderr.strip())
+    except docker.errors.APIError as err:  # e.g. a container still uses it
+        log.info("kept %s, the image %s replaced: %s", old_id[:19], tag, err)
 
 
 def image_size_bytes(tag: str) -> int:
     """The image's size as ``docker images`` reports it."""
-    out = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", tag],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out.strip())
+    image = _image(tag)
+    if image is None:
+        raise ImageBuildError(f"no image {tag}")
+    return int(image.attrs["Size"])
 
 
 def _engine_hint(text: str) -> str:
     text = text.lower()
-    if "cannot connect to the docker daemon" in text or "permission denied" in text:
-        return " (no Docker engine answers: start one with `sudo docker/engine.sh start`)"
-    if ("pull access denied" in text or "not found" in text) and "python:" in text:
+    if ("pull access denied" in text or "not found" in text or "no such image" in text) and (
+            "python" in text):
         return " (the base image is missing: build it with `sudo docker/build-base.sh`)"
     return ""
 
 
+def _build(context: Path, tags: list[str], what: str, rebuild: bool = False,
+           buildargs: dict[str, str] | None = None) -> float:
+    """``docker build`` through the SDK (its .dockerignore honoured, never pulling, removing
+    intermediate containers also on failure), logging the build's output line by line."""
+    import docker.errors
+
+    client = _client()
+    log.info("%s: %s -> %s", what, context, ", ".join(tags))
+    started = time.perf_counter()
+    tail: list[str] = []
+    try:
+        for chunk in client.api.build(path=str(context), tag=tags[0], pull=False, rm=True,
+                                      forcerm=True, nocache=rebuild, buildargs=buildargs or {},
+                                      decode=True):
+            for line in str(chunk.get("stream") or chunk.get("status") or "").splitlines():
+                if line.strip():
+                    log.info("%s: %s", what, line.rstrip())
+                    tail = (tail + [line.rstrip()])[-BUILD_LOG_TAIL:]
+            if "error" in chunk:
+                raise docker.errors.BuildError(chunk["error"], [])
+        for extra in tags[1:]:
+            repository, _, name = extra.rpartition(":")
+            client.api.tag(tags[0], repository, name)
+    except (docker.errors.BuildError, docker.errors.APIError) as err:
+        joined = "\n".join(tail)
+        raise ImageBuildError(f"{what} failed: {err}{_engine_hint(str(err))}\nlast lines:\n{joined}"
+                              ) from None
+    seconds = time.perf_counter() - started
+    log.info("%s: done in %.0f s", what, seconds)
+    return seconds
+
+
 def _run_streaming(command: list[str], what: str, env: dict[str, str] | None = None) -> float:
-    """Run a build command, log its output line by line; raise with its tail if it fails."""
-    if shutil.which(command[0]) is None and not Path(command[0]).exists():
-        raise ImageBuildError(f"{what}: `{command[0]}` is not installed (docker/README.md)")
+    """Run MLflow's image CLI (build-docker, generate-dockerfile), log its output line by line;
+    raise with its tail if it fails."""
     log.info("%s: %s", what, " ".join(command))
     started = time.perf_counter()
     tail: list[str] = []
@@ -260,14 +299,14 @@ def _identity(labels: dict[str, str]) -> dict[str, str]:
     return {f"{LABEL}.{k}": labels[f"{LABEL}.{k}"] for k in keys if f"{LABEL}.{k}" in labels}
 
 
-def _label_build_args(labels: dict[str, str]) -> list[str]:
-    """``--build-arg MODEL_URI=...`` for the batch Dockerfile's one ARG + LABEL step (a
-    ``--label`` per key would cost the classic builder one step, ~8 s with vfs, each)."""
-    args = []
+def _label_build_args(labels: dict[str, str]) -> dict[str, str]:
+    """``MODEL_URI=...`` build args for the batch Dockerfile's one ARG + LABEL step (a label
+    per key would cost the classic builder one step, ~8 s with vfs, each)."""
+    args = {}
     for key, value in sorted(labels.items()):
         name = key.removeprefix(f"{LABEL}.").upper().replace("-", "_")
         if name != "KIND":
-            args += ["--build-arg", f"{name}={value}"]
+            args[name] = value
     return args
 
 
@@ -302,12 +341,15 @@ def build_docker_command(model_uri: str, tag: str) -> list[str]:
 
 def _probe(tag: str) -> tuple[str, bool]:
     """(MLflow's nginx.conf path in the image, True when the image has no torch)."""
-    result = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python", tag, "-c", _PROBE],
-                            capture_output=True, text=True)
-    lines = result.stdout.split()
-    if result.returncode != 0 or len(lines) != 2:
-        raise ImageBuildError(f"cannot inspect {tag} (exit status {result.returncode}): "
-                              f"{(result.stderr or result.stdout).strip()[-2000:]}")
+    import docker.errors
+
+    try:
+        output = _client().containers.run(tag, ["-c", _PROBE], entrypoint="python", remove=True)
+    except (docker.errors.ContainerError, docker.errors.APIError) as err:
+        raise ImageBuildError(f"cannot inspect {tag}: {err}") from None
+    lines = output.decode(errors="replace").split()
+    if len(lines) != 2:
+        raise ImageBuildError(f"cannot inspect {tag}: unexpected probe output {lines!r}")
     return lines[0], lines[1] == "True"
 
 
@@ -355,8 +397,7 @@ def _build_stock(model: ModelRef, stock: str, lean: bool) -> None:
         _run_streaming(generate_dockerfile_command(model.uri, ctx),
                        "mlflow models generate-dockerfile", env)
         make_lean(Path(ctx))
-        _run_streaming(["docker", "build", "--pull=false", "--force-rm", "-t", stock, ctx],
-                       "docker build (lean serving image)")
+        _build(Path(ctx), [stock], "docker build (lean serving image)")
 
 
 def ensure_serving_image(model_uri: str, tracking_uri: str | None = None, *,
@@ -396,12 +437,8 @@ def ensure_serving_image(model_uri: str, tracking_uri: str | None = None, *,
             Path(ctx, "Dockerfile").write_text(serving_layer_dockerfile(stock, conf_path, labels))
             shutil.copyfile(NGINX_CONF, Path(ctx, "nginx.conf"))
             tryit.write_page(Path(ctx), model)
-            latest = [] if lean else ["-t", f"{SERVING_REPOSITORY}:latest"]
-            _run_streaming(
-                ["docker", "build", "--pull=false", "--force-rm", *(["--no-cache"] if rebuild else []),
-                 "-t", tag, *latest, ctx],
-                "docker build (serving layer)",
-            )
+            latest = [] if lean else [f"{SERVING_REPOSITORY}:latest"]
+            _build(Path(ctx), [tag, *latest], "docker build (serving layer)", rebuild)
         remove_replaced(replaced, tag)
     return tag
 
@@ -431,10 +468,11 @@ def download_model(model: ModelRef, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".model-", dir=destination.parent))
     try:
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=model.uri, dst_path=str(staging), tracking_uri=model.tracking_uri,
-            registry_uri=model.registry_uri,
-        )
+        with config.mlflow_scope(model.tracking_uri):  # see tryit.model_catalog: models:/ needs it
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=model.uri, dst_path=str(staging), tracking_uri=model.tracking_uri,
+                registry_uri=model.registry_uri,
+            )
         if not (staging / "MLmodel").is_file():
             raise ImageBuildError(f"{model.uri} downloaded without an MLmodel file: not a model")
         old = destination.with_name(destination.name + ".old")
@@ -481,12 +519,8 @@ def ensure_batch_image(model_uri: str, tracking_uri: str | None = None, *, rebui
         replaced = image_id(tag)
         model_dir = download_model(model, context / BATCH_MODEL_DIR)
         base = f"python:{model_python_version(model_dir)}-slim"
-        _run_streaming(
-            ["docker", "build", "--pull=false", "--force-rm", *(["--no-cache"] if rebuild else []),
-             "--build-arg", f"BASE_IMAGE={base}", *_label_build_args(labels),
-             "-t", tag, "-t", f"{BATCH_REPOSITORY}:latest", str(context)],
-            "docker build (batch image)",
-        )
+        _build(context, [tag, f"{BATCH_REPOSITORY}:latest"], "docker build (batch image)", rebuild,
+               {"BASE_IMAGE": base, **_label_build_args(labels)})
         remove_replaced(replaced, tag)
     return tag
 

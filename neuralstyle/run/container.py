@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from neuralstyle import config
+from neuralstyle.containers import engine
 from neuralstyle.run.serving import free_port
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,10 @@ class ContainerError(RuntimeError):
 
 def docker_client() -> Any:
     """A Docker SDK client from the environment (DOCKER_HOST, else the default socket)."""
-    import docker
-
     try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as exc:
-        raise ContainerError(
-            f"no Docker engine answers ({type(exc).__name__}: {exc}); start one with "
-            "`sudo docker/engine.sh start`, or use the local or server executor"
-        ) from None
-    return client
+        return engine.docker_client(timeout=600)
+    except engine.EngineError as err:
+        raise ContainerError(f"{err}, or use the local or server executor") from None
 
 
 def _logs_tail(container: Any) -> str:

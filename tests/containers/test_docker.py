@@ -77,8 +77,9 @@ def request_body(data: bytes, style: str = "7", params: dict | None = None) -> s
 def assert_rebuilds_nothing(ensure, *args) -> tuple[str, float]:
     """Call ``ensure`` with every build command forbidden; return its tag and seconds."""
     started = time.perf_counter()
-    with mock.patch.object(images, "_run_streaming",
-                           side_effect=AssertionError("the unchanged image was rebuilt")):
+    rebuilt = AssertionError("the unchanged image was rebuilt")
+    with mock.patch.object(images, "_run_streaming", side_effect=rebuilt), \
+            mock.patch.object(images, "_build", side_effect=rebuilt):
         tag = ensure(*args)
     return tag, time.perf_counter() - started
 
