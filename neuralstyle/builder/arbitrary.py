@@ -14,8 +14,8 @@ Parameter names mirror the source initializers with one rule (:func:`torch_key`)
 so ``transformer/residual/residual3/conv1/weights`` loads into ``residual.residual3.conv1.weight``.
 int8 weights are dequantized with their own scales and zero points ((q - zp) * scale); the
 activations run in float32; :class:`Int8Points` can round them to the source's int8 grid wherever
-it quantizes them, to prove the rebuild op for op. torch is needed only to package models, never
-to serve them.
+it quantizes them, with onnxruntime's arithmetic, to prove the rebuild op for op. torch is
+needed only to package models, never to serve them.
 
     python -c "from neuralstyle.builder.arbitrary import load_arbitrary; print(load_arbitrary())"
 """
@@ -44,16 +44,124 @@ class Int8Points:
     source is a fully int8 graph whose instance-norm statistics are themselves int8, so with this
     table the rebuild reproduces the graph's own tensors (``tests/builder/test_arbitrary.py``).
     Empty (``Int8Points()``) = plain float, what is served.
+
+    ``fused`` (see :func:`ort_fusions`) names the quantized outputs that onnxruntime computes
+    with integer kernels (QLinearConv, QLinearAdd, QLinearMul, QLinearGlobalAveragePool) rather
+    than float op + QuantizeLinear; :meth:`conv`, :meth:`add`, :meth:`mul` and :meth:`mean` then
+    repeat that kernel's arithmetic (MLAS, x86-64), and the float convolutions its summation
+    order, so that the rebuild lands on the same int8 values as onnxruntime, not just close:
+    the graph is chaotic, one flipped level in a norm statistic moves the picture.
     """
 
-    def __init__(self, table: dict[str, tuple[float, int]] | None = None) -> None:
+    def __init__(self, table: dict[str, tuple[float, int]] | None = None,
+                 fused: dict[str, dict] | None = None) -> None:
         self.table = dict(table or {})
+        self.fused = dict(fused or {})
 
     def __call__(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if not self.table:
             return x
         scale, zero = self.table[name]  # a missing name is a rebuild bug: fail loudly
         return (torch.clamp(torch.round(x / scale) + zero, -128, 127) - zero) * scale
+
+    def levels(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """The int8 values (float64) of ``x``, a tensor already on the grid of ``name``."""
+        scale, zero = self.table[name]
+        return torch.round(x.double() / scale) + zero
+
+    def _out(self, value: torch.Tensor, name: str, unsigned: bool, zero_added: bool) -> torch.Tensor:
+        """A kernel's float result -> its int8 level (dequantized, float32): round half to even
+        (``cvtps2dq``), add the zero point unless the kernel already did, saturate."""
+        scale, zero = self.table[name]
+        shift = 128 if unsigned else 0  # the kernel's own uint8 values and zero points
+        q = torch.round(value) + (0 if zero_added else zero + shift)
+        q = torch.clamp(q, -128 + shift, 127 + shift) - shift
+        return (q - zero).float() * torch.tensor(scale, dtype=torch.float32)
+
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+             x_name: str, name: str) -> torch.Tensor:
+        """Quantized ``conv2d(x)``: QLinearConv (exact integer sums) or MLAS's float32 Conv."""
+        fused = self.fused.get(name)
+        if fused is None:
+            return self(_mlas_conv(x, weight, bias, stride), name)
+        sx, zx = self.table[x_name]
+        acc = F.conv2d(self.levels(x, x_name) - zx, fused["w"], stride=stride)  # exact in float64
+        acc = acc + fused["bias"].reshape(1, -1, 1, 1)
+        scales = torch.from_numpy(np.float32(sx) * fused["w_scale"] / np.float32(self.table[name][0]))
+        value = (acc.float() * scales.reshape(1, -1, 1, 1)).double()
+        return self._out(value, name, fused["unsigned"], zero_added=False)
+
+    def add(self, a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str, name: str,
+            relu: bool = False) -> torch.Tensor:
+        """Quantized ``a + b`` (``b`` per channel): QLinearAdd (MLAS AVX2) or float Add."""
+        fused = self.fused.get(name)
+        if fused is None:
+            y = a + b
+            return self(F.relu(y) if relu else y, name)
+        shift = 128 if fused["unsigned"] else 0  # the kernel sees uint8 values and zero points
+        (sa, za), (sb, zb), (sc, zc) = self.table[a_name], self.table[b_name], self.table[name]
+        ra, rb = np.float32(sa) / np.float32(sc), np.float32(sb) / np.float32(sc)
+        fixed = np.float32(zc + shift) - (ra * np.float32(za + shift) + rb * np.float32(zb + shift))
+        qa, qb = self.levels(a, a_name) + shift, self.levels(b, b_name) + shift
+        fixed = _f32(float(fixed) + _f32(qb * float(rb)))  # b is one value per channel
+        value = _f32(qa * float(ra) + fixed)  # a fused multiply-add: one rounding
+        return self._out(value, name, fused["unsigned"], zero_added=True)
+
+    def mul(self, a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str,
+            name: str) -> torch.Tensor:
+        """Quantized ``a * b``: QLinearMul (integer product, float32 rescale) or float Mul."""
+        fused = self.fused.get(name)
+        if fused is None:
+            return self(a * b, name)
+        shift = 128 if fused["unsigned"] else 0
+        (sa, za), (sb, zb), (sc, zc) = self.table[a_name], self.table[b_name], self.table[name]
+        ratio = float(np.float32(sa) * np.float32(sb) / np.float32(sc))
+        product = (self.levels(a, a_name) - za) * (self.levels(b, b_name) - zb)
+        value = _f32(_f32(product * ratio) + (zc + shift))
+        return self._out(value, name, fused["unsigned"], zero_added=True)
+
+    def mean(self, x: torch.Tensor, x_name: str, name: str) -> torch.Tensor:
+        """Quantized spatial mean: QLinearGlobalAveragePool (integer sum) or float mean."""
+        fused = self.fused.get(name)
+        if fused is None:
+            return self(x.mean(dim=(2, 3), keepdim=True), name)
+        (sx, zx), (sy, _) = self.table[x_name], self.table[name]
+        size = x.shape[2] * x.shape[3]
+        scale = float(np.float32(sx) / (np.float32(sy) * np.float32(size)))
+        total = (self.levels(x, x_name) - zx).sum(dim=(2, 3), keepdim=True)
+        return self._out(_f32(total * scale), name, fused["unsigned"], zero_added=False)
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """Round float64 to float32 and back (one float32 operation done in float64)."""
+    return x.float().double()
+
+
+MLAS_SGEMM_STRIDEK = 128  # onnxruntime's float GEMM sums K in blocks of this many
+
+
+def _mlas_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               stride: int) -> torch.Tensor:
+    """float32 Conv as onnxruntime's MLAS computes it (im2col + SGEMM, x86-64 FMA kernels).
+
+    Each output is a chain of fused multiply-adds in im2col order (input channel, row, column)
+    from zero, over blocks of 128 terms, each block's sum added to the output in turn, then the
+    bias. float64 holds each exact product before its single rounding to float32. Why: the
+    output is rounded to int8 next, and a different summation order flips a few values.
+    """
+    c_out, _, kh, kw = weight.shape
+    h_out, w_out = (x.shape[2] - kh) // stride + 1, (x.shape[3] - kw) // stride + 1
+    cols = F.unfold(x.double(), (kh, kw), stride=stride)[0]  # [K, pixels], K = (c, row, col)
+    w = weight.double().reshape(c_out, -1)
+    out = None
+    for start in range(0, w.shape[1], MLAS_SGEMM_STRIDEK):
+        acc = torch.zeros(c_out, cols.shape[1], dtype=torch.float64)
+        for k in range(start, min(start + MLAS_SGEMM_STRIDEK, w.shape[1])):
+            acc = _f32(torch.addcmul(acc, w[:, k:k + 1], cols[k:k + 1]))
+        out = acc if out is None else _f32(out + acc)
+    if bias is not None:
+        out = _f32(out + bias.double()[:, None])
+    return out.float().reshape(1, c_out, h_out, w_out)
 
 
 # --- the transformer: photo + style vector -> stylized photo ---------------------------------
@@ -66,11 +174,14 @@ class StyleNorm(nn.Module):
     step on the source's int8 grid.
     """
 
-    def __init__(self, channels: int, name: str, q: Int8Points) -> None:
+    def __init__(self, channels: int, name: str, q: Int8Points, relu: bool = False) -> None:
         super().__init__()
         self.Conv = nn.Conv2d(STYLE_DIM, channels, 1)  # beta
         self.Conv_1 = nn.Conv2d(STYLE_DIM, channels, 1)  # gamma
         self.name, self.q = name, q
+        # Where the source quantizes the sum (after the ReLU that follows, if any).
+        self.out = name + ("/Relu_quantize" if relu else "/StyleNorm/batchnorm/add_1_quantize")
+        self.relu = relu
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         q, n, sp = self.q, self.name + "/StyleNorm", "style_params/" + self.name + "/StyleNorm"
@@ -78,30 +189,36 @@ class StyleNorm(nn.Module):
         gamma = q(self.Conv_1(style), sp + "/Conv_1/BiasAdd_quantize")
         if not q.table:  # float: the same maths, exported as one InstanceNormalization
             return F.instance_norm(x, weight=gamma.flatten(), bias=beta.flatten(), eps=EPS)
-        mean = q(x.mean(dim=(2, 3), keepdim=True), n + "/moments/mean_quantize")
+        mean = q.mean(x, self.name + "/Conv2D_quantize", n + "/moments/mean_quantize")
         squared = q((x - mean) ** 2, n + "/moments/SquaredDifference_int8")
-        var = q(squared.mean(dim=(2, 3), keepdim=True), n + "/moments/variance_quantize")
+        var = q.mean(squared, n + "/moments/SquaredDifference_int8", n + "/moments/variance_quantize")
         inv = q(1.0 / torch.sqrt(q(var + EPS, n + "/batchnorm/add_quantize")),
                 n + "/batchnorm/Rsqrt_int8")
         scale = q(inv * gamma, n + "/batchnorm/mul_quantize")
-        shift = q(beta - q(mean * scale, n + "/batchnorm/mul_2_quantize"), n + "/batchnorm/sub_quantize")
-        return q(x * scale, n + "/batchnorm/mul_1_quantize") + shift
+        shift = q(beta - q.mul(mean, n + "/moments/mean_quantize", scale, n + "/batchnorm/mul_quantize",
+                               n + "/batchnorm/mul_2_quantize"), n + "/batchnorm/sub_quantize")
+        return q.add(q(x * scale, n + "/batchnorm/mul_1_quantize"), n + "/batchnorm/mul_1_quantize",
+                     shift, n + "/batchnorm/sub_quantize", self.out, self.relu)
 
 
 class NormConv(nn.Module):
     """Reflect pad, bias-free convolution, conditional instance norm (TF ``conv`` + ``StyleNorm``)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, name: str, pad_name: str,
-                 q: Int8Points) -> None:
+                 q: Int8Points, relu: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(c_out, c_in, kernel, kernel))
         self.pad = kernel // 2
-        self.StyleNorm = StyleNorm(c_out, name, q)
+        self.StyleNorm = StyleNorm(c_out, name, q, relu)
         self.name, self.pad_name, self.q = name, pad_name, q
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         x = self.q(F.pad(x, [self.pad] * 4, mode="reflect"), self.pad_name)
-        return self.StyleNorm(self.q(F.conv2d(x, self.weight), self.name + "/Conv2D_quantize"), style)
+        if self.q.table:
+            x = self.q.conv(x, self.weight, None, 1, self.pad_name, self.name + "/Conv2D_quantize")
+        else:
+            x = F.conv2d(x, self.weight)
+        return self.StyleNorm(x, style)
 
 
 class ContractConv(nn.Module):
@@ -117,6 +234,9 @@ class ContractConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.q(F.pad(x, [self.pad] * 4, mode="reflect"), self.pad_name)
+        if self.q.table:  # ReLU after rounding = before: the grid holds 0
+            return F.relu(self.q.conv(x, self.weight, self.bias, self.stride, self.pad_name,
+                                      self.name + "/Relu_quantize"))
         x = F.relu(F.conv2d(x, self.weight, self.bias, stride=self.stride))
         return self.q(x, self.name + "/Relu_quantize")
 
@@ -126,7 +246,7 @@ class Residual(nn.Module):
 
     def __init__(self, channels: int, name: str, q: Int8Points) -> None:
         super().__init__()
-        self.conv1 = NormConv(channels, channels, 3, name + "/conv1", name + "/MirrorPad_int8", q)
+        self.conv1 = NormConv(channels, channels, 3, name + "/conv1", name + "/MirrorPad_int8", q, True)
         self.conv2 = NormConv(channels, channels, 3, name + "/conv2", name + "/MirrorPad_1_int8", q)
         self.name, self.q = name, q
 
@@ -141,10 +261,10 @@ class Upsample(nn.Module):
     """Nearest x2 (the graph's Resize, asymmetric/floor), then a NormConv (``expand/convN/conv``)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, scale: int, name: str,
-                 q: Int8Points) -> None:
+                 q: Int8Points, relu: bool = True) -> None:
         super().__init__()
         self.scale = scale
-        self.conv = NormConv(c_in, c_out, kernel, name + "/conv", name + "/MirrorPad_int8", q)
+        self.conv = NormConv(c_in, c_out, kernel, name + "/conv", name + "/MirrorPad_int8", q, relu)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         if self.scale != 1:
@@ -175,7 +295,7 @@ class StyleTransformer(nn.Module):
         self.expand = nn.ModuleDict({
             "conv1": Upsample(32, 16, 3, 2, e + "/conv1", q),
             "conv2": Upsample(16, 8, 3, 2, e + "/conv2", q),
-            "conv3": Upsample(8, 3, 9, 1, e + "/conv3", q),
+            "conv3": Upsample(8, 3, 9, 1, e + "/conv3", q, relu=False),
         })
 
     def forward(self, image: torch.Tensor, style_vector: torch.Tensor) -> torch.Tensor:
@@ -334,8 +454,9 @@ def dequantized_conv_params(onnx_path: str | Path) -> dict[str, np.ndarray]:
     return params
 
 
-def int8_points(onnx_path: str | Path) -> Int8Points:
-    """Every per-tensor int8 QuantizeLinear of the graph (activations, not weights) by node name."""
+def int8_points(onnx_path: str | Path, fused: bool = False) -> Int8Points:
+    """Every per-tensor int8 QuantizeLinear of the graph (activations, not weights) by node name;
+    with ``fused``, also those onnxruntime computes with integer kernels (:func:`ort_fusions`)."""
     import onnx
     from onnx import numpy_helper
 
@@ -347,7 +468,46 @@ def int8_points(onnx_path: str | Path) -> Int8Points:
             zero = consts[node.input[2]]
             assert zero.dtype == np.int8, f"{node.name}: zero point is {zero.dtype}, expected int8"
             table[node.name] = (float(consts[node.input[1]]), int(zero))
-    return Int8Points(table)
+    fusions = ort_fusions(onnx_path) if fused else {}
+    missing = set(fusions) - set(table)
+    assert not missing, f"fused ops with no QuantizeLinear of that name: {sorted(missing)}"
+    return Int8Points(table, fusions)
+
+
+def ort_fusions(onnx_path: str | Path) -> dict[str, dict]:
+    """The graph's quantized outputs that onnxruntime's CPU provider computes with an integer
+    kernel, by QuantizeLinear name: what its graph optimizer (default level) turned into
+    QLinearConv / QLinearAdd / QLinearMul / QLinearGlobalAveragePool, read from the optimized
+    model it writes. ``unsigned``: the kernel runs on uint8 (ORT shifts int8 by 128, which moves
+    float rounding in QLinearAdd / QLinearMul); QLinearConv also carries its integer weights.
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3  # its warning that the file is for this machine only
+        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    fused = {}
+    for node in graph.node:
+        if node.domain != "com.microsoft" or not node.op_type.startswith("QLinear"):
+            continue
+        name = re.sub(r"_token_\d+$", "", node.name).replace("_prequant", "_quantize")
+        entry = {"op": node.op_type, "unsigned": consts[node.input[2]].dtype == np.uint8}
+        if node.op_type == "QLinearConv":
+            weight, w_zero = consts[node.input[3]], consts[node.input[5]]
+            entry["w"] = torch.from_numpy(weight.astype(np.float64)
+                                          - w_zero.astype(np.float64).reshape(-1, 1, 1, 1))
+            entry["w_scale"] = consts[node.input[4]].astype(np.float32)
+            entry["bias"] = torch.from_numpy(consts[node.input[8]].astype(np.float64))
+        fused[name] = entry
+    return fused
 
 
 def load_state(module: nn.Module, onnx_path: str | Path) -> nn.Module:
@@ -371,7 +531,9 @@ def load_arbitrary(
     Served as plain float (``int8=False``): end to end it is as close to the source graph as the
     source is to itself when 10 input pixels move by one 8-bit level, and it stays well
     conditioned on any runtime or precision. ``int8=True`` rounds activations to the source's
-    int8 grid, which proves the rebuild op for op (tests) but amplifies a runtime's rounding.
+    int8 grid with onnxruntime's own arithmetic (:class:`Int8Points`), which reproduces the
+    original transformer bit for bit on x86-64 (tests) but is slow and amplifies any other
+    runtime's rounding: a proof of the rebuild, not a way to serve it.
     """
     from neuralstyle.builder import weights
 
@@ -384,5 +546,6 @@ def load_arbitrary(
             raise weights.WeightsError(f"weight file {path} does not have the pinned sha256 {pinned.sha256}")
         paths.append(Path(path))
     predictor = load_state(StylePredictor(int8_points(paths[0]) if int8 else None), paths[0])
-    transformer = load_state(StyleTransformer(int8_points(paths[1]) if int8 else None), paths[1])
+    transformer = load_state(StyleTransformer(int8_points(paths[1], fused=True) if int8 else None),
+                             paths[1])
     return predictor, transformer

@@ -4,7 +4,9 @@ The oracle is the pinned ``arbitrary_predict.onnx`` / ``arbitrary_transform.onnx
 onnxruntime at their native 256 / 384 px, on real photos and real textures from scikit-image.
 The original is a fully int8 graph (even its instance-norm statistics are int8), so it is
 chaotic: moving 10 of 147,456 input pixels by one 8-bit level moves its own output by ~0.01-0.04
-mean. Each figure is printed beside that noise floor, measured on the same pair.
+mean. Each figure is printed beside that noise floor, measured on the same pair. The int8
+emulation (``load_arbitrary(int8=True)``), which repeats onnxruntime's own arithmetic, matches it
+bit for bit here.
 """
 
 from __future__ import annotations
@@ -118,14 +120,14 @@ def test_whole_method_matches_original_graph(served, name: str) -> None:
 
 
 @pytest.mark.slow
-def test_int8_emulation_end_to_end_is_closer_but_chaotic(served) -> None:
-    """Why the bar is out of reach: rounded to the original's int8 grid (the rebuild every stage
-    of which matches the original), and fed the original's own style vector, the transformer is
-    closer to the original than the served float one, yet still not within the bar for every
-    painting: a few rounding ties per stage cascade through the int8 instance-norm statistics."""
+def test_int8_emulation_matches_original_end_to_end(served) -> None:
+    """Rounded to the original's int8 grid and computed as onnxruntime computes it (its integer
+    kernels where it fuses QDQ ops, MLAS's float summation order elsewhere), and fed the
+    original's own style vector, the transformer is within the issue's bar on every pair; the
+    served float one is printed beside it (same style vector)."""
     _, transformer8 = load_arbitrary(int8=True)
     _, transformer = served
-    lines = []
+    results = []
     for name in PAINTINGS:
         ref_vector = original_vector(prepared(sample_painting(name), STYLE_SIZE))
         vector = torch.from_numpy(ref_vector.reshape(1, -1))
@@ -137,10 +139,12 @@ def test_int8_emulation_end_to_end_is_closer_but_chaotic(served) -> None:
                 floating = transformer(nchw(photo), vector).numpy()[0].transpose(1, 2, 0)
             e_mean, e_psnr = figures(emulated, ref)
             f_mean, f_psnr = figures(floating, ref)
-            lines.append(f"{name} on {photo_name}: int8 emulation {e_mean:.4f} / {e_psnr:.1f} dB, "
-                         f"float {f_mean:.4f} / {f_psnr:.1f} dB (same style vector)")
-            assert e_mean < f_mean, lines[-1]
-    print("\n".join(lines))
+            same = float((np.abs(emulated - ref) < 1e-6).mean())
+            line = (f"{name} on {photo_name}: int8 emulation {e_mean:.4f} / {e_psnr:.1f} dB "
+                    f"({same:.3%} of values identical), float {f_mean:.4f} / {f_psnr:.1f} dB")
+            results.append((line, e_mean <= MEAN_BAR and e_psnr >= PSNR_BAR))
+    print("\n".join(line for line, _ in results))
+    assert all(ok for _, ok in results), [line for line, ok in results if not ok]
 
 
 def graph_with_outputs(path, names: list[str]) -> ort.InferenceSession:
@@ -155,8 +159,9 @@ def graph_with_outputs(path, names: list[str]) -> ort.InferenceSession:
 def test_int8_rebuild_reproduces_each_stage_of_the_original() -> None:
     """Op for op: fed the original's own input to a stage, the int8-grid rebuild gives its output.
 
-    Proves the architecture, padding, norms and weights; with rounding to the int8 grid, the only
-    differences left are float summation order (rare off-by-one-level flips).
+    Proves the architecture, padding, norms and weights. Computed as onnxruntime computes it
+    (integer kernels where it fuses, MLAS's float summation order elsewhere) it is exact on
+    x86-64 with AVX2/FMA (0 values off); the margin is for other CPUs' kernels.
     """
     _, transformer = load_arbitrary(int8=True)
     stages = [f"transformer/residual/residual{i}/add" for i in range(1, 6)]
