@@ -218,11 +218,11 @@ def temporary_registry(style_map: str | Path = config.DEFAULT_STYLE_MAP, given: 
         return
     with tempfile.TemporaryDirectory(prefix="stylize-registry-") as root:
         uri = f"sqlite:///{root}/mlflow.db"
+        style_map = Path(style_map).resolve()  # before the chdir: the default is relative
         cwd = os.getcwd()
         os.chdir(root)  # artifacts go to <root>/mlruns
         try:
-            package_models(style_map=str(Path(style_map).resolve()), tracking_uri=uri,
-                           style_images=style_images)
+            package_models(style_map=str(style_map), tracking_uri=uri, style_images=style_images)
         finally:
             os.chdir(cwd)
         yield uri
