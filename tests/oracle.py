@@ -123,3 +123,18 @@ def faithful(got: np.ndarray, want: np.ndarray) -> bool:
     psnr, mean = psnr_and_mean(got, want)
     print(f"fast result vs oracle: {psnr:.1f} dB, mean {mean:.2f} levels")
     return psnr >= FAST_MIN_PSNR_DB and mean <= FAST_MAX_MEAN_LEVELS
+
+
+# The arbitrary-style issue's parity bar against the original graphs (0..1 scale).
+MEAN_BAR, PSNR_BAR = 0.02, 30.0
+
+
+def figures(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(mean abs difference, PSNR in dB) on the 0..1 scale."""
+    diff = ours.astype(np.float64) - ref
+    return float(np.abs(diff).mean()), float(10 * np.log10(1.0 / max((diff**2).mean(), 1e-12)))
+
+
+def b64(data: bytes) -> str:
+    """Bytes as a request cell (base64 text)."""
+    return base64.b64encode(data).decode("ascii")

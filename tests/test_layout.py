@@ -188,3 +188,17 @@ def defined(path: Path) -> set[str]:
                 if isinstance(sub, ast.Import | ast.ImportFrom):
                     names |= {(a.asname or a.name).split(".")[0] for a in sub.names}
     return names
+
+
+def test_each_test_file_runs_alone() -> None:
+    """A test module may import helpers from tests/ (on pytest's pythonpath) or a test module in
+    its own folder, never one in another folder: that import only worked when pytest happened to
+    have collected the other folder first, so ``pytest tests/test_readme.py`` alone failed."""
+    tests = REPO / "tests"
+    wrong = []
+    for path in sorted(tests.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("test_"):
+                if not (path.parent / f"{node.module}.py").is_file():
+                    wrong.append(f"{path.relative_to(REPO)} imports {node.module} from another folder")
+    assert not wrong, "\n".join(wrong)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_networks import make_upstream_checkpoint
+from upstream import make_upstream_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 README_PORT = 5001  # the port the README's commands name

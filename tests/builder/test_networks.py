@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from oracle import oracle_float
+from upstream import make_upstream_checkpoint
 
 from neuralstyle.builder import weights
 from neuralstyle.builder.export import EXPORT_TOLERANCE, export_error, export_onnx
 from neuralstyle.builder.kinds.multistyle import PARITY_TOLERANCE
 from neuralstyle.builder.networks import (
     CheckpointError,
-    TransformerNet,
     UnitRangeTransformerNet,
     load_transformer_checkpoint,
 )
@@ -52,23 +52,6 @@ def test_multistyle_onnx_export_has_dynamic_size(multistyle, tmp_path) -> None:
                                                          for h, w_ in sizes])
     print(f"multistyle export vs torch: max abs diff {err:.2e}")
     assert err <= EXPORT_TOLERANCE
-
-
-def make_upstream_checkpoint(path, seed: int = 0) -> TransformerNet:
-    """A checkpoint in exactly pytorch/examples' format, seeded random weights (not a style).
-
-    Old upstream checkpoints also hold InstanceNorm running stats, which loading must drop.
-    """
-    torch.manual_seed(seed)
-    net = TransformerNet()
-    state = net.state_dict()
-    for key in list(state):
-        if key.endswith(".weight") and key.split(".")[-2].startswith("in"):
-            prefix = key[: -len("weight")]
-            state[prefix + "running_mean"] = torch.zeros_like(state[key])
-            state[prefix + "running_var"] = torch.ones_like(state[key])
-    torch.save(state, path)
-    return net.eval()
 
 
 def test_upstream_checkpoint_loads_with_deprecated_keys(tmp_path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_networks import make_upstream_checkpoint
+from upstream import make_upstream_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

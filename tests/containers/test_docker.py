@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from loadcheck import CLIENTS, SECONDS, assert_served_everyone, post_until_not_503
 from oracle import (
     PARITY_SIZES,
     PIXEL_TOLERANCE,
@@ -335,8 +336,6 @@ def test_a_bad_request_gets_a_4xx_with_the_reason_and_serving_goes_on(serving_co
 
 
 def test_16_keepalive_clients_through_nginx_get_no_5xx(serving_container, request) -> None:
-    from test_load import CLIENTS, SECONDS, assert_served_everyone
-
     from bench.load import container_rss, photo_jpegs, request_bodies, run_load
 
     result = run_load(serving_container.url, clients=CLIENTS, seconds=SECONDS,
@@ -349,8 +348,6 @@ def test_16_keepalive_clients_through_nginx_get_no_5xx(serving_container, reques
 def test_past_the_queue_nginx_answers_503_with_retry_after(serving_container) -> None:
     """Requests in flight up to nginx's limit_conn: the next one gets a JSON 503 with
     Retry-After at once, /ping still answers, and afterwards requests are served again."""
-    from test_load import post_until_not_503
-
     from bench.load import photo_jpegs
     from neuralstyle.run import serving
 

@@ -6,24 +6,18 @@ centre-cropped to 256 px, photo run at 384 px and scaled up): bytes in, bytes ou
 
 from __future__ import annotations
 
-import base64
 import io
 
 import numpy as np
 import pandas as pd
 import pytest
-from oracle import decode_b64
+from oracle import MEAN_BAR, PSNR_BAR, b64, decode_b64, figures
 from PIL import Image
-from test_arbitrary import MEAN_BAR, PSNR_BAR, figures
 
 from neuralstyle.builder.kinds.arbitrary import high_frequency_energy
 from neuralstyle.builder.samples import LARGE_PHOTO, encode, sample_painting, sample_rgb
 
 pytestmark = pytest.mark.slow
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def square_photo(name: str = "astronaut", side: int = 384) -> bytes:

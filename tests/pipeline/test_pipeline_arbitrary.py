@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from luigi.execution_summary import LuigiStatusCode
-from oracle import decode_b64, decode_rgb
+from oracle import b64, decode_b64, decode_rgb
 from s3_fixtures import (  # noqa: F401  (fixtures are found by name)
     aws_env,
     bucket,
@@ -23,7 +23,6 @@ from s3_fixtures import (  # noqa: F401  (fixtures are found by name)
     run,
     s3,
 )
-from test_model_arbitrary import b64
 from test_pipeline import leftovers, stylize, workdir  # noqa: F401
 
 from neuralstyle.builder.samples import encode, sample_painting

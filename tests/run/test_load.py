@@ -21,14 +21,12 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 import requests
+from loadcheck import CLIENTS, SECONDS, assert_served_everyone, post_until_not_503
 
-from bench.load import LoadResult, photo_jpegs, request_bodies, run_load
+from bench.load import photo_jpegs, request_bodies, run_load
 from neuralstyle.model import contract, pyfunc_model
 from neuralstyle.run import serving
 from neuralstyle.run.serving import Server, running_server
-
-CLIENTS = 16
-SECONDS = 20.0
 
 
 def report(request: pytest.FixtureRequest, line: str) -> None:
@@ -39,17 +37,6 @@ def report(request: pytest.FixtureRequest, line: str) -> None:
         return
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         reporter.write_line(f"[load] {line}")
-
-
-def assert_served_everyone(result: LoadResult) -> None:
-    """No 5xx, no connection errors; every good photo a 200, every bad one a 400."""
-    failures = [a for a in result.answers if a.status == 0 or a.status >= 500]
-    assert not failures, (f"{len(failures)} of {len(result.answers)} requests failed: "
-                          f"{result.statuses}; first: {failures[0]}")
-    wrong = [a for a in result.answers if a.status != (400 if a.bad_photo else 200)]
-    assert not wrong, f"{len(wrong)} answers with the wrong status, first: {wrong[0]}"
-    assert sum(a.bad_photo for a in result.answers) >= 1, "no bad photo was sent"
-    assert len(result.answers) >= result.clients, f"too few answers: {result.summary()}"
 
 
 def test_parallel_photos_comes_from_the_environment(monkeypatch) -> None:
@@ -114,17 +101,6 @@ def test_16_keepalive_clients_get_no_5xx(server, request) -> None:
 def _body(photo: bytes) -> str:
     return json.dumps({"dataframe_split": {"columns": ["image", "style"],
                                            "data": [[base64.b64encode(photo).decode(), "7"]]}})
-
-
-def post_until_not_503(url: str, body: str, within_s: float = 10.0) -> requests.Response:
-    """Post until the answer is not a 503 or ``within_s`` has passed; the last answer."""
-    deadline = time.monotonic() + within_s
-    while True:
-        response = requests.post(f"{url}/invocations", data=body, timeout=60,
-                                 headers={"Content-Type": "application/json"})
-        if response.status_code != 503 or time.monotonic() > deadline:
-            return response
-        time.sleep(0.2)
 
 
 @contextlib.contextmanager
