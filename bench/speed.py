@@ -37,6 +37,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
+sys.path.insert(0, str(REPO / "bench"))
+
+from serve_latency import add_model_flags  # noqa: E402
 
 from neuralstyle import config  # noqa: E402
 
@@ -55,13 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="timed runs per side and size after the warm-up (default: %(default)s)")
     parser.add_argument("--sizes", default="256,512,1024,2048",
                         help="square photo sides in px (default: %(default)s)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="registry holding --model-uri (default: package this checkout into "
-                             "a temporary sqlite registry)")
-    parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,
-                        help="model to benchmark (default: %(default)s)")
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT),
-                        help="Markdown report; the plot goes beside it (default: bench/RESULTS.md)")
+    add_model_flags(parser, DEFAULT_OUTPUT)  # the plot goes beside the report
     parser.add_argument("--load-report", default=None,
                         help="a bench/load.py report to include as the throughput section "
                              "(default: none)")
