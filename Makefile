@@ -58,6 +58,7 @@ package: install  ## package the networks into the local registry (sqlite:///mlf
 serve: install  ## serve models:/style-transfer@champion on 127.0.0.1:5001 (limits: docs/serving.md)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} UVICORN_LIMIT_CONCURRENCY=32 \
 		UVICORN_HEADERS=Retry-After:5 STYLIZE_PARALLEL_PHOTOS=2 \
+		MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456 \
 		mlflow models serve -m models:/style-transfer@champion --env-manager local \
 		-h 127.0.0.1 -p 5001 --timeout 300
 

@@ -17,6 +17,12 @@ DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
 DEFAULT_EXPERIMENT = "style-transfer"
 DEFAULT_STYLE_MAP = "styles.json"
 DEFAULT_STYLE = "7"
+# glibc settings for every model server we start (`make serve`, the serving image): keep up to
+# 256 MB of freed memory instead of handing each photo's buffers back. The server runs predict
+# in worker threads, whose malloc arenas glibc trims eagerly, so each 1024 px request faulted
+# ~50 MB in again: served latency at 1024 px went from 1.07-1.10x in-process with these to
+# 1.14-1.36x without, with 40-100 ms outliers (bench/RESULTS.md, docs/serving.md).
+SERVER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
 
 def tracking_uri(explicit: str | None = None) -> str:

@@ -72,6 +72,7 @@ SERVING_ENV = {
     # MLflow's container starts one uvicorn worker per CPU, each with its own copy of the model;
     # OpenVINO already uses every core for one photo. Override with -e MLFLOW_MODELS_WORKERS=N.
     "MLFLOW_MODELS_WORKERS": "1",
+    **config.SERVER_MALLOC_ENV,  # why: neuralstyle.config
 }
 
 # The thin layer on top of what build-docker makes, written out with the base image and MLflow's

@@ -42,7 +42,7 @@ RETRY_AFTER_S = 5
 # The variables serve_env sets on purpose; `make serve`, docs/serving.md and bench/load.py show
 # the same values (tests/run/test_load.py checks).
 LIMIT_VARIABLES = ("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "UVICORN_LIMIT_CONCURRENCY",
-                   "UVICORN_HEADERS", "STYLIZE_PARALLEL_PHOTOS")
+                   "UVICORN_HEADERS", "STYLIZE_PARALLEL_PHOTOS", *config.SERVER_MALLOC_ENV)
 READY_TIMEOUT_S = 180.0
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 30
@@ -89,6 +89,8 @@ def serve_env(
     env["UVICORN_LIMIT_CONCURRENCY"] = str(limit_concurrency)
     env["UVICORN_HEADERS"] = f"Retry-After:{RETRY_AFTER_S}"
     env[PARALLEL_PHOTOS_ENV] = str(parallel_photos)
+    for name, value in config.SERVER_MALLOC_ENV.items():  # the caller's own setting wins
+        env.setdefault(name, value)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     return env
