@@ -129,8 +129,7 @@ class Engine:
         """A painting prepared as [256, 256, 3] in 0..1 -> its style vector [100] (fp32)."""
         if self.predictor is None:
             raise self._no_arbitrary()
-        x = np.ascontiguousarray(square.transpose(2, 0, 1)[None], dtype=np.float32)
-        return self.predictor.run({"painting": x})[0].reshape(-1)
+        return predict_style_vector(self.predictor, square)
 
     @staticmethod
     def _no_arbitrary() -> StyleInputError:
@@ -138,6 +137,12 @@ class Engine:
             f"this model version has no arbitrary-style networks: {painting.COLUMN} needs a "
             "version packaged with them (package_models.py)"
         )
+
+
+def predict_style_vector(predictor: runtime.Network, square: np.ndarray) -> np.ndarray:
+    """The painting -> vector network on a painting prepared as [256, 256, 3] in 0..1: [100]."""
+    x = np.ascontiguousarray(square.transpose(2, 0, 1)[None], dtype=np.float32)
+    return predictor.run({"painting": x})[0].reshape(-1)
 
 
 def _threads() -> int:

@@ -7,6 +7,8 @@ in the catalog so ``style=starry`` needs no painting in the request.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,13 @@ class Arbitrary(NetworkKind):
     def __init__(self, inputs: PackageInputs) -> None:
         super().__init__(inputs)
         self.painting_paths: dict[str, Path] = {}
+        self._vector_fn: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def vector_fn(self, staging: Path) -> Callable[[np.ndarray], np.ndarray]:
+        """The exported predictor, compiled once for this packaging call."""
+        if self._vector_fn is None:
+            self._vector_fn = exported_predictor(staging)
+        return self._vector_fn
 
     def plan(self, catalog: Catalog) -> None:
         """Named paintings: fetched, checked as a request's painting would be, sha256 recorded."""
@@ -94,7 +103,7 @@ class Arbitrary(NetworkKind):
         """Each named painting's style vector, from the exported predictor as served (exact)."""
         from neuralstyle.model import painting
 
-        vector_fn = exported_predictor(staging)
+        vector_fn = self.vector_fn(staging)
         for name, path in self.painting_paths.items():
             what = f"style image {catalog.paintings[name]['source']}"
             vector = painting.painting_vector(path.read_bytes(), vector_fn, what)
@@ -106,7 +115,7 @@ class Arbitrary(NetworkKind):
         from neuralstyle.model import painting
         from neuralstyle.model.styles import ARBITRARY_QUALITY_KEY
 
-        vector_fn = exported_predictor(staging)
+        vector_fn = self.vector_fn(staging)
         vectors = [painting.painting_vector(samples.encode(samples.sample_painting(name)), vector_fn)
                    for name in QUALITY_PAINTINGS]
         vectors += [np.asarray(info["vector"], np.float32) for _, info in sorted(catalog.paintings.items())]
@@ -119,17 +128,13 @@ class Arbitrary(NetworkKind):
         return arbitrary_preview(staging, catalog, path), [path]
 
 
-def exported_predictor(staging: Path):
-    """The exported painting -> vector network, compiled as the served model compiles it (exact)."""
+def exported_predictor(staging: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The exported painting -> vector network, compiled and run as the served model does (exact)."""
     from neuralstyle.model import runtime
+    from neuralstyle.model.pyfunc_model import predict_style_vector
 
-    predictor = runtime.compile_network(staging / FILES["predict"], "exact")
-
-    def vector_fn(square: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(square.transpose(2, 0, 1)[None], dtype=np.float32)
-        return predictor.run({"painting": x})[0].reshape(-1)
-
-    return vector_fn
+    return functools.partial(predict_style_vector,
+                             runtime.compile_network(staging / FILES["predict"], "exact"))
 
 
 def arbitrary_preview(staging: Path, catalog: Catalog, path: Path) -> dict[str, float]:
