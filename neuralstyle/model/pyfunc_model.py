@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +65,12 @@ class Engine:
             if "predict" in self.catalog.arbitrary else None
         )
         self.style_vectors = painting.StyleVectorCache()
-        if self.fast_precision() == runtime.FP32:  # fast is exact here: one set of networks
-            self.fast = self._compile("exact")
-            self._exact: Future = Future()
-            self._exact.set_result(self.fast)
-        else:
-            # The default (fast) compiles now; exact in the background, so a server answers
-            # /ping without waiting for it (~0.3-0.8 s); the first exact request waits if needed.
-            self.fast = self._compile("fast")
-            pool = ThreadPoolExecutor(1, thread_name_prefix="compile-exact")
-            self._exact = pool.submit(self._compile, "exact")
-            pool.shutdown(wait=False)  # the thread ends when the compile does
-
-    @property
-    def exact(self) -> dict[str | None, runtime.Network]:
-        """The fp32 networks (waits for the background compile the first time)."""
-        return self._exact.result()
+        # Both precisions compile here, before the server answers /ping (bench/RESULTS.md: +0.07 s
+        # with the blob cache, +0.2 s cold). Not in a background thread: a compile running beside
+        # the first requests' inference is a concurrency OpenVINO gains nothing from, and a server
+        # whose load test hung (every request, 120 s) had exactly that at start.
+        self.fast = self._compile("fast")
+        self.exact = self.fast if self.fast_precision() == runtime.FP32 else self._compile("exact")
 
     def _compile(self, precision: str) -> dict[str | None, runtime.Network]:
         return {
