@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # Start/stop a local Docker engine for Stylize's container tests and builds.
 #
-#   docker/engine.sh start    install docker.io if dockerd is missing, start dockerd (vfs) unless an
-#                             engine already answers, wait until `docker info` works
+#   docker/engine.sh start    install docker.io if dockerd is missing, start dockerd (overlay2, or
+#                             vfs where overlay2 cannot start) unless an engine already answers,
+#                             wait until `docker info` works
 #   docker/engine.sh stop     stop the engine *this script* started (pidfile); never any other engine
 #   docker/engine.sh status   say whether an engine answers and whether this script started it
 #
 # Idempotent. Used by .ci/run and by users who opt in; `make test` never runs it.
 # Settings (env): STYLIZE_DOCKERD_PIDFILE (/tmp/stylize-dockerd.pid), STYLIZE_DOCKERD_LOG
 # (/tmp/stylize-dockerd.log), STYLIZE_DOCKERD_WAIT (seconds to wait for the engine, 90),
-# STYLIZE_DOCKERD_ARGS (extra dockerd arguments; default storage driver vfs works everywhere).
+# STYLIZE_DOCKERD_ARGS (extra dockerd arguments), STYLIZE_DOCKERD_STORAGE_DRIVER (only this driver;
+# default: overlay2, then vfs if dockerd exits with overlay2). Why overlay2 first: vfs copies the
+# whole image at every layer; the serving image built in 1037 s with vfs and 155 s with overlay2
+# on a 2-core AMD EPYC here. vfs works everywhere (an overlay root filesystem refuses overlay2).
 set -euo pipefail
 
 PIDFILE=${STYLIZE_DOCKERD_PIDFILE:-/tmp/stylize-dockerd.pid}
 LOG=${STYLIZE_DOCKERD_LOG:-/tmp/stylize-dockerd.log}
 WAIT=${STYLIZE_DOCKERD_WAIT:-90}
-STORAGE_DRIVER=${STYLIZE_DOCKERD_STORAGE_DRIVER:-vfs}
+STORAGE_DRIVERS=${STYLIZE_DOCKERD_STORAGE_DRIVER:-overlay2 vfs}
 
 log() { echo "[engine] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -60,25 +64,37 @@ start() {
     fi
     if pid=$(our_pid); then
         log "dockerd pid $pid (ours) is alive but does not answer yet; waiting for it"
-    else
-        command -v dockerd >/dev/null || install_engine
-        [[ $(id -u) -eq 0 ]] || die "dockerd must be started as root (try: sudo $0 start)"
+        wait_for "$pid" || die "could not start the Docker engine"
+        return 0
+    fi
+    command -v dockerd >/dev/null || install_engine
+    [[ $(id -u) -eq 0 ]] || die "dockerd must be started as root (try: sudo $0 start)"
+    local driver
+    for driver in $STORAGE_DRIVERS; do
         rm -f "$PIDFILE"
-        log "starting dockerd --storage-driver=$STORAGE_DRIVER (log: $LOG)"
+        log "starting dockerd --storage-driver=$driver (log: $LOG)"
         # setsid: the engine outlives the shell that started it; `stop` ends it by pid.
         # shellcheck disable=SC2086
-        setsid dockerd --storage-driver="$STORAGE_DRIVER" --host=unix:///var/run/docker.sock \
+        setsid dockerd --storage-driver="$driver" --host=unix:///var/run/docker.sock \
             ${STYLIZE_DOCKERD_ARGS:-} >>"$LOG" 2>&1 </dev/null &
         pid=$!
         echo "$pid" >"$PIDFILE"
-    fi
-    local waited=0
+        if wait_for "$pid"; then
+            return 0
+        fi
+        log "dockerd did not start with --storage-driver=$driver"
+    done
+    die "could not start the Docker engine"
+}
+
+wait_for() {  # wait_for PID: 0 once `docker info` answers; 1 if PID exits first
+    local pid=$1 waited=0
     until engine_answers; do
         if ! kill -0 "$pid" 2>/dev/null; then
             rm -f "$PIDFILE"
             log "dockerd exited before answering; last lines of $LOG:"
             tail -n 30 "$LOG" >&2 || true
-            die "could not start the Docker engine"
+            return 1
         fi
         if (( waited >= WAIT )); then
             log "last lines of $LOG:"
@@ -88,7 +104,7 @@ start() {
         sleep 1
         waited=$((waited + 1))
     done
-    log "engine ready after ${waited}s (pid $pid, server $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?'))"
+    log "engine ready after ${waited}s (pid $pid, server $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?'), storage $(docker info --format '{{.Driver}}' 2>/dev/null || echo '?'))"
 }
 
 stop() {

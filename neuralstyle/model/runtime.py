@@ -109,8 +109,9 @@ class Network:
         when no other run is in flight (the next run allocates what it needs again).
         """
         request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+        if request is None:  # one thread at a time sets up a request (cheap, once per thread)
+            with self._lock:
+                request = self._local.request = self.compiled.create_infer_request()
         with self._lock:
             self._active += 1
         try:
