@@ -65,12 +65,19 @@ class Engine:
             if "predict" in self.catalog.arbitrary else None
         )
         self.style_vectors = painting.StyleVectorCache()
-        # Both precisions compile here, before the server answers /ping (bench/RESULTS.md: +0.07 s
-        # with the blob cache, +0.2 s cold). Not in a background thread: a compile running beside
-        # the first requests' inference is a concurrency OpenVINO gains nothing from, and a server
-        # whose load test hung (every request, 120 s) had exactly that at start.
-        self.fast = self._compile("fast")
-        self.exact = self.fast if self.fast_precision() == runtime.FP32 else self._compile("exact")
+        self._compile_both()
+
+    def _compile_both(self) -> None:
+        """``exact`` and ``fast``: one set of networks where fast is fp32 here.
+
+        Both compile before the server answers /ping (bench/RESULTS.md: +0.07 s with the blob
+        cache, +0.2 s cold). Not in a background thread: a compile running beside the first
+        requests' inference is a concurrency OpenVINO gains nothing from, and a server whose load
+        test hung (every request, 120 s) had exactly that at start. Fast is decided by the
+        version too: one packaged where bf16 was not checked runs fp32 on a bf16 CPU as well.
+        """
+        self.exact = self._compile("exact")
+        self.fast = self.exact if self.fast_precision() == runtime.FP32 else self._compile("fast")
 
     def _compile(self, precision: str) -> dict[str | None, runtime.Network]:
         return {

@@ -223,3 +223,20 @@ def test_loads_in_a_fresh_process_outside_the_repo(registry, photos, tmp_path) -
     assert result["width"] == 451
     assert result["torch"] is False, "serving must not import torch"
     assert result["onnxruntime"] is False, "serving runs on OpenVINO; onnxruntime is the tests' oracle"
+
+
+@pytest.mark.parametrize("checked, compiled", [({"checked": "bf16"}, ["exact", "fast"]),
+                                               ({}, ["exact"])])
+def test_fast_runs_bf16_only_where_the_version_checked_it(monkeypatch, checked, compiled) -> None:
+    """On a bf16 CPU, a version whose quality record checked bf16 gets its fast networks; one
+    packaged where nothing was checked runs exact for every request, fast or not."""
+    from neuralstyle.model import pyfunc_model, runtime
+
+    monkeypatch.setattr(runtime, "fast_precision", lambda: runtime.BF16)
+    engine = pyfunc_model.Engine.__new__(pyfunc_model.Engine)
+    engine.quality = checked
+    made: list[str] = []
+    monkeypatch.setattr(engine, "_compile", lambda precision: made.append(precision) or {None: precision})
+    engine._compile_both()
+    assert made == compiled
+    assert engine.exact[None] == "exact" and engine.fast[None] == compiled[-1]
