@@ -145,6 +145,7 @@ def graph_as_written(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+@functools.lru_cache(maxsize=1)
 def arbitrary_peer():
     """The peer's own arbitrary method (``StyleTransfer.stylize_with``), its painting -> vector
     graph run as written (:func:`graph_as_written`; the peer keeps sessions by model name)."""

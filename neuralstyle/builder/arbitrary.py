@@ -380,7 +380,7 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.expand(x) if hasattr(self, "expand") else x
-        y = self.q(self.project(self.depthwise(y)), self.project.out_name)
+        y = self.project(self.depthwise(y))  # on its output grid already (int8 emulation)
         return self.q(x + y, self.out_name) if self.residual else y
 
 
@@ -419,7 +419,7 @@ class StylePredictor(nn.Module):
         for layer in self.MobilenetV2.values():
             x = layer(x)
         x = self.q(x.mean(dim=(2, 3), keepdim=True), "bottleneck/Mean_quantize")
-        x = self.q(self.mobilenet_conv["Conv"](x), self.mobilenet_conv["Conv"].out_name)
+        x = self.mobilenet_conv["Conv"](x)
         return x.flatten(1)
 
 
