@@ -67,6 +67,7 @@ bench: install  ## speed vs the peer, throughput (server + container), a paintin
 	cd $(BENCH_DIR) && $(abspath $(PY)) $(CURDIR)/package_models.py --style-map $(CURDIR)/styles.json \
 		--tracking-uri $(BENCH_REGISTRY)
 	docker/engine.sh start  # the serving container's load test needs an engine (idempotent)
+	docker/build-base.sh  # and its base image, built without Docker Hub (a no-op when present)
 	$(PY) bench/load.py --clients 8 --seconds 30 --runs 1 --container \
 		--tracking-uri $(BENCH_REGISTRY) --output $(BENCH_DIR)/load.md
 	$(PY) bench/speed.py --tracking-uri $(BENCH_REGISTRY) --load-report $(BENCH_DIR)/load.md
