@@ -50,13 +50,16 @@ class Int8Points:
     than float op + QuantizeLinear; :meth:`conv`, :meth:`add`, :meth:`mul` and :meth:`mean` then
     repeat that kernel's arithmetic (MLAS, x86-64), and the float convolutions its summation
     order, so that the rebuild lands on the same int8 values as onnxruntime, not just close:
-    the graph is chaotic, one flipped level in a norm statistic moves the picture.
+    the graph is chaotic, one flipped level in a norm statistic moves the picture. ``threads``:
+    the intra-op threads of the onnxruntime session to repeat (``MLAS_THREADS`` by default), as
+    MLAS's float sums depend on how it splits them among threads.
     """
 
     def __init__(self, table: dict[str, tuple[float, int]] | None = None,
-                 fused: dict[str, dict] | None = None) -> None:
+                 fused: dict[str, dict] | None = None, threads: int | None = None) -> None:
         self.table = dict(table or {})
         self.fused = dict(fused or {})
+        self.threads = threads or MLAS_THREADS  # the emulated session's intra-op threads
 
     def __call__(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if not self.table:
@@ -84,7 +87,7 @@ class Int8Points:
         the saturation of its output grid) or MLAS's float32 Conv."""
         fused = self.fused.get(name)
         if fused is None:
-            y = _mlas_conv(x, weight, bias, stride, groups)
+            y = _mlas_conv(x, weight, bias, stride, groups, self.threads)
             return self(F.relu6(y) if relu6 else y, name)
         sx, zx = self.table[x_name]
         acc = F.conv2d(self.levels(x, x_name) - zx, fused["w"], stride=stride,  # exact in float64
@@ -140,36 +143,191 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.float().double()
 
 
-MLAS_SGEMM_STRIDEK = 128  # onnxruntime's float GEMM sums K in blocks of this many
+MLAS_SGEMM_STRIDEN = MLAS_SGEMM_STRIDEK = 128  # MLAS's SGEMM panel: 128 columns x 128 terms
+MLAS_THREAD_COMPLEXITY = 64 * 1024  # multiply-adds per thread before MLAS adds one
+MLAS_MAXIMUM_THREAD_COUNT = 16
+MLAS_THREAD_ALIGN_N = 16  # threads split N in multiples of this
+# The intra-op threads of the onnxruntime session being emulated: how MLAS splits a GEMM among
+# threads moves its K blocks (narrow slices sum in longer blocks) and, for a matrix-vector
+# product, its reduction tree. The tests pin the original's session to the same count.
+MLAS_THREADS = 1
 
 
 def _mlas_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               stride: int, groups: int = 1) -> torch.Tensor:
-    """float32 Conv as onnxruntime's MLAS computes it (im2col + SGEMM, x86-64 FMA kernels).
+               stride: int, groups: int = 1, threads: int = MLAS_THREADS) -> torch.Tensor:
+    """float32 Conv as onnxruntime's CPU provider computes it (MLAS, x86-64 AVX/FMA kernels),
+    ``x`` already padded; then the bias, added once (MLAS's activation step).
 
-    Each output is a chain of fused multiply-adds in im2col order (input channel, row, column)
-    from zero, over blocks of 128 terms, each block's sum added to the output in turn, then the
-    bias. float64 holds each exact product before its single rounding to float32. Why: the
-    output is rounded to int8 next, and a different summation order flips a few values.
+    By the algorithm ``MlasConvPrepare`` picks: 1x1 convolutions are one GEMM on the input
+    (GemmDirect), others im2col + GEMM in row-major (input channel, row, column) order. On
+    x86-64 (onnxruntime 1.31) MLAS's NCHW float Conv has no depthwise kernel (its NCHWc one runs
+    only after the layout optimizer, above ORT_ENABLE_BASIC): each depthwise group (one filter,
+    K = 9 terms) is an im2col + GEMM with M = 1, which MLAS hands to its AVX ``M1`` kernel
+    (multiply, then add: no FMA, see :func:`_sgemm_m1_depthwise`); a 1x1 conv on one pixel
+    (N = 1) goes to its ``M1TransposeB`` kernel (:func:`_sgemm_n1`). Why: the output is rounded
+    to int8 next, and a different summation order flips a few values (fed onnxruntime's own
+    inputs, every float32 output of the predictor's 53 convolutions is identical, tests).
     """
-    if groups > 1:  # depthwise (9 terms): summed exactly, rounded once; MLAS's own order is not
-        # emulated, so a rare float32 tie lands one int8 level off (tests count them)
-        out = F.conv2d(x.double(), weight.double(), None, stride=stride, groups=groups)
-        out = out if bias is None else out + bias.double().reshape(1, -1, 1, 1)
-        return out.float()
+    if groups > 1:
+        assert weight.shape[0] == groups and weight.shape[1] == 1, "only depthwise groups"
+        out = _sgemm_m1_depthwise(x.float(), weight.float(), stride)
+        out = out if bias is None else out + bias.float().reshape(1, -1, 1, 1)
+        return out
     c_out, _, kh, kw = weight.shape
     h_out, w_out = (x.shape[2] - kh) // stride + 1, (x.shape[3] - kw) // stride + 1
     cols = F.unfold(x.double(), (kh, kw), stride=stride)[0]  # [K, pixels], K = (c, row, col)
     w = weight.double().reshape(c_out, -1)
-    out = None
-    for start in range(0, w.shape[1], MLAS_SGEMM_STRIDEK):
-        acc = torch.zeros(c_out, cols.shape[1], dtype=torch.float64)
-        for k in range(start, min(start + MLAS_SGEMM_STRIDEK, w.shape[1])):
-            acc = _f32(torch.addcmul(acc, w[:, k:k + 1], cols[k:k + 1]))
-        out = acc if out is None else _f32(out + acc)
+    if kh == kw == 1 and stride == 1:  # GemmDirect: the threaded MlasGemm on the input itself
+        out = _mlas_gemm(w, cols, threads)
+    elif c_out > cols.shape[1]:  # ExpandThenGemm: im2col of everything, then MlasGemm
+        out = _mlas_gemm(w, cols, threads)
+    else:  # ExpandThenGemmSegmented: threads take slices of N, each its own K blocks
+        out = _mlas_conv_segmented(w, cols, threads)
     if bias is not None:
         out = _f32(out + bias.double()[:, None])
     return out.float().reshape(1, c_out, h_out, w_out)
+
+
+def _target_threads(m: int, n: int, k: int, threads: int) -> int:
+    """How many threads MLAS gives an M x N x K product: one per 64 Ki multiply-adds, at most 16
+    and at most the session's."""
+    complexity = m * n * k
+    if complexity < MLAS_THREAD_COMPLEXITY * MLAS_MAXIMUM_THREAD_COUNT:
+        target = complexity // MLAS_THREAD_COMPLEXITY + 1
+    else:
+        target = MLAS_MAXIMUM_THREAD_COUNT
+    return max(1, min(target, threads))
+
+
+def _partition(index: int, parts: int, total: int) -> tuple[int, int]:
+    """``MlasPartitionWork``: the (start, count) of part ``index`` of ``total`` split in ``parts``."""
+    per, extra = divmod(total, parts)
+    if index < extra:
+        return index * (per + 1), per + 1
+    return per * index + extra, per
+
+
+def _stride_k(n: int, k: int) -> int:
+    """The K block of an SGEMM (or a convolution segment) N columns wide (``MlasSgemmOperation``):
+    small K widens the N panel, narrow N lengthens the K block (a 128 x 128 panel either way)."""
+    stride_n, stride_k = MLAS_SGEMM_STRIDEN, MLAS_SGEMM_STRIDEK
+    if n >= k:
+        while stride_k // 2 >= k:
+            stride_n, stride_k = stride_n * 2, stride_k // 2
+    else:
+        while stride_n > 16 and stride_n // 2 >= n:
+            stride_n, stride_k = stride_n // 2, stride_k * 2
+    return stride_k
+
+
+def _mlas_gemm(w: torch.Tensor, cols: torch.Tensor, threads: int) -> torch.Tensor:
+    """``MlasGemm`` (``MlasGemmBatch``): [M, K] x [K, N] split among threads along N (if N > M,
+    in blocks of 16 columns) or M, each part an ``MlasSgemmOperation``."""
+    (m, k), n = w.shape, cols.shape[1]
+    target = _target_threads(m, n, k, threads)
+    if n > m:
+        blocked = -(-n // MLAS_THREAD_ALIGN_N)
+        parts = min(target, blocked)
+        out = torch.empty(m, n, dtype=torch.float64)
+        for i in range(parts):
+            start, count = _partition(i, parts, blocked)
+            start, count = start * MLAS_THREAD_ALIGN_N, count * MLAS_THREAD_ALIGN_N
+            count = min(n - start, count)
+            if count > 0:
+                out[:, start:start + count] = _sgemm(w, cols[:, start:start + count])
+        return out
+    parts = min(target, m)
+    if n != 1:  # splitting M changes nothing in the sums
+        return _sgemm(w, cols)
+    rows = [_partition(i, parts, m) for i in range(parts)]
+    return torch.cat([_sgemm(w[s:s + c], cols) for s, c in rows if c > 0])
+
+
+def _sgemm(w: torch.Tensor, cols: torch.Tensor, stride_k: int | None = None) -> torch.Tensor:
+    """``MlasSgemmOperation`` (alpha 1, beta 0), float32 values held in float64.
+
+    N = 1: the AVX ``M1TransposeB`` kernel (:func:`_sgemm_n1`). Otherwise each output is a
+    chain of fused multiply-adds (the FMA3 / AVX-512 kernels) from zero over a block of
+    ``stride_k`` terms, each block's sum then added to the output in turn.
+    """
+    (m, k), n = w.shape, cols.shape[1]
+    if n == 1:
+        return _sgemm_n1(w, cols[:, 0])[:, None]
+    stride_k = stride_k or _stride_k(n, k)
+    out = None
+    for start in range(0, k, stride_k):
+        acc = torch.zeros(m, n, dtype=torch.float64)
+        for i in range(start, min(start + stride_k, k)):
+            acc = _f32(torch.addcmul(acc, w[:, i:i + 1], cols[i:i + 1]))  # a*b exact, one rounding
+        out = acc if out is None else _f32(out + acc)
+    return out
+
+
+def _mlas_conv_segmented(w: torch.Tensor, cols: torch.Tensor, threads: int) -> torch.Tensor:
+    """``MlasConvOperation`` per thread segment of N: its K block follows the segment's width."""
+    (m, k), n = w.shape, cols.shape[1]
+    target = _target_threads(m, n, k, threads)
+    stride_n = -(-n // target)
+    if target > 1:
+        stride_n = -(-stride_n // MLAS_THREAD_ALIGN_N) * MLAS_THREAD_ALIGN_N
+    stride_n = min(stride_n, n)
+    out = torch.empty(m, n, dtype=torch.float64)
+    for start in range(0, n, stride_n):
+        count = min(stride_n, n - start)
+        out[:, start:start + count] = _sgemm(w, cols[:, start:start + count], _stride_k(count, k))
+    return out
+
+
+def _sgemm_n1(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``MlasSgemmKernelM1TransposeBAvx`` for [M, K] x [K]: 8 lanes, lane j summing (multiply,
+    then add: no FMA) the terms k = j mod 8 in order; rows in blocks of 4, then 2, then 1, each
+    block reducing its lanes in its own order."""
+    m, k = w.shape
+    products = _f32(w * v[None, :])  # [M, K]
+    pad = (-k) % 8
+    if pad:
+        products = torch.cat([products, torch.zeros(m, pad, dtype=torch.float64)], 1)
+    acc = torch.zeros(m, 8, dtype=torch.float64)
+    for start in range(0, products.shape[1], 8):
+        acc = _f32(acc + products[:, start:start + 8])
+    lane = [acc[:, j] for j in range(8)]
+
+    def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _f32(a + b)
+
+    # The three reductions: the 4-row transpose, the 2-row unpack/extract, the 1-row vhaddps.
+    four = add(add(add(add(lane[0], lane[1]), lane[2]), lane[3]),
+               add(add(add(lane[4], lane[5]), lane[6]), lane[7]))
+    two = add(add(add(lane[2], lane[0]), add(lane[6], lane[4])),
+              add(add(lane[3], lane[1]), add(lane[7], lane[5])))
+    one = add(add(add(lane[0], lane[1]), add(lane[2], lane[3])),
+              add(add(lane[4], lane[5]), add(lane[6], lane[7])))
+    out = four.clone()
+    rest = m % 4
+    if rest & 2:
+        out[m - rest:m - rest + 2] = two[m - rest:m - rest + 2]
+    if rest & 1:
+        out[m - 1] = one[m - 1]
+    return out
+
+
+def _sgemm_m1_depthwise(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """A depthwise 3x3 convolution, each group a GEMM with M = 1 (``MlasSgemmKernelM1Avx``, no
+    FMA): products rounded to float32, summed 4 terms at a time (((p0 + p1) + p2) + p3), each
+    group of 4 (then 2, then 1) added to the output in turn, in (row, column) order."""
+    c, _, kh, kw = weight.shape
+    h_out, w_out = (x.shape[2] - kh) // stride + 1, (x.shape[3] - kw) // stride + 1
+    terms = [x[:, :, i:i + stride * (h_out - 1) + 1:stride, j:j + stride * (w_out - 1) + 1:stride]
+             * weight[:, 0, i, j].reshape(1, c, 1, 1) for i in range(kh) for j in range(kw)]
+    out = None
+    k = 0
+    for size in [4] * (len(terms) // 4) + [s for s in (2, 1) if len(terms) % 4 & s]:
+        block = terms[k]
+        for t in terms[k + 1:k + size]:
+            block = block + t
+        out = block if out is None else block + out
+        k += size
+    return out
 
 
 # --- the transformer: photo + style vector -> stylized photo ---------------------------------
@@ -559,9 +717,10 @@ def load_arbitrary(
     source is to itself when 10 input pixels move by one 8-bit level, and it stays well
     conditioned on any runtime or precision. ``int8=True`` rounds activations to the source's
     int8 grid with onnxruntime's own arithmetic (:class:`Int8Points`): the transformer with the
-    kernels its optimizer fuses (bit for bit on x86-64, tests), the predictor as the graph is
-    written (its int8 style vector within one level per entry). Slow, and it amplifies any other
-    runtime's rounding: a proof of the rebuild, not a way to serve it.
+    kernels its optimizer fuses, the predictor as the graph is written (float Conv in MLAS's
+    summation orders, see :func:`_mlas_conv`, on ``MLAS_THREADS`` threads): both bit for bit on
+    x86-64 with onnxruntime 1.31 (tests), so the whole method too. Slow, and it amplifies any
+    other runtime's rounding: a proof of the rebuild, not a way to serve it.
     """
     from neuralstyle.builder import weights
 
