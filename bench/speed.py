@@ -500,10 +500,9 @@ def report(command: str, info: dict[str, str], load: tuple[float, float], latenc
         f"matmul peak (fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s, "
         "PyTorch 2048^3 best of 8).",
         "",
-        "Ours at fp32 (exact; fast too where the CPU has no bf16): a photo size seen twice gets a "
-        "static compile of its own (~0.1 s, once, in the second request at that size; 30-35% faster "
-        "runs after it, up to 1024x1024 px); the timed runs start after one warm-up, so the first of "
-        "them carries that compile (raw seconds at the end).",
+        "Ours: every photo size up to 1024x1024 px gets a static compile of its own in its first "
+        "request (~0.1 s, once; fp32 runs 30-35% faster after it, bf16 as fast); that request is "
+        "the warm-up, not timed.",
         "",
         "| side | " + " | ".join(f"{s} px" for s in sizes) + " |",
         "|---|" + "---|" * len(sizes),

@@ -39,8 +39,11 @@ FAST_ENV = "STYLIZE_FAST_BF16"
 FAST_MIN_PSNR_DB = 40.0
 FAST_MAX_MEAN_LEVELS = 1.5  # mean |fast - exact| in levels of 255
 # fp32 at a static input size runs 30-35% faster than at a dynamic one (OpenVINO 2026.4, 256 to
-# 1024 px, bench/RESULTS.md) and compiles in ~0.1 s: a size seen twice gets its own compile.
-STATIC_AFTER_SEEN = 2
+# 1024 px, bench/RESULTS.md) and compiles in ~0.1 s: every size up to 1024x1024 gets its own
+# compile, on its first run, so the same photo gives the same bytes whatever ran before it.
+# bf16 runs as fast either way, and gets them too: its kernels are then made at compile time,
+# not by concurrent requests meeting a new size (a served model under load hung in its first
+# bf16 requests in two CI runs on AMX CPUs, never when run alone; the cause is not proven).
 STATIC_SHAPES = 4  # static compiles kept per network (least recently used goes first)
 STATIC_MAX_ELEMENTS = 3 * 1024 * 1024  # an RGB 1024x1024 photo; larger inputs stay dynamic
 
@@ -104,10 +107,13 @@ Shapes = tuple[tuple[str, tuple[int, ...]], ...]
 
 
 class _Static:
-    """One input size compiled statically, and its idle infer requests (any thread takes one)."""
+    """One input size compiled statically (by the first thread that needs it; the others wait),
+    and its idle infer requests (any thread takes one)."""
 
-    def __init__(self, compiled) -> None:
-        self.compiled = compiled
+    def __init__(self) -> None:
+        self.compiled = None
+        self.failed = False
+        self.done = threading.Event()
         self.idle: queue.SimpleQueue = queue.SimpleQueue()
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -125,9 +131,10 @@ class _Static:
 class Network:
     """A compiled network: ``run(feeds) -> outputs``, safe to call from several threads.
 
-    Compiled for any input size; with ``specialize`` (fp32), an input size seen
-    ``STATIC_AFTER_SEEN`` times gets a static compile of its own, which then serves that size.
-    The first request at a size never waits for a compile.
+    Compiled for any input size; with ``specialize``, every input size up to
+    ``STATIC_MAX_ELEMENTS`` runs on a static compile of its own, made on its first run (~0.1 s).
+    Why every time and not only for sizes seen again: the two compiles round differently
+    (~1e-6), and a photo must give the same bytes whether or not its size ran before.
     """
 
     def __init__(self, compiled, precision: str, path: Path,
@@ -137,27 +144,26 @@ class Network:
         self.path = path
         self.input_names = [port.get_any_name() for port in compiled.inputs]
         self._local = threading.local()  # one infer request per thread: requests are not shared
-        self._lock = threading.Lock()  # guards _active, _seen, _static; held while memory is released
+        self._lock = threading.Lock()  # guards _active and _static; held while memory is released
         self._active = 0
         self._specialize = specialize
-        self._seen: dict[Shapes, int] = {}
-        self._static: OrderedDict[Shapes, _Static | None] = OrderedDict()  # None: could not compile
-        self._compiling = threading.Lock()  # one static compile at a time; others run dynamic
+        self._static: OrderedDict[Shapes, _Static] = OrderedDict()
 
     @property
     def static_sizes(self) -> list[Shapes]:
         """The input sizes that have a static compile now (least recently used first)."""
         with self._lock:
-            return [shapes for shapes, entry in self._static.items() if entry is not None]
+            return [shapes for shapes, entry in self._static.items() if entry.compiled is not None]
 
     def run(self, feeds: dict[str, np.ndarray], release_memory: bool = False) -> list[np.ndarray]:
         """Run once; outputs are fresh arrays (not views of the runtime's buffers).
 
         OpenVINO keeps the intermediate buffers of the largest input it has seen (~1.5 GB after
         one 2048 px run of both precisions); ``release_memory`` hands them back after this run
-        when no other run is in flight (the next run allocates what it needs again).
+        when no other run is in flight (the next run allocates what it needs again). Sizes that
+        get a static compile are at most 1024x1024: callers release above that.
         """
-        static = self._static_for(feeds) if self._specialize and not release_memory else None
+        static = self._static_for(feeds) if self._specialize else None
         if static is not None:
             return static.run(feeds)
         request = getattr(self._local, "request", None)
@@ -177,37 +183,31 @@ class Network:
         return outputs
 
     def _static_for(self, feeds: dict[str, np.ndarray]) -> _Static | None:
-        """The static compile for these input sizes: made on their ``STATIC_AFTER_SEEN``-th run,
-        by the thread that sees them, unless another static compile is under way."""
+        """The static compile for these input sizes (None: too large, or it failed to compile)."""
         shapes: Shapes = tuple(sorted((name, tuple(array.shape)) for name, array in feeds.items()))
         if max(int(np.prod(shape)) for _, shape in shapes) > STATIC_MAX_ELEMENTS:
             return None
         with self._lock:
-            if shapes in self._static:
-                self._static.move_to_end(shapes)
-                return self._static[shapes]
-            if len(self._seen) > 64:  # a bounded memory of sizes seen once
-                self._seen.clear()
-            self._seen[shapes] = self._seen.get(shapes, 0) + 1
-            if self._seen[shapes] < STATIC_AFTER_SEEN:
-                return None
-        if not self._compiling.acquire(blocking=False):
-            return None
-        try:
-            try:
-                entry: _Static | None = _Static(self._specialize(shapes))
-            except Exception as err:  # the dynamic compile still serves this size
-                log.warning("static compile of %s at %s failed, running dynamic: %s",
-                            self.path.name, shapes, err)
-                entry = None
-            with self._lock:
-                self._static[shapes] = entry
-                self._seen.pop(shapes, None)
+            entry = self._static.get(shapes)
+            build = entry is None
+            if build:
+                entry = self._static[shapes] = _Static()
                 while len(self._static) > STATIC_SHAPES:
                     self._static.popitem(last=False)
-            return entry
-        finally:
-            self._compiling.release()
+            else:
+                self._static.move_to_end(shapes)
+        if build:
+            try:
+                entry.compiled = self._specialize(shapes)
+            except Exception as err:  # the dynamic compile still serves this size
+                entry.failed = True
+                log.warning("static compile of %s at %s failed, running dynamic: %s",
+                            self.path.name, shapes, err)
+            finally:
+                entry.done.set()
+        else:
+            entry.done.wait()
+        return None if entry.failed else entry
 
 
 def compile_network(
@@ -247,13 +247,11 @@ def compile_network(
         ppp.output(0).model().set_layout(ov.Layout("NCHW"))
         model = ppp.build()
     compiled = core.compile_model(model, "CPU", config)
-    specialize = None
-    if numeric == FP32:
-        static_config = {k: v for k, v in config.items() if k != "CACHE_DIR"}  # no blob per size
+    static_config = {k: v for k, v in config.items() if k != "CACHE_DIR"}  # no blob per size
 
-        def specialize(shapes: Shapes):
-            sized = model.clone()
-            sized.reshape({name: list(shape) for name, shape in shapes})
-            return core.compile_model(sized, "CPU", static_config)
+    def specialize(shapes: Shapes):
+        sized = model.clone()
+        sized.reshape({name: list(shape) for name, shape in shapes})
+        return core.compile_model(sized, "CPU", static_config)
 
     return Network(compiled, numeric, Path(path), specialize)
