@@ -148,6 +148,10 @@ class Network:
         self._active = 0
         self._specialize = specialize
         self._static: OrderedDict[Shapes, _Static] = OrderedDict()
+        # A forked child (luigi's worker processes) cannot compile: OpenVINO's compile waits on
+        # thread-pool threads that did not survive the fork (a luigi worker hung there). It runs
+        # what it inherited, the any-size network and the sizes already compiled.
+        self._pid = os.getpid()
 
     @property
     def static_sizes(self) -> list[Shapes]:
@@ -189,6 +193,8 @@ class Network:
             return None
         with self._lock:
             entry = self._static.get(shapes)
+            if os.getpid() != self._pid:  # forked: only what the parent had finished compiling
+                return entry if entry is not None and entry.done.is_set() and not entry.failed else None
             build = entry is None
             if build:
                 entry = self._static[shapes] = _Static()

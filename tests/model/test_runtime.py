@@ -6,6 +6,9 @@ graph (the tests' oracle), at sizes that are not the ones other tests use.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -75,3 +78,32 @@ def test_threads_running_a_new_size_together_get_the_same_bits(exact) -> None:
         outs = list(pool.map(lambda _: exact.run(x)[0][0], range(24)))
     assert all(np.array_equal(out, outs[0]) for out in outs)
     assert np.abs(outs[0] - want).max() < 1e-4
+
+
+
+def in_a_fork(network: runtime.Network, height: int, width: int, path) -> np.ndarray:
+    """``network.run`` in a forked child (as luigi's workers run), given 60 s."""
+    pid = os.fork()
+    if pid == 0:  # the child: run, save, leave without any cleanup of the parent's
+        try:
+            np.save(path, network.run(feeds(height, width))[0])
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return np.load(path)
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"a forked child running {height}x{width} did not finish in 60 s")
+
+
+def test_a_forked_child_runs_without_compiling(exact, tmp_path) -> None:
+    """luigi's worker processes are forks: OpenVINO cannot compile there (its thread pool did
+    not survive the fork; a compile waited forever), so a new size runs the any-size network."""
+    exact.run(feeds(64, 96))  # compiled in this process: the child may use it
+    known = in_a_fork(exact, 64, 96, tmp_path / "known.npy")
+    new = in_a_fork(exact, 68, 100, tmp_path / "new.npy")
+    assert np.array_equal(known, exact.run(feeds(64, 96))[0])
+    assert np.abs(new[0] - oracle_float(feeds(68, 100)["image"][0], "7")).max() < 1e-4

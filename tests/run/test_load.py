@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import signal
 import socket
 import sys
 import threading
@@ -85,9 +87,27 @@ def test_at_most_two_photos_are_stylized_at_once(model, photos, monkeypatch) -> 
 
 @pytest.fixture(scope="module")
 def server(registry) -> Iterator[Server]:
-    """``mlflow models serve`` with serve_model's defaults: make serve's limits."""
-    with running_server(registry.model_uri, tracking_uri=registry.tracking_uri) as srv:
-        yield srv
+    """``mlflow models serve`` with serve_model's defaults: make serve's limits. Python's
+    faulthandler is on in it, so a hung server can be made to print every thread's stack."""
+    previous = os.environ.get("PYTHONFAULTHANDLER")
+    os.environ["PYTHONFAULTHANDLER"] = "1"  # serve_env passes the environment on
+    try:
+        with running_server(registry.model_uri, tracking_uri=registry.tracking_uri) as srv:
+            yield srv
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONFAULTHANDLER", None)
+        else:
+            os.environ["PYTHONFAULTHANDLER"] = previous
+
+
+def stacks_of(server: Server) -> str:
+    """Abort the server's process group and return its log: faulthandler prints where every
+    Python thread was (a load test that got no answer needs that more than the clients' view)."""
+    with contextlib.suppress(OSError):
+        os.killpg(server.process.pid, signal.SIGABRT)
+    time.sleep(3)
+    return server.log_tail(lines=400)
 
 
 @pytest.mark.integration
@@ -98,7 +118,8 @@ def test_16_keepalive_clients_get_no_5xx(server, request) -> None:
     try:
         assert_served_everyone(result)
     except AssertionError as exc:  # what the server said helps more than the clients' timeouts
-        raise AssertionError(f"{exc}\nserver log tail:\n{server.log_tail()}") from None
+        raise AssertionError(f"{exc}\nserver log tail, then its threads' stacks:\n"
+                             f"{stacks_of(server)}") from None
 
 
 def _body(photo: bytes) -> str:
