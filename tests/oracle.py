@@ -140,9 +140,16 @@ def graph_as_written(path) -> ort.InferenceSession:
     of ours, as the graph as written does here. The transformer graph gave the same pixels at
     both levels here, and keeps the default level (the kernels its int8 emulation repeats).
     """
+    return ort.InferenceSession(str(path), as_written_options(), providers=["CPUExecutionProvider"])
+
+
+def as_written_options(threads: int = 0) -> ort.SessionOptions:
+    """:func:`graph_as_written`'s session options; ``threads`` pins the intra-op threads (0:
+    onnxruntime's default), as MLAS's float sums depend on how it splits them among threads."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.intra_op_num_threads = threads
+    return options
 
 
 @functools.lru_cache(maxsize=1)

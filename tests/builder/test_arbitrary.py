@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from oracle import MEAN_BAR, PSNR_BAR, figures
+from oracle import MEAN_BAR, PSNR_BAR, as_written_options, figures
 from PIL import Image
 
 from neuralstyle.builder import weights
@@ -54,11 +54,8 @@ def original(name: str) -> ort.InferenceSession:
     split for ``MLAS_THREADS`` (and for other counts, ``Int8Points.threads``).
     """
     if name == "predict":
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.intra_op_num_threads = MLAS_THREADS
-        return ort.InferenceSession(str(weights.locate(weights.ARBITRARY_PREDICT)), options,
-                                    providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(weights.locate(weights.ARBITRARY_PREDICT)),
+                                    as_written_options(MLAS_THREADS), providers=["CPUExecutionProvider"])
     return ort.InferenceSession(str(weights.locate(weights.ARBITRARY_TRANSFORM)),
                                 providers=["CPUExecutionProvider"])
 
@@ -216,10 +213,8 @@ def test_int8_predictor_reproduces_each_convolution_of_the_original(predictor8, 
     different tree; on 4, it splits the 8x8 layers' GEMMs into slices that sum in longer blocks."""
     path = weights.locate(weights.ARBITRARY_PREDICT)
     convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.intra_op_num_threads = threads
-    session = graph_with_outputs(path, [t for n in convs for t in (n.input[0], n.output[0])], options)
+    session = graph_with_outputs(path, [t for n in convs for t in (n.input[0], n.output[0])],
+                                 as_written_options(threads))
     painting = prepared(sample_painting("hubble_deep_field"), STYLE_SIZE)
     _, *inner = session.run(None, {"style_image": painting[None]})
     layers = [m for m in predictor8.modules() if isinstance(m, Conv)]
