@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import queue
 import threading
@@ -240,6 +241,30 @@ def stylize_video(
     return VideoResult(Path(output), frames, size[0], size[1], resolved["style"],
                        time.perf_counter() - started, audio, cuts,
                        float(np.mean(trusted)) if trusted else 0.0, record)
+
+
+def default_video_output(video: str, style: str, folder: str = "out") -> str:
+    """``out/<stem>-<style>.mp4``: derived only from the input and style, like a photo's."""
+    from neuralstyle.run.inference import default_output
+
+    return str(Path(default_output(video, style, folder)).with_suffix(".mp4"))
+
+
+@contextlib.contextmanager
+def progress_bar(what: str) -> Iterator[Progress]:
+    """A tqdm bar on stderr (frames, frames per second, ETA) fed by ``stylize_video``."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=Path(what.split("://", 1)[-1]).name, unit="frame", dynamic_ncols=True)
+    try:
+        def update(done: int, total: int) -> None:
+            if total and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        yield update
+    finally:
+        bar.close()
 
 
 def _time_base(container: Any) -> Any:
