@@ -28,7 +28,8 @@ def farneback(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def non_occlusion(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
-    """Lai et al.'s mask in frame t-1: forward-backward consistent and off motion boundaries."""
+    """Lai et al.'s mask in frame t-1: forward-backward consistent and off motion boundaries;
+    also (our addition) pixels whose match lies outside frame t, which no flow can check."""
     back_there = warp(backward, forward)
     loop = ((forward + back_there) ** 2).sum(-1)
     inconsistent = loop > 0.01 * ((forward ** 2).sum(-1) + (back_there ** 2).sum(-1)) + 0.5
@@ -36,7 +37,11 @@ def non_occlusion(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     dv_y, dv_x = np.gradient(forward[..., 1])
     boundary = (du_x ** 2 + dv_x ** 2 + du_y ** 2 + dv_y ** 2) > (
         0.01 * (forward ** 2).sum(-1) + 0.002)
-    return ~(inconsistent | boundary)
+    height, width = forward.shape[:2]
+    xs = np.arange(width)[None, :] + forward[..., 0]
+    ys = np.arange(height)[:, None] + forward[..., 1]
+    outside = (xs < 0) | (xs > width - 1) | (ys < 0) | (ys > height - 1)  # left the picture
+    return ~(inconsistent | boundary | outside)
 
 
 def warping_error(inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
