@@ -6,10 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("av", reason="the video extra is not installed: make install-video")
-
-from video_clips import (  # noqa: E402
+from video_clips import (
     Motion,
     audio_info,
     pan_flows,
@@ -18,9 +15,9 @@ from video_clips import (  # noqa: E402
     write_clip,
 )
 
-from neuralstyle.builder.samples import sample_rgb  # noqa: E402
-from neuralstyle.model.errors import StyleInputError  # noqa: E402
-from neuralstyle.video import media, metrics  # noqa: E402
+from neuralstyle.builder.samples import sample_rgb
+from neuralstyle.model.errors import StyleInputError
+from neuralstyle.video import media, metrics
 
 SIZE = (192, 128)
 
