@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from neuralstyle.video.temporal import gray, warp
+from neuralstyle.video.temporal import gray, inside, warp
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -37,11 +37,7 @@ def non_occlusion(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     dv_y, dv_x = np.gradient(forward[..., 1])
     boundary = (du_x ** 2 + dv_x ** 2 + du_y ** 2 + dv_y ** 2) > (
         0.01 * (forward ** 2).sum(-1) + 0.002)
-    height, width = forward.shape[:2]
-    xs = np.arange(width)[None, :] + forward[..., 0]
-    ys = np.arange(height)[:, None] + forward[..., 1]
-    outside = (xs < 0) | (xs > width - 1) | (ys < 0) | (ys > height - 1)  # left the picture
-    return ~(inconsistent | boundary | outside)
+    return ~(inconsistent | boundary) & inside(forward)
 
 
 def warping_error(inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],

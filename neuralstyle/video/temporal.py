@@ -64,11 +64,21 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
 def consistent(flow: np.ndarray, back: np.ndarray) -> np.ndarray:
     """Forward-backward check: True where following ``flow`` then ``back`` returns home.
 
-    |F(x) + B(x + F(x))|^2 <= 0.01 (|F|^2 + |B(x+F)|^2) + 0.5 (Sundaram et al. 2010).
+    |F(x) + B(x + F(x))|^2 <= 0.01 (|F|^2 + |B(x+F)|^2) + 0.5 (Sundaram et al. 2010),
+    and x + F(x) inside the picture.
     """
     back_there = warp(back, flow)
     loop = flow + back_there
-    return (loop ** 2).sum(-1) <= 0.01 * ((flow ** 2).sum(-1) + (back_there ** 2).sum(-1)) + 0.5
+    agree = (loop ** 2).sum(-1) <= 0.01 * ((flow ** 2).sum(-1) + (back_there ** 2).sum(-1)) + 0.5
+    return agree & inside(flow)
+
+
+def inside(flow: np.ndarray) -> np.ndarray:
+    """True where x + flow(x) lies in the picture: content entering at an edge has no past."""
+    height, width = flow.shape[:2]
+    xs = np.arange(width, dtype=np.float32)[None, :] + flow[..., 0]
+    ys = np.arange(height, dtype=np.float32)[:, None] + flow[..., 1]
+    return (xs >= 0) & (xs <= width - 1) & (ys >= 0) & (ys <= height - 1)
 
 
 @dataclass
