@@ -70,7 +70,7 @@ def test_stylize_entry_runs_the_pipeline() -> None:
 def test_conda_env_pins_equal_pyproject() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = set(pyproject["dependencies"])
-    for extra in ("package", "pipeline", "spark"):
+    for extra in ("package", "pipeline", "spark", "video"):
         wanted |= set(pyproject["optional-dependencies"][extra])
     conda = yaml.safe_load((REPO / "conda.yaml").read_text())
     pip = next(d for d in conda["dependencies"] if isinstance(d, dict))["pip"]

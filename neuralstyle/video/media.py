@@ -208,6 +208,11 @@ def read_clip(path: str | Path, what: str = "video") -> Iterator[Frame | Any]:
                                   f"({_reason(exc)})") from None
         if index == 0:
             raise StyleInputError(f"{what} {path} holds no video frames")
+        promised = int(stream.frames or 0)
+        if promised and index < promised - max(1, promised // 100):
+            # A fast-start file cut short: its index promises frames its data no longer holds.
+            raise StyleInputError(f"{what} {path} is truncated: its index lists {promised} "
+                                  f"frames, only {index} could be decoded")
     finally:
         container.close()
 

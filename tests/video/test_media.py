@@ -108,8 +108,13 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
             if packet.dts is not None:
                 packet.stream = stream
                 out.mux(packet)
+    faststart = tmp_path / "faststart.mp4"
+    copy_through(good, faststart)  # our own output: the index before the media data
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(faststart.read_bytes()[: faststart.stat().st_size * 2 // 3])
     huge = write_clip(tmp_path / "huge.mp4", [np.zeros((2400, 4100, 3), np.uint8)], crf=40)
     return {"text": (text, "not a video"), "truncated": (truncated, "not a video"),
+            "cut after its index": (cut, "truncated"),
             "empty": (empty, "empty"), "sound only": (sound_only, "no video stream"),
             "huge": (huge, "4100x2400"), "missing": (tmp_path / "nope.mp4", "does not exist"),
             "folder": (tmp_path, "folder")}
