@@ -106,7 +106,7 @@ def _video(args: argparse.Namespace, style: str, label: str, params: dict) -> in
         return 2 if is_input_error(exc) else 1
     print(f"wrote {result.output} ({result.frames} frames, {result.width}x{result.height}, "
           f"style {result.style}, audio {result.audio}, {result.seconds:.1f} s, "
-          f"{result.fps:.1f} fps)")
+          f"{result.fps:.1f} fps; {result.steady_fps:.1f} fps after the first frame)")
     return 0
 
 

@@ -51,11 +51,18 @@ class VideoResult:
     cuts: int
     trusted: float  # mean share of pixels carried from the previous frame
     lineage: dict[str, Any]
+    first_frame_seconds: float = 0.0  # until the first frame was encoded (model load, compile)
 
     @property
     def fps(self) -> float:
-        """Frames per second end to end (decode, flow, network, encode)."""
+        """Frames per second end to end (decode, flow, network, encode), start-up included."""
         return self.frames / self.seconds if self.seconds else 0.0
+
+    @property
+    def steady_fps(self) -> float:
+        """Frames per second after the first frame: the rate a long clip runs at."""
+        rest = self.seconds - self.first_frame_seconds
+        return (self.frames - 1) / rest if self.frames > 1 and rest > 0 else self.fps
 
 
 def output_size(width: int, height: int, max_size: int) -> tuple[int, int]:
@@ -178,6 +185,7 @@ def stylize_video(
         return decode_jpeg(encoded, size)
 
     frames = cuts = 0
+    first_frame = 0.0
     trusted: list[float] = []
     with _RequestPool() as pool, atomic_path(output) as tmp:
         with av.open(str(video)) as source:
@@ -191,7 +199,7 @@ def stylize_video(
                 pending: collections.deque[Any] = collections.deque()
 
                 def finish_one() -> None:
-                    nonlocal frames, cuts
+                    nonlocal frames, cuts, first_frame
                     item = pending.popleft()
                     if not isinstance(item, tuple):
                         writer.write_audio(item)
@@ -205,6 +213,8 @@ def stylize_video(
                     if on_frame is not None:
                         on_frame(frame.index, small, stylized, blended.rgb)
                     frames += 1
+                    if frames == 1:
+                        first_frame = time.perf_counter() - started
                     if progress is not None:
                         progress(frames, info.frames)
 
@@ -240,7 +250,7 @@ def stylize_video(
         write_bytes_atomic(lineage.sidecar_path(output), lineage.to_json(record))
     return VideoResult(Path(output), frames, size[0], size[1], resolved["style"],
                        time.perf_counter() - started, audio, cuts,
-                       float(np.mean(trusted)) if trusted else 0.0, record)
+                       float(np.mean(trusted)) if trusted else 0.0, record, first_frame)
 
 
 def default_video_output(video: str, style: str, folder: str = "out") -> str:
