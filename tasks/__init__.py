@@ -3,6 +3,7 @@
     luigi --module tasks Stylize --image s3://bucket/photos/cat.jpg --style 7
     luigi --module tasks StylizeBatch --images s3://bucket/photos/ --results out/photos --workers 2
     luigi --module tasks S3Download --s3-path s3://bucket/photos/cat.jpg
+    luigi --module tasks StylizeVideo --image s3://bucket/clips/dog.mp4 --style 7   # a video
     luigi --module tasks StylizeSpark --images s3://photos/in/ --results s3://photos/out/  # Spark
     python -m tasks.run --image s3://bucket/photos/cat.jpg   # the same, logged as an MLflow run
 
@@ -33,11 +34,13 @@ from tasks.targets import (
     s3_client,
     stat_s3_object,
 )
+from tasks.video import PublishStylizedVideo, StylizeVideo, StylizeVideoBatch
 
 __all__ = [
     "ForceableTask",
     "LocalFileExists",
     "PublishStylized",
+    "PublishStylizedVideo",
     "S3Download",
     "S3FileExists",
     "S3ObjectTarget",
@@ -46,6 +49,8 @@ __all__ = [
     "StylizeBatch",
     "StylizeSpark",
     "StylizeToCanvas",
+    "StylizeVideo",
+    "StylizeVideoBatch",
     "SubmitToCanvas",
     "SuffixAtomicLocalTarget",
     "download_s3_object",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -47,10 +48,12 @@ def _prefix(location: str) -> tuple[str, str]:
     return bucket, (key.rstrip("/") + "/" if key.strip("/") else "")
 
 
-def list_images(location: str, *, client: Any | None = None) -> tuple[list[str], int]:
+def list_images(location: str, *, client: Any | None = None,
+                accept: Callable[[str], bool] = is_image_name) -> tuple[list[str], int]:
     """Photos under an S3 prefix or a folder (recursively), sorted; and how many were skipped.
 
     Skipped: files whose suffix is not an image suffix (a README, a .DS_Store, a "folder" key).
+    ``accept`` picks other files instead (the video batch passes its clip suffixes).
     """
     found: list[str] = []
     skipped = 0
@@ -60,7 +63,7 @@ def list_images(location: str, *, client: Any | None = None) -> tuple[list[str],
         try:
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
-                    if is_image_name(item["Key"]):
+                    if accept(item["Key"]):
                         found.append(f"s3://{bucket}/{item['Key']}")
                     else:
                         skipped += 1
@@ -72,7 +75,7 @@ def list_images(location: str, *, client: Any | None = None) -> tuple[list[str],
             raise FileNotFoundError(f"{location} is not a folder: nothing to stylize")
         for path in folder.rglob("*"):
             if path.is_file() and "-luigi-tmp-" not in path.name:
-                if is_image_name(path.name):
+                if accept(path.name):
                     found.append(str(path))
                 else:
                     skipped += 1

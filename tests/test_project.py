@@ -42,7 +42,7 @@ def same_default(mlproject_default: object, script_default: object) -> bool:
     return str(mlproject_default) == str(script_default)
 
 
-@pytest.mark.parametrize("entry", ["package_models", "stylize", "stylize_spark"])
+@pytest.mark.parametrize("entry", ["package_models", "stylize", "stylize_spark", "stylize_video"])
 def test_mlproject_defaults_equal_script_defaults(entry: str) -> None:
     project = yaml.safe_load((REPO / "MLproject").read_text())
     spec_of_entry = project["entry_points"][entry]
@@ -70,7 +70,7 @@ def test_stylize_entry_runs_the_pipeline() -> None:
 def test_conda_env_pins_equal_pyproject() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = set(pyproject["dependencies"])
-    for extra in ("package", "pipeline", "spark"):
+    for extra in ("package", "pipeline", "spark", "video"):
         wanted |= set(pyproject["optional-dependencies"][extra])
     conda = yaml.safe_load((REPO / "conda.yaml").read_text())
     pip = next(d for d in conda["dependencies"] if isinstance(d, dict))["pip"]
@@ -80,7 +80,7 @@ def test_conda_env_pins_equal_pyproject() -> None:
     assert not any(p.startswith("torch") for p in pyproject["dependencies"])
 
 
-@pytest.mark.parametrize("entry", ["stylize", "stylize_spark"])
+@pytest.mark.parametrize("entry", ["stylize", "stylize_spark", "stylize_video"])
 def test_mlproject_offers_every_request_param_of_the_contract(entry: str) -> None:
     """A param added to the contract must reach ``mlflow run`` users too."""
     from neuralstyle.model.contract import FLAG_PARAMS
@@ -110,7 +110,8 @@ def test_every_task_and_cli_takes_the_contract_params_with_its_defaults() -> Non
         assert {p.name for p in FLAG_PARAMS} <= names, type(task).__name__
     custom = Stylize(image="photo.jpg", max_size=512, precision="exact", preserve_color=True)
     assert custom.request_params()["max_size"] == 512 and custom.model_params()["precision"] == "exact"
-    for script in (REPO / "stylize.py", REPO / "tasks" / "run.py", REPO / "tasks" / "run_spark.py"):
+    for script in (REPO / "stylize.py", REPO / "tasks" / "run.py", REPO / "tasks" / "run_spark.py",
+                   REPO / "tasks" / "run_video.py"):
         defaults = script_defaults(script)
         for param in FLAG_PARAMS:
             assert defaults[param.name] == param.default, (script.name, param.name)
@@ -126,3 +127,21 @@ def test_the_flags_check_values_as_the_model_does() -> None:
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["--image", "x", "--strength", "2"])
     assert exit_info.value.code == 2
+
+
+def test_the_video_settings_reach_every_video_entry_with_one_default() -> None:
+    """temporal and flow_preset: declared once (neuralstyle.video.options), the same everywhere."""
+    import luigi
+
+    from neuralstyle.video.options import VIDEO_DEFAULTS
+    from tasks.video import StylizeVideo, StylizeVideoBatch
+
+    luigi.task_register.Register.clear_instance_cache()
+    for task in (StylizeVideo(image="clip.mp4"), StylizeVideoBatch(images="in/", results="out/")):
+        assert task.video_params() == VIDEO_DEFAULTS, type(task).__name__
+    params = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["stylize_video"]
+    for script in (REPO / "stylize.py", REPO / "tasks" / "run_video.py"):
+        defaults = script_defaults(script)
+        for name, default in VIDEO_DEFAULTS.items():
+            assert defaults[name] == default, (script.name, name)
+            assert same_default(params["parameters"][name]["default"], default), name

@@ -1,0 +1,126 @@
+"""Stylize clips: one video (S3 or a path) or every clip under an S3 prefix or in a folder.
+
+    luigi --module tasks StylizeVideo --image s3://clips/dog.mp4 --style 7 --output-path out/dog-7.mp4
+    luigi --module tasks StylizeVideo --image dog.mov --temporal 0 --executor server \\
+        --server-url http://127.0.0.1:5001
+    luigi --module tasks PublishStylizedVideo --image dog.mp4 --s3-path s3://results/dog-7.mp4
+    luigi --module tasks StylizeVideoBatch --images s3://clips/in/ --results s3://clips/out/
+
+The same executors, S3 downloads, forced reruns and atomic writes as photos (tasks.stylize); the
+clip is decoded, stylized and encoded streaming (neuralstyle.video.clips), with a progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import luigi
+from luigi.util import inherits
+
+from neuralstyle.video.media import OUTPUT_FORMATS, is_video_path
+from neuralstyle.video.options import VIDEO_PARAMS
+from tasks.base import _luigi_parameter, mirror_path
+from tasks.batch import StylizeBatch, list_images, result_location
+from tasks.stylize import STAGING_ROOT, PublishStylized, Stylize
+
+logger = logging.getLogger("luigi-interface.tasks")
+
+
+class _VideoParamsBase:
+    def video_params(self) -> dict[str, Any]:
+        """The video settings this task was given (neuralstyle.video.options)."""
+        return {param.name: getattr(self, param.name) for param in VIDEO_PARAMS}
+
+
+# temporal and flow_preset as Luigi parameters, built from their one declaration.
+VideoParams = type("VideoParams", (_VideoParamsBase,), {
+    "__doc__": "The video settings as Luigi parameters, built from neuralstyle.video.options.",
+    "__module__": __name__,
+    **{param.name: _luigi_parameter(param) for param in VIDEO_PARAMS},
+})
+
+
+class StylizeVideo(VideoParams, Stylize):
+    """One clip -> the style-transfer model frame by frame -> an .mp4 or .webm, atomically."""
+
+    image = luigi.Parameter(description="clip to stylize: s3://bucket/key or a local path")
+    output_path = luigi.OptionalParameter(
+        default=None,
+        description="result clip; .mp4 (H.264) or .webm (VP9) "
+        "(default: out/<clip stem>-<style or painting stem>.mp4)",
+    )
+
+    def output_file(self) -> str:
+        from neuralstyle.video.clips import default_video_output
+
+        label = Path(str(self.style_image)).stem if self.style_image else self.style
+        return self.output_path or default_video_output(self.image, label)
+
+    def run(self) -> None:
+        from neuralstyle.model.errors import is_input_error
+        from neuralstyle.video.clips import progress_bar, stylize_video
+        from tasks.stylize import one_line
+
+        source, painting = self.local_inputs()
+        try:
+            with self.predictor() as predictor, progress_bar(str(self.image)) as progress:
+                self.result = stylize_video(
+                    source, self.output_file(), self.request_style(), predictor,
+                    self.model_params(), input_uri=str(self.image), model_uri=self.model_uri,
+                    tracking_uri=self.tracking_uri, style_image=painting,
+                    style_image_uri=str(self.style_image) if self.style_image else None,
+                    progress=progress, **self.video_params(),
+                )
+        except Exception as exc:
+            if (is_input_error(exc) and str(source) in one_line(exc)
+                    and str(self.image).startswith("s3://")):
+                source.unlink(missing_ok=True)  # a rerun after a fix downloads it again
+            raise
+        logger.info("stylized %s -> %s (%d frames %dx%d, %.1f fps, audio %s, executor %s)",
+                    self.image, self.output_file(), self.result.frames, self.result.width,
+                    self.result.height, self.result.fps, self.result.audio,
+                    self.resolved_executor())
+
+
+@inherits(StylizeVideo)
+class PublishStylizedVideo(PublishStylized):
+    """Stylize a clip and upload it to ``s3_path`` (one complete PUT or multipart upload)."""
+
+    def requires(self) -> StylizeVideo:
+        return self.clone(StylizeVideo, output_path=self.staging_file())
+
+
+class StylizeVideoBatch(VideoParams, StylizeBatch):
+    """Every clip under ``images`` -> a result under ``results`` (a folder or an S3 prefix)."""
+
+    images = luigi.Parameter(description="s3://bucket/prefix/ or a local folder of clips")
+    suffix = luigi.ChoiceParameter(
+        default=".mp4", choices=tuple(OUTPUT_FORMATS), var_type=str,
+        description="format of the results: .mp4 (H.264) or .webm (VP9) (default: .mp4)",
+    )
+
+    def photos(self) -> list[str]:
+        """The clips to stylize, listed once per task instance."""
+        if self._listing is None:
+            listing, skipped = list_images(self.images, accept=is_video_path)
+            if not listing:
+                raise FileNotFoundError(f"no clips under {self.images} ({skipped} other files)")
+            logger.info("StylizeVideoBatch: %d clips under %s", len(listing), self.images)
+            self._listing = listing
+        return self._listing
+
+    def requires(self) -> list[luigi.Task]:
+        tasks: list[luigi.Task] = []
+        settings = {**self.photo_settings(), **self.video_params()}
+        for clip in self.photos():
+            label = Path(str(self.style_image)).stem if self.style_image else self.style
+            where = result_location(clip, self.images, self.results, label, self.suffix)
+            if where.startswith("s3://"):
+                staging = str(mirror_path(where, self.staging_root or STAGING_ROOT))
+                tasks.append(PublishStylizedVideo(image=clip, s3_path=where, output_path=staging,
+                                                  **settings))
+            else:
+                tasks.append(StylizeVideo(image=clip, output_path=where, **settings))
+        return tasks

@@ -1,0 +1,146 @@
+"""Clips in and out without the model: frames, timestamps, rotation, sound, bad input, the metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from video_clips import (
+    Motion,
+    audio_info,
+    pan_flows,
+    read_frames,
+    synthetic_frames,
+    write_clip,
+)
+
+from neuralstyle.builder.samples import sample_rgb
+from neuralstyle.model.errors import StyleInputError
+from neuralstyle.video import media, metrics
+
+SIZE = (192, 128)
+
+
+def copy_through(source: Path, output: Path) -> list[media.Frame]:
+    """Our reader into our writer, frames unchanged: what the pipeline does around the model."""
+    import av
+
+    info = media.probe(source)
+    frames = []
+    with av.open(str(source)) as src:
+        template = src.streams.audio[0] if src.streams.audio else None
+        writer = media.ClipWriter(output, info.width, info.height, src.streams.video[0].time_base,
+                                  info.fps, template)
+        for item in media.read_clip(source):
+            if isinstance(item, media.Frame):
+                frames.append(item)
+                writer.write_frame(item.rgb, item.pts)
+            else:
+                writer.write_audio(item)
+        writer.close()
+    return frames
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_frames_timestamps_and_sound_survive_the_round_trip(tmp_path: Path, suffix: str) -> None:
+    frames = synthetic_frames(sample_rgb("coffee"), Motion(dx=2, dy=1), 12, SIZE)
+    # Variable frame rate: gaps of 1, 2 and 3 frame periods.
+    pts = list(np.cumsum([0] + [100 * (1 + i % 3) for i in range(11)]))
+    source = write_clip(tmp_path / "vfr.mp4", frames, audio=True, pts=[int(p) for p in pts])
+    out = tmp_path / f"out{suffix}"
+    copy_through(source, out)
+    got, times = read_frames(out)
+    _, want_times = read_frames(source)
+    assert len(got) == len(frames)
+    assert np.allclose(times, want_times, atol=1e-3), (times, want_times)
+    diffs = [np.abs(g.astype(int) - f.astype(int)).mean() for g, f in zip(got, frames, strict=True)]
+    print(f"{suffix}: mean |diff| per frame min {min(diffs):.2f} median {np.median(diffs):.2f} "
+          f"worst {max(diffs):.2f} (of 255)")
+    assert max(diffs) < 6
+    codec, channels, seconds = audio_info(out)
+    src_codec, src_channels, src_seconds = audio_info(source)
+    assert (codec, channels) == (("aac", 2) if suffix == ".mp4" else ("opus", 2))
+    assert abs(seconds - src_seconds) <= 1 / 24 + 0.03, (seconds, src_seconds)  # Opus pre-skip
+    if suffix == ".mp4":
+        head = out.read_bytes()[:4096]
+        assert head.find(b"moov") != -1 and head.find(b"moov") < out.read_bytes().find(b"mdat"), (
+            "fast start: the index (moov) comes before the media data")
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotation_metadata_is_applied_so_frames_are_upright(tmp_path: Path, rotation: int) -> None:
+    """Oracle: OpenCV's own reader, which applies the display matrix itself."""
+    import cv2
+
+    frames = synthetic_frames(sample_rgb("astronaut"), Motion(dx=1), 3, SIZE)
+    source = write_clip(tmp_path / "phone.mp4", frames, rotation=rotation)
+    info = media.probe(source)
+    ours = [f.rgb for f in media.read_clip(source) if isinstance(f, media.Frame)]
+    capture = cv2.VideoCapture(str(source))
+    ok, bgr = capture.read()
+    capture.release()
+    assert ok
+    assert ours[0].shape == bgr.shape
+    assert (info.width, info.height) == (bgr.shape[1], bgr.shape[0])
+    assert np.abs(ours[0].astype(int) - bgr[..., ::-1].astype(int)).mean() < 2
+    if rotation % 180:
+        assert ours[0].shape[:2] == (SIZE[0], SIZE[1])
+
+
+def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Each bad clip and the words its error must contain."""
+    good = write_clip(tmp_path / "good.mp4", synthetic_frames(
+        sample_rgb("chelsea"), Motion(dx=1), 8, SIZE), audio=True)
+    data = good.read_bytes()
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all\n" * 20)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    sound_only = tmp_path / "sound.m4a"
+    import av
+
+    with av.open(str(good)) as src, av.open(str(sound_only), "w", format="mp4") as out:
+        stream = out.add_stream_from_template(src.streams.audio[0])
+        for packet in src.demux(src.streams.audio[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    faststart = tmp_path / "faststart.mp4"
+    copy_through(good, faststart)  # our own output: the index before the media data
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(faststart.read_bytes()[: faststart.stat().st_size * 2 // 3])
+    huge = write_clip(tmp_path / "huge.mp4", [np.zeros((2400, 4100, 3), np.uint8)], crf=40)
+    return {"text": (text, "not a video"), "truncated": (truncated, "not a video"),
+            "cut after its index": (cut, "truncated"),
+            "empty": (empty, "empty"), "sound only": (sound_only, "no video stream"),
+            "huge": (huge, "4100x2400"), "missing": (tmp_path / "nope.mp4", "does not exist"),
+            "folder": (tmp_path, "folder")}
+
+
+def test_bad_clips_get_a_clear_error_naming_the_file(tmp_path: Path) -> None:
+    for name, (path, words) in bad_inputs(tmp_path).items():
+        with pytest.raises(StyleInputError) as caught:
+            list(media.read_clip(path))
+        assert str(path) in caught.value.message and words in caught.value.message, (name, caught)
+
+
+def test_the_warping_error_sees_flicker_and_not_motion() -> None:
+    """A steady pan scores ~0 with its exact flow and with Farneback; noise flicker does not."""
+    frames = synthetic_frames(sample_rgb("coffee"), Motion(dx=3, dy=1), 8, (256, 160))
+    exact = pan_flows(Motion(dx=3, dy=1), 8, (256, 160))
+    steady = metrics.warping_error(frames, frames, flows=exact)
+    estimated = metrics.warping_error(frames, frames)
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(f + rng.normal(0, 12, f.shape), 0, 255).astype(np.uint8) for f in frames]
+    flicker = metrics.warping_error(frames, noisy, flows=exact)
+    print(f"warping error: steady pan {steady:.5f} (exact flow), {estimated:.5f} (Farneback); "
+          f"with noise {flicker:.5f}")
+    assert steady < 1e-4 and estimated < 2e-3
+    assert flicker > 20 * max(steady, estimated)
+    forward = metrics.farneback(frames[0], frames[1])
+    error = np.linalg.norm(forward[16:-16, 16:-16] - exact[0][0][16:-16, 16:-16], axis=-1)
+    print(f"Farneback endpoint error vs exact: median {np.median(error):.3f} px")
+    assert np.median(error) < 0.5

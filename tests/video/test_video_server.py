@@ -1,0 +1,49 @@
+"""A clip through a real ``mlflow models serve``: the same frames as in-process, and the server
+answers a bad painting with a clear 400 that names the file, then keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from video_clips import Motion, audio_info, read_frames, synthetic_frames, write_clip
+
+from neuralstyle.builder.samples import sample_rgb
+from neuralstyle.model.errors import StyleInputError
+from neuralstyle.run.client import StyleServerClient
+from neuralstyle.run.inference import LocalPredictor
+from neuralstyle.run.serving import Server, running_server
+from neuralstyle.video.clips import stylize_video
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def server(registry) -> Iterator[Server]:
+    with running_server(registry.model_uri, tracking_uri=registry.tracking_uri) as srv:
+        yield srv
+
+
+def test_the_server_gives_the_same_clip_as_in_process(server, registry, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "pan.mp4", synthetic_frames(
+        sample_rgb("rocket"), Motion(dx=-2, dy=1), 8, (160, 112)), audio=True)
+    client = StyleServerClient(server.url)
+    served = stylize_video(clip, tmp_path / "served.mp4", "7", client, {"max_size": 160})
+    local = stylize_video(clip, tmp_path / "local.mp4", "7",
+                          LocalPredictor(registry.model_uri, registry.tracking_uri),
+                          {"max_size": 160}, tracking_uri=registry.tracking_uri)
+    a, _ = read_frames(served.output)
+    b, _ = read_frames(local.output)
+    diffs = [np.abs(x.astype(int) - y.astype(int)).mean() for x, y in zip(a, b, strict=True)]
+    print(f"served vs in-process, mean |diff| per frame: worst {max(diffs):.3f} (of 255)")
+    assert len(a) == len(b) == 8 and max(diffs) < 1.0
+    assert audio_info(served.output)[:2] == ("aac", 2)
+
+    bad = tmp_path / "painting.jpg"
+    bad.write_bytes(b"not a picture")
+    with pytest.raises(StyleInputError, match="painting.jpg"):
+        stylize_video(clip, tmp_path / "bad.mp4", "", client, {"max_size": 160}, style_image=bad)
+    assert not (tmp_path / "bad.mp4").exists()
+    assert client.ping()
