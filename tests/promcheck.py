@@ -100,23 +100,25 @@ def scrape_while_loaded(prom: str, target: str, bodies: list, report: Callable[[
     while not promql(prom, f'up{{instance="{target}"}} == 1'):
         assert time.monotonic() < deadline, "Prometheus never scraped the target"
         time.sleep(0.5)
+    total_q = (f'sum(stylize_requests_total{{instance="{target}",'
+               f'route=~"/stylize|/invocations"}}) or vector(0)')
+    time.sleep(2.5)  # a scrape of the quiet server: the count before this traffic
+    before = float(promql(prom, total_q)[0]["value"][1])
     result = run_load(f"http://{target}", clients=4, seconds=seconds, bodies=bodies)
     assert_served_everyone(result)
     time.sleep(2.5)  # two more scrapes after the last answer
     window = f"{int(seconds + 10)}s"
-    # The server is fresh: its counters are exactly what these clients got.
-    total = promql(prom, f'sum(stylize_requests_total{{instance="{target}",'
-                         f'route=~"/stylize|/invocations"}})')
+    total = promql(prom, total_q)
     rate_q = (f'sum(rate(stylize_requests_total{{instance="{target}",status="200"}}[{window}]))')
     rate = promql(prom, rate_q)
     p95_q = (f'histogram_quantile(0.95, sum by (le) (rate(stylize_request_duration_seconds_bucket'
              f'{{instance="{target}"}}[{window}])))')
     p95 = promql(prom, p95_q)
-    counted = float(total[0]["value"][1])
+    counted = float(total[0]["value"][1]) - before
     client_p95 = result.percentile(0.95)
     report(f"{target}: clients {len(result.answers)} answers, p95 {client_p95:.3f} s; "
-                    f"Prometheus: {rate_q} = {float(rate[0]['value'][1]):.2f}/s; "
-                    f"{p95_q} = {float(p95[0]['value'][1]):.3f} s; requests counted {counted:.0f}")
+           f"Prometheus: {rate_q} = {float(rate[0]['value'][1]):.2f}/s; "
+           f"{p95_q} = {float(p95[0]['value'][1]):.3f} s; requests counted {counted:.0f}")
     assert counted == len(result.answers)
     assert float(rate[0]["value"][1]) > 0
     # histogram_quantile interpolates inside a bucket: the client's p95 lies in the same bucket.
