@@ -49,7 +49,7 @@ def status_of(url: str) -> int:
 
 
 @contextlib.contextmanager
-def prometheus(targets: list[str], interval_s: float = 1.0) -> Iterator[str]:
+def prometheus(targets: list[str], interval_s: int = 1) -> Iterator[str]:
     """Debian's Prometheus on a free loopback port scraping ``targets`` (host:port); its URL."""
     if not Path(PROMETHEUS).exists():
         message = "Prometheus is not installed: apt-get install -y prometheus (make install-prometheus)"

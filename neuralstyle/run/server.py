@@ -44,6 +44,7 @@ from urllib.parse import parse_qsl
 
 log = logging.getLogger(__name__)
 
+MODULE = "neuralstyle.run.server"  # by name: run as `python -m`, this file's __name__ is __main__
 MODEL_URI_ENV = "STYLIZE_MODEL_URI"  # set by main() for uvicorn's workers (each loads the model)
 METRICS_ENV = "STYLIZE_METRICS"  # "0": no /metrics and no metrics middleware (the bench's "off")
 WARM_SIZES_ENV = "STYLIZE_WARM_SIZES"  # "1024x768,768x1024" (width x height); "" warms nothing
@@ -491,7 +492,7 @@ class MetricsMiddleware:
 
 def uvicorn_args(host: str, port: int, workers: int) -> list[str]:
     """uvicorn's own command line for our factory (``UVICORN_*`` variables still apply)."""
-    return ["--factory", f"{__name__}:create_app", "--host", host, "--port", str(port),
+    return ["--factory", f"{MODULE}:create_app", "--host", host, "--port", str(port),
             "--workers", str(workers), "--timeout-graceful-shutdown", str(drain_seconds())]
 
 
@@ -513,15 +514,15 @@ def prepare_env(model_uri: str, workers: int, timeout_s: int | None) -> None:
 
 def serve(host: str, port: int, workers: int) -> int:
     """Run uvicorn in this process (its exit status: 0 after a drained SIGTERM)."""
-    import uvicorn.main
+    from uvicorn.main import main as uvicorn_cli  # the click command `uvicorn` runs
 
     # uvicorn drains on SIGTERM, then raises the signal again under the handler it found, so the
     # process would die of it (status -15, what `mlflow models serve` does); found, this one
     # makes a completed drain exit 0, which is what a rolling update expects of a clean stop.
     signal.signal(signal.SIGTERM, _drained)
     try:
-        uvicorn.main.main(args=uvicorn_args(host, port, workers), prog_name="uvicorn",
-                          standalone_mode=True)
+        uvicorn_cli.main(args=uvicorn_args(host, port, workers), prog_name="uvicorn",
+                         standalone_mode=True)
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
@@ -545,7 +546,7 @@ def serve_behind_nginx(nginx_conf: str, port: int, workers: int) -> int:
             os.unlink(link)
         with contextlib.suppress(OSError):
             os.symlink(target, link)
-    server = subprocess.Popen([sys.executable, "-m", __name__, "--model-uri",
+    server = subprocess.Popen([sys.executable, "-m", MODULE, "--model-uri",
                                os.environ[MODEL_URI_ENV], "--host", "127.0.0.1", "--port",
                                str(port), "--workers", str(workers)])
     nginx = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", nginx_conf])

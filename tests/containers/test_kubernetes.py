@@ -86,9 +86,9 @@ def env_readers(name: str) -> list[str]:
         if f'"{name}"' in text:
             readers.append(str(path.relative_to(REPO)))
     if name.startswith("UVICORN_"):
-        import uvicorn.main
+        from uvicorn.main import main as uvicorn_cli
 
-        options = {p.name.upper() for p in uvicorn.main.main.params}
+        options = {p.name.upper() for p in uvicorn_cli.params}
         if name.removeprefix("UVICORN_") in options:
             readers.append("uvicorn's command line (UVICORN_ prefix)")
     if name in config.SERVER_MALLOC_ENV:
