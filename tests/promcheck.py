@@ -94,7 +94,7 @@ def promql(url: str, query: str) -> list[dict]:
 
 
 def scrape_while_loaded(prom: str, target: str, bodies: list, report: Callable[[str], None],
-                        seconds: float = 12.0) -> None:
+                        seconds: float = 8.0) -> None:
     """Traffic for ``seconds`` while Prometheus scrapes ``target``; PromQL must agree with the clients."""
     deadline = time.monotonic() + 30
     while not promql(prom, f'up{{instance="{target}"}} == 1'):

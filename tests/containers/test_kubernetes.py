@@ -180,6 +180,14 @@ def as_deployed(docker_client, tag: str) -> Iterator[SimpleNamespace]:
         container.remove(force=True)
 
 
+@pytest.fixture(scope="module")
+def deployed(docker_client, serving_image) -> Iterator[SimpleNamespace]:
+    """One container as deployed, started (the probes' history in ``seen``); the last test stops it."""
+    with as_deployed(docker_client, serving_image) as running:
+        running.seen = wait_started(running)
+        yield running
+
+
 def probe_url(base: str, probe: dict) -> str:
     return f"{base}{probe['httpGet']['path']}"
 
@@ -211,99 +219,98 @@ def jpeg(width: int, height: int) -> bytes:
 
 
 @pytest.mark.docker
-def test_probes_paths_and_scrape_answer_on_the_container_as_deployed(docker_client, serving_image,
-                                                                      request) -> None:
+def test_probes_paths_and_scrape_answer_on_the_container_as_deployed(deployed, request) -> None:
     spec = pod_container()
-    with as_deployed(docker_client, serving_image) as running:
-        seen = wait_started(running)
-        alive_first = next((t for t, alive, _ in seen if alive == 200), None)
-        report(request, f"as deployed: startup probe 200 after {alive_first:.1f} s, readiness 200 "
-                        f"after {seen[-1][0]:.1f} s")
-        assert any(alive == 200 and ready == 503 for _, alive, ready in seen), (
-            "readiness never held a started container out while it warmed", seen[-5:])
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            answer = requests.get(probe_url(running.url, spec[probe]), timeout=spec[probe].get(
-                "timeoutSeconds", 1))
-            assert answer.status_code == 200, (probe, answer.text[:200])
-        annotations = manifests()["Deployment"]["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/path"] == "/metrics"  # what metrics() reads
-        samples = metrics(running.url)
-        info = [dict(labels) for (name, labels) in samples if name == "stylize_model_info"]
-        assert info and info[0]["version"] and len(info[0]["fingerprint"]) == 64
-        assert value(samples, "stylize_ready") == 1
-        # The raw route through nginx, and nothing private of the FastAPI app.
-        raw = requests.post(f"{running.url}/stylize?style=7&format=png", data=jpeg(640, 427),
-                            headers={"Content-Type": "image/jpeg"}, timeout=120)
-        assert raw.status_code == 200 and raw.headers["Content-Type"] == "image/png"
-        assert decode_rgb(raw.content).shape == (427, 640, 3)
-        assert raw.headers["Stylize-Model-Version"] == info[0]["version"]
-        bad = requests.post(f"{running.url}/stylize?style=7", data=b"not a photo",
-                            headers={"Content-Type": "image/jpeg"}, timeout=60)
-        assert bad.status_code == 400 and "not a JPEG/PNG/WebP" in bad.json()["message"]
-        for private in ("/docs", "/openapi.json"):
-            hidden = requests.get(f"{running.url}{private}", timeout=10)
-            assert hidden.status_code == 404 and "ENDPOINT_NOT_FOUND" in hidden.text, private
-        # 16 keep-alive clients over both routes through nginx, then a real Prometheus scrape.
-        photos = photo_jpegs()
-        result = run_load(running.url, clients=CLIENTS, seconds=12,
-                          bodies=[*request_bodies(photos), *raw_bodies(photos)])
-        report(request, f"container, both routes: {result.summary()}")
-        assert_served_everyone(result)
-        target = running.url.removeprefix("http://")
-        with prometheus([target]) as prom:
-            scrape_while_loaded(prom, target, [*request_bodies(photo_jpegs(256)),
-                                               *raw_bodies(photo_jpegs(256))],
-                                lambda line: report(request, line))
-            assert promql(prom, f'stylize_model_info{{instance="{target}"}}')
+    running = deployed  # one container for this test and the drain test after it
+    seen = running.seen
+    alive_first = next((t for t, alive, _ in seen if alive == 200), None)
+    report(request, f"as deployed: startup probe 200 after {alive_first:.1f} s, readiness 200 "
+                    f"after {seen[-1][0]:.1f} s")
+    assert any(alive == 200 and ready == 503 for _, alive, ready in seen), (
+        "readiness never held a started container out while it warmed", seen[-5:])
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        answer = requests.get(probe_url(running.url, spec[probe]), timeout=spec[probe].get(
+            "timeoutSeconds", 1))
+        assert answer.status_code == 200, (probe, answer.text[:200])
+    annotations = manifests()["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == "/metrics"  # what metrics() reads
+    samples = metrics(running.url)
+    info = [dict(labels) for (name, labels) in samples if name == "stylize_model_info"]
+    assert info and info[0]["version"] and len(info[0]["fingerprint"]) == 64
+    assert value(samples, "stylize_ready") == 1
+    # The raw route through nginx, and nothing private of the FastAPI app.
+    raw = requests.post(f"{running.url}/stylize?style=7&format=png", data=jpeg(640, 427),
+                        headers={"Content-Type": "image/jpeg"}, timeout=120)
+    assert raw.status_code == 200 and raw.headers["Content-Type"] == "image/png"
+    assert decode_rgb(raw.content).shape == (427, 640, 3)
+    assert raw.headers["Stylize-Model-Version"] == info[0]["version"]
+    bad = requests.post(f"{running.url}/stylize?style=7", data=b"not a photo",
+                        headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert bad.status_code == 400 and "not a JPEG/PNG/WebP" in bad.json()["message"]
+    for private in ("/docs", "/openapi.json"):
+        hidden = requests.get(f"{running.url}{private}", timeout=10)
+        assert hidden.status_code == 404 and "ENDPOINT_NOT_FOUND" in hidden.text, private
+    # 16 keep-alive clients over both routes through nginx, then a real Prometheus scrape.
+    photos = photo_jpegs()
+    result = run_load(running.url, clients=CLIENTS, seconds=10,
+                      bodies=[*request_bodies(photos), *raw_bodies(photos)])
+    report(request, f"container, both routes: {result.summary()}")
+    assert_served_everyone(result)
+    target = running.url.removeprefix("http://")
+    with prometheus([target]) as prom:
+        scrape_while_loaded(prom, target, [*request_bodies(photo_jpegs(256)),
+                                           *raw_bodies(photo_jpegs(256))],
+                            lambda line: report(request, line))
+        assert promql(prom, f'stylize_model_info{{instance="{target}"}}')
 
 
 @pytest.mark.docker
-def test_docker_stop_drains_nginx_and_the_server(docker_client, serving_image, request) -> None:
+def test_docker_stop_drains_nginx_and_the_server(deployed, request) -> None:
+    """Runs last: it stops the container the probe test used."""
     grace = manifests()["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    with as_deployed(docker_client, serving_image) as running:
-        wait_started(running)
-        body = jpeg(1024, 683)
-        answers: list = []
+    running = deployed
+    body = jpeg(1024, 683)
+    answers: list = []
 
-        def send() -> None:
-            try:
-                answers.append(requests.post(f"{running.url}/stylize?style=7&precision=exact",
-                                             data=body, headers={"Content-Type": "image/jpeg"},
-                                             timeout=120))
-            except requests.RequestException as exc:
-                answers.append(exc)
-
-        threads = [threading.Thread(target=send) for _ in range(6)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 60
-        while value(metrics(running.url), "stylize_photos_running") < 2:
-            assert time.monotonic() < deadline, "requests never started"
-            time.sleep(0.05)
-        started = time.monotonic()
-        stopper = threading.Thread(target=lambda: running.container.stop(timeout=grace))
-        stopper.start()  # docker stop: SIGTERM, then SIGKILL after the grace period
-        time.sleep(1.0)
-        refused = []
+    def send() -> None:
         try:
-            late = requests.post(f"{running.url}/stylize?style=7", data=body,
-                                 headers={"Content-Type": "image/jpeg"}, timeout=30)
-            refused.append(late.status_code)
+            answers.append(requests.post(f"{running.url}/stylize?style=7&precision=exact",
+                                         data=body, headers={"Content-Type": "image/jpeg"},
+                                         timeout=120))
         except requests.RequestException as exc:
-            refused.append(type(exc).__name__)
-        for thread in threads:
-            thread.join(timeout=120)
-        stopper.join(timeout=grace + 10)
-        seconds = time.monotonic() - started
-        status = running.container.wait(timeout=10)["StatusCode"]
-        logs = running.container.logs().decode(errors="replace")
-        report(request, f"docker stop with 6 requests in flight at 1024x683: answers "
-                        f"{[getattr(a, 'status_code', a) for a in answers]}, a new request got "
-                        f"{refused[0]}, exit {status} after {seconds:.1f} s (grace {grace} s)")
-        assert [getattr(a, "status_code", a) for a in answers] == [200] * 6
-        assert all(decode_rgb(a.content).shape == (683, 1024, 3) for a in answers)
-        assert not isinstance(refused[0], int), f"a request after SIGTERM was answered {refused[0]}"
-        assert status == 0, logs[-2000:]
-        assert "draining nginx, then the model server" in logs
-        assert seconds < int(manifest_env()["STYLIZE_DRAIN_SECONDS"]) + ENTRYPOINT_MARGIN_S
-        assert re.search(r"Finished server process", logs), logs[-2000:]
+            answers.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while value(metrics(running.url), "stylize_photos_running") < 2:
+        assert time.monotonic() < deadline, "requests never started"
+        time.sleep(0.05)
+    started = time.monotonic()
+    stopper = threading.Thread(target=lambda: running.container.stop(timeout=grace))
+    stopper.start()  # docker stop: SIGTERM, then SIGKILL after the grace period
+    time.sleep(1.0)
+    refused = []
+    try:
+        late = requests.post(f"{running.url}/stylize?style=7", data=body,
+                             headers={"Content-Type": "image/jpeg"}, timeout=30)
+        refused.append(late.status_code)
+    except requests.RequestException as exc:
+        refused.append(type(exc).__name__)
+    for thread in threads:
+        thread.join(timeout=120)
+    stopper.join(timeout=grace + 10)
+    seconds = time.monotonic() - started
+    status = running.container.wait(timeout=10)["StatusCode"]
+    logs = running.container.logs().decode(errors="replace")
+    report(request, f"docker stop with 6 requests in flight at 1024x683: answers "
+                    f"{[getattr(a, 'status_code', a) for a in answers]}, a new request got "
+                    f"{refused[0]}, exit {status} after {seconds:.1f} s (grace {grace} s)")
+    assert [getattr(a, "status_code", a) for a in answers] == [200] * 6
+    assert all(decode_rgb(a.content).shape == (683, 1024, 3) for a in answers)
+    assert not isinstance(refused[0], int), f"a request after SIGTERM was answered {refused[0]}"
+    assert status == 0, logs[-2000:]
+    assert "draining nginx, then the model server" in logs
+    assert seconds < int(manifest_env()["STYLIZE_DRAIN_SECONDS"]) + ENTRYPOINT_MARGIN_S
+    assert re.search(r"Finished server process", logs), logs[-2000:]

@@ -216,15 +216,28 @@ def test_metrics_count_what_the_clients_did(server, registry, photos) -> None:
     assert delta("stylize_static_compile_seconds_total") > 0
 
 
+def service_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
+    from neuralstyle.run.serving import serve_command
+
+    return serve_command(model_uri, port, 300, workers, STYLIZE)
+
+
+def jpeg_of(name: str, width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(sample_rgb(name)).resize((width, height)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
 @pytest.mark.integration
-def test_ready_only_after_the_warm_up_and_a_warmed_size_compiles_nothing(registry, request) -> None:
-    """/ping (alive) answers before /ready (warmed); a first request at a warmed size pays no
-    static compile."""
+def test_ready_after_the_warm_up_then_sigterm_drains_what_is_in_flight(registry, request) -> None:
+    """One server's life: /ping (alive) answers before /ready (warmed); a first request at a
+    warmed size pays no static compile; SIGTERM with six requests in flight answers all six,
+    refuses new connections at once, and exits 0."""
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri,
            "MLFLOW_REGISTRY_URI": registry.tracking_uri}
     process = subprocess.Popen(
-        [*service_command(registry.model_uri, port)], env=env, stdout=subprocess.DEVNULL,
+        service_command(registry.model_uri, port), env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     seen: list[tuple[float, int, int]] = []
@@ -238,46 +251,25 @@ def test_ready_only_after_the_warm_up_and_a_warmed_size_compiles_nothing(registr
                 break
             time.sleep(0.1)
         assert seen[-1][2] == 200, f"never ready: {seen[-5:]}"
-        alive_not_ready = [s for s in seen if s[1] == 200 and s[2] == 503]
         first_alive = next(t for t, alive, _ in seen if alive == 200)
         report(request, f"alive after {first_alive:.1f} s, ready after {seen[-1][0]:.1f} s "
                         f"(warm-up of {service.DEFAULT_WARM_SIZES})")
-        assert alive_not_ready, "no moment where the server was alive but not yet ready"
+        assert [s for s in seen if s[1] == 200 and s[2] == 503], (
+            "no moment where the server was alive but not yet ready")
         compiles = value(metrics(url), "stylize_static_compiles_total")
         assert compiles >= 2 * len(service.warm_sizes())
-        photo = Image.fromarray(sample_rgb("astronaut")).resize((1024, 768))
-        out = io.BytesIO()
-        photo.save(out, "JPEG")
-        first = requests.post(f"{url}/stylize?style=11", data=out.getvalue(),
+        first = requests.post(f"{url}/stylize?style=11", data=jpeg_of("astronaut", 1024, 768),
                               headers={"Content-Type": "image/jpeg"}, timeout=120)
         assert first.status_code == 200
         assert value(metrics(url), "stylize_static_compiles_total") == compiles
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
-
-def service_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
-    from neuralstyle.run.serving import serve_command
-
-    return serve_command(model_uri, port, 300, workers, STYLIZE)
-
-
-@pytest.mark.integration
-def test_sigterm_finishes_requests_in_flight_and_accepts_no_new_one(registry, request) -> None:
-    with running_server(registry.model_uri, tracking_uri=registry.tracking_uri,
-                        server=STYLIZE) as srv:
-        photo = Image.fromarray(sample_rgb("rocket")).resize((1024, 683))
-        out = io.BytesIO()
-        photo.save(out, "JPEG")
-        body = out.getvalue()
+        body = jpeg_of("rocket", 1024, 683)  # a warmed size: six photos of ~0.5 s, two at a time
         answers: list[requests.Response | Exception] = []
 
         def send() -> None:
             try:
-                answers.append(requests.post(f"{srv.url}/stylize?style=7&precision=exact",
-                                             data=body, headers={"Content-Type": "image/jpeg"},
-                                             timeout=120))
+                answers.append(requests.post(f"{url}/stylize?style=7&precision=exact", data=body,
+                                             headers={"Content-Type": "image/jpeg"}, timeout=120))
             except requests.RequestException as exc:
                 answers.append(exc)
 
@@ -285,30 +277,35 @@ def test_sigterm_finishes_requests_in_flight_and_accepts_no_new_one(registry, re
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 30
-        while value(metrics(srv.url), "stylize_photos_running") < 2:  # two slots busy, four wait
+        while value(metrics(url), "stylize_photos_running") < 2:  # two slots busy, four wait
             assert time.monotonic() < deadline, "requests never started"
             time.sleep(0.05)
         sent_at = time.monotonic()
-        os.kill(srv.process.pid, signal.SIGTERM)
+        os.kill(process.pid, signal.SIGTERM)
         time.sleep(0.3)
         with pytest.raises(requests.ConnectionError):
-            requests.get(f"{srv.url}/ping", timeout=5)
+            requests.get(f"{url}/ping", timeout=5)
         for thread in threads:
             thread.join(timeout=120)
-        code = srv.process.wait(timeout=service.DEFAULT_DRAIN_S + 10)
+        code = process.wait(timeout=service.DEFAULT_DRAIN_S + 10)
         drained = time.monotonic() - sent_at
-        report(request, f"SIGTERM with 6 requests in flight at 1024x683: all answered, "
-                        f"exit {code} after {drained:.1f} s")
+        report(request, f"SIGTERM with 6 requests in flight at 1024x683: "
+                        f"{[getattr(a, 'status_code', a) for a in answers]}, exit {code} after "
+                        f"{drained:.1f} s")
         assert [getattr(a, "status_code", a) for a in answers] == [200] * 6
         assert all(decode_rgb(a.content).shape == (683, 1024, 3) for a in answers)
         assert code == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.mark.integration
 def test_16_keepalive_clients_over_both_routes_get_no_5xx(server, request) -> None:
     photos = photo_jpegs()
     bodies = [*request_bodies(photos), *raw_bodies(photos)]
-    result = run_load(server.url, clients=CLIENTS, seconds=15, bodies=bodies,
+    result = run_load(server.url, clients=CLIENTS, seconds=10, bodies=bodies,
                       rss=server.rss_bytes)
     report(request, f"both routes, metrics on: {result.summary()}")
     assert_served_everyone(result)
