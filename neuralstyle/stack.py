@@ -10,7 +10,8 @@ backend store, its users, Luigi's task history), SeaweedFS (``weed mini`` from `
 a real S3 server for the artifacts and the photos), ``mlflow server`` (PostgreSQL backend,
 ``--artifacts-destination s3://mlflow/artifacts`` proxied, the basic-auth app), ``luigid`` (task
 history in PostgreSQL), and the model server (``neuralstyle.run.server``: MLflow's app plus
-/metrics, /stylize, /ready) of ``models:/style-transfer@champion`` from that registry (``package_models.py`` registers it first when the registry lacks it).
+/metrics, /stylize, /ready) of ``models:/style-transfer@champion`` from that registry
+(``package_models.py`` registers it first when the registry lacks it).
 
 Security: everything listens on 127.0.0.1 only; run as root, every service runs as the
 unprivileged user ``stylize`` (``STYLIZE_STACK_USER``; created if missing) through ``setpriv``;
