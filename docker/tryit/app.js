@@ -1,9 +1,12 @@
-// The try-it page: read the model's catalog, send one photo to /invocations (same origin),
-// show the result beside the original. The request is the one docs/serving.md shows for curl.
+// The try-it page: read the model's catalog, send one photo to the raw-image route /stylize
+// (same origin: the photo as a multipart field, the params as a query string, the stylized
+// JPEG back with its lineage in Stylize-* headers), show the result beside the original. The
+// request is the one docs/serving.md shows for `curl -F image=@photo.jpg`.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let photo = null; // the File the user picked or dropped
+let resultUrl = null; // the object URL of the last result (revoked when replaced)
 
 function showError(text) {
   $("error").textContent = text;
@@ -68,53 +71,47 @@ function readable(message) {
   return marker >= 0 ? message.slice(marker + "Error: ".length) : message;
 }
 
-function base64Of(file) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
-    reader.onerror = () => reject(new Error(`cannot read ${file.name}: ${reader.error}`));
-    reader.readAsDataURL(file);
-  });
-}
-
 async function stylize() {
   showError("");
   const style = $("style").value;
-  const params = {
-    strength: Number($("strength").value),
-    preserve_color: $("preserve").checked,
-    max_size: Number($("max-size").value),
+  const query = new URLSearchParams({
+    style,
+    strength: String(Number($("strength").value)),
+    preserve_color: String($("preserve").checked),
+    max_size: String(Number($("max-size").value)),
     format: "jpeg",
-  };
+  });
   $("go").disabled = true;
   setStatus(`stylizing ${photo.name} with ${style}…`);
   const started = performance.now();
   try {
-    const body = JSON.stringify({
-      dataframe_split: { columns: ["image", "style"], data: [[await base64Of(photo), style]] },
-      params,
-    });
-    const response = await fetch("/invocations", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body,
-    });
-    const text = await response.text();
-    let answer = null;
-    try { answer = JSON.parse(text); } catch { /* nginx or proxy text */ }
+    const form = new FormData();
+    form.append("image", photo, photo.name);
+    const response = await fetch(`/stylize?${query}`, { method: "POST", body: form });
     if (!response.ok) {
+      const text = await response.text();
+      let answer = null;
+      try { answer = JSON.parse(text); } catch { /* nginx or proxy text */ }
       const message = (answer && answer.message) || text || response.statusText;
       throw new Error(`${response.status}: ${readable(message)}`);
     }
-    const out = answer.predictions[0];
-    const url = `data:image/jpeg;base64,${out.image}`;
+    const out = {
+      style: response.headers.get("Stylize-Style"),
+      width: response.headers.get("Stylize-Width"),
+      height: response.headers.get("Stylize-Height"),
+    };
+    if (resultUrl) URL.revokeObjectURL(resultUrl);
+    resultUrl = URL.createObjectURL(await response.blob());
     const result = $("result");
-    result.src = url;
+    result.src = resultUrl;
     result.hidden = false;
     result.dataset.width = out.width;
     result.dataset.height = out.height;
+    result.dataset.sha256 = response.headers.get("Stylize-Output-Sha256");
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     $("result-info").textContent = `${out.style}, ${out.width}x${out.height}`;
     const link = $("download");
-    link.href = url;
+    link.href = resultUrl;
     link.download = `${photo.name.replace(/\.[^.]*$/, "")}-${out.style}.jpg`;
     link.hidden = false;
     setStatus(`done in ${seconds} s`);

@@ -51,6 +51,12 @@ from neuralstyle.registry import ModelRef, content_key, resolve_model
 log = logging.getLogger(__name__)
 
 NGINX_CONF = REPO_DIR / "docker" / "nginx.conf"
+# The model server (neuralstyle/run/server.py) goes into the image beside the model's own code,
+# which already holds neuralstyle/ and neuralstyle/model/: it imports nothing else of ours.
+SERVER_FILES = (REPO_DIR / "neuralstyle" / "run" / "__init__.py",
+                REPO_DIR / "neuralstyle" / "run" / "server.py")
+MODEL_DIR_IN_IMAGE = "/opt/ml/model"  # where build-docker copies the model (code/ inside)
+SERVER_PORT_IN_IMAGE = 8000  # MLflow's nginx.conf and ours proxy to uvicorn here
 BATCH_MODEL_DIR = Path("build") / "model"  # relative to the build context (the repo)
 
 SERVING_REPOSITORY = "style-transfer"
@@ -73,6 +79,8 @@ SERVING_ENV = {
     # OpenVINO already uses every core for one photo. Override with -e MLFLOW_MODELS_WORKERS=N.
     "MLFLOW_MODELS_WORKERS": "1",
     **config.SERVER_MALLOC_ENV,  # why: neuralstyle.config
+    # SIGTERM: nginx, then the server, finish what is in flight within this (docs/serving.md).
+    "STYLIZE_DRAIN_SECONDS": "30",
 }
 
 # The thin layer on top of what build-docker makes, written out with the base image and MLflow's
@@ -86,15 +94,21 @@ SERVING_UID = 10001
 SERVING_LAYER = """\
 FROM {base}
 COPY nginx.conf {nginx_conf}
+COPY server {model_dir}/code/neuralstyle/run
 RUN groupadd --system --gid {uid} stylize \\
     && useradd --system --uid {uid} --gid {uid} --no-create-home --home-dir /nonexistent \\
        --shell /usr/sbin/nologin stylize \\
-    && chown -R {uid}:{uid} /var/log/nginx
-ENV {env}
+    && chown -R {uid}:{uid} /var/log/nginx \\
+    && pip install --no-cache-dir {server_requirements}
+ENV {env} \\
+    STYLIZE_MODEL_URI={model_dir} PYTHONPATH={model_dir}/code
 USER {uid}:{uid}
 EXPOSE {port}
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \\
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=4)"
+ENTRYPOINT ["python", "-m", "neuralstyle.run.server", \\
+            "--front-nginx", "{nginx_conf}", "--port", "{server_port}"]
+CMD []
 """
 
 LABEL = "org.stylize"
@@ -320,8 +334,13 @@ def serving_layer_dockerfile(base: str = "<build-docker image>",
     """The thin layer's Dockerfile: FROM the build-docker image, our nginx.conf, limits, labels."""
     env = " \\\n    ".join(f"{k}={v}" for k, v in SERVING_ENV.items())
     text = SERVING_LAYER.format(base=base, nginx_conf=nginx_conf, env=env, port=SERVING_PORT,
-                                uid=SERVING_UID)
+                                uid=SERVING_UID, model_dir=MODEL_DIR_IN_IMAGE,
+                                server_port=SERVER_PORT_IN_IMAGE,
+                                server_requirements=" ".join(server_requirements()))
     text += tryit.dockerfile_step()  # the try-it page nginx serves at /
+    if labels:  # the model's name and version for /metrics (the image holds no registry)
+        text += (f"ENV STYLIZE_MODEL_NAME={json.dumps(labels.get(f'{LABEL}.model-name', ''))} "
+                 f"STYLIZE_MODEL_VERSION={json.dumps(labels.get(f'{LABEL}.model-version', ''))}\n")
     if labels:
         text += "LABEL " + " \\\n      ".join(
             f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(labels.items())) + "\n"
@@ -329,9 +348,19 @@ def serving_layer_dockerfile(base: str = "<build-docker image>",
 
 
 def serving_recipe() -> str:
-    """Hash of what the thin layer adds: a change to docker/nginx.conf or the env rebuilds it."""
+    """Hash of what the thin layer adds: a change to docker/nginx.conf, the server or the env
+    rebuilds it."""
     page = [part for p in tryit.page_files() for part in (p.name, p.read_bytes())]
-    return content_key(serving_layer_dockerfile(), NGINX_CONF.read_bytes(), *page)[:16]
+    server = [part for p in SERVER_FILES for part in (p.name, p.read_bytes())]
+    return content_key(serving_layer_dockerfile(), NGINX_CONF.read_bytes(), *page, *server)[:16]
+
+
+def server_requirements() -> list[str]:
+    """The model server's own pins (pyproject's ``serve`` extra): prometheus-client."""
+    import tomllib
+
+    pyproject = tomllib.loads((REPO_DIR / "pyproject.toml").read_text())
+    return list(pyproject["project"]["optional-dependencies"]["serve"])
 
 
 def build_docker_command(model_uri: str, tag: str) -> list[str]:
@@ -437,6 +466,9 @@ def ensure_serving_image(model_uri: str, tracking_uri: str | None = None, *,
         with tempfile.TemporaryDirectory(prefix="stylize-serving-layer-") as ctx:
             Path(ctx, "Dockerfile").write_text(serving_layer_dockerfile(stock, conf_path, labels))
             shutil.copyfile(NGINX_CONF, Path(ctx, "nginx.conf"))
+            Path(ctx, "server").mkdir()
+            for path in SERVER_FILES:
+                shutil.copyfile(path, Path(ctx, "server", path.name))
             tryit.write_page(Path(ctx), model)
             latest = [] if lean else [f"{SERVING_REPOSITORY}:latest"]
             _build(Path(ctx), [tag, *latest], "docker build (serving layer)", rebuild)

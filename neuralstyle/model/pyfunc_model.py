@@ -19,7 +19,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from neuralstyle.model import imaging, painting, runtime
+from neuralstyle.model import imaging, painting, runtime, stats
 from neuralstyle.model.contract import (
     DEFAULT_PARALLEL_PHOTOS,
     PARALLEL_PHOTOS_ENV,
@@ -206,6 +206,7 @@ def stylize_row(
     if blend_pixels:
         out = params.strength * out + (1.0 - params.strength) * original
     encoded = imaging.encode_image(out, params.format, params.quality)
+    stats.record_row(style_kind(style), ran, int(out.shape[1]), int(out.shape[0]))
     return {
         "image": base64.b64encode(encoded).decode("ascii"),
         "width": int(out.shape[1]),
@@ -214,6 +215,13 @@ def stylize_row(
         "model": engine.fingerprint,
         "precision": ran,
     }
+
+
+def style_kind(style: Resolved) -> str:
+    """The kind of style a row ran, as the server's metrics label it."""
+    if style.style_vector is not None:
+        return stats.KIND_PAINTING
+    return stats.KIND_STYLES26 if style.network is None else stats.KIND_CHECKPOINT
 
 
 def parallel_photos() -> int:
@@ -255,7 +263,7 @@ class StyleTransferModel(mlflow.pyfunc.PythonModel):
         rows = []
         for i, (image, style, style_image) in enumerate(
                 zip(model_input["image"], styles, paintings, strict=True)):
-            with self.slots:  # per row, so one many-row request cannot hold every slot
+            with stats.photo_slot(self.slots):  # per row: one many-row request cannot hold every slot
                 rows.append(stylize_row(self.engine, image, style, parsed, what=f"image (row {i})",
                                         style_image=style_image))
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)

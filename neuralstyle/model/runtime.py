@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from neuralstyle.model import stats
+
 PRECISIONS = ("exact", "fast")
 FP32, BF16 = "fp32", "bf16"
 # /proc/cpuinfo flags that mean the CPU computes bf16 natively (AMX tiles, or AVX-512 BF16).
@@ -204,7 +206,7 @@ class Network:
                 self._static.move_to_end(shapes)
         if build:
             try:
-                entry.compiled = self._specialize(shapes)
+                entry.compiled = stats.timed_compile(lambda: self._specialize(shapes))
             except Exception as err:  # the dynamic compile still serves this size
                 entry.failed = True
                 log.warning("static compile of %s at %s failed, running dynamic: %s",

@@ -36,10 +36,11 @@ class NotReady(ServerError):
     """A starting server died or did not answer ``/ping`` in time (the message says which)."""
 
 
-def ping(url: str) -> bool:
-    """True when ``url`` answers ``/ping`` with 200 (one quick try, no retries)."""
+def ping(url: str, path: str = "/ping") -> bool:
+    """True when ``url`` answers ``path`` (``/ping``: alive; ``/ready``: warmed) with 200 (one
+    quick try, no retries)."""
     try:
-        return requests.get(f"{url}/ping", timeout=2).status_code == 200
+        return requests.get(f"{url}{path}", timeout=2).status_code == 200
     except requests.RequestException:
         return False
 
@@ -49,8 +50,9 @@ def wait_for_ping(
     timeout_s: float,
     exit_reason: Callable[[], str | None] = lambda: None,
     interval_s: float = 0.25,
+    path: str = "/ping",
 ) -> None:
-    """Poll ``/ping`` until 200: the one readiness wait for servers and containers alike.
+    """Poll ``path`` (``/ping``) until 200: the one readiness wait for servers and containers alike.
 
     ``exit_reason`` returns why the thing serving ``url`` has stopped (``"exited"``), or None
     while it runs, so a dead process fails at once instead of at the deadline.
@@ -59,11 +61,11 @@ def wait_for_ping(
     while time.monotonic() < deadline:
         reason = exit_reason()
         if reason:
-            raise NotReady(f"{reason} before answering {url}/ping")
-        if ping(url):
+            raise NotReady(f"{reason} before answering {url}{path}")
+        if ping(url, path):
             return
         time.sleep(interval_s)
-    raise NotReady(f"did not answer {url}/ping within {timeout_s:.0f} s")
+    raise NotReady(f"did not answer {url}{path} within {timeout_s:.0f} s")
 
 
 class StyleServerClient:

@@ -1,11 +1,14 @@
-"""The one home for starting ``mlflow models serve``: tests, the demo, the pipeline and the benchmark.
+"""The one home for starting a model server: tests, the demo, the pipeline and the benchmark.
 
     with serve_model("models:/style-transfer@champion", tracking_uri="sqlite:///mlflow.db") as url:
         StyleServerClient(url).predict(frame)
 
-It runs the same command a user types (``mlflow models serve -m <uri> --env-manager local -h
-127.0.0.1 -p <port>``) in its own process group, with the limits below set on purpose rather than
-inherited from whatever the caller's environment holds. docs/serving.md explains each limit.
+It runs the same command a user types, in its own process group, with the limits below set on
+purpose rather than inherited from whatever the caller's environment holds (docs/serving.md
+explains each limit). Two servers, one contract: ``server="mlflow"`` (the default) runs
+``mlflow models serve -m <uri> --env-manager local -h 127.0.0.1 -p <port>``; ``server="stylize"``
+runs ``python -m neuralstyle.run.server`` (``make serve``, the stack, the serving image): MLflow's
+same app plus /metrics, /stylize and /ready, started once it is ready (warmed), not only alive.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ RETRY_AFTER_S = 5
 LIMIT_VARIABLES = ("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "UVICORN_LIMIT_CONCURRENCY",
                    "UVICORN_HEADERS", "STYLIZE_PARALLEL_PHOTOS", *config.SERVER_MALLOC_ENV)
 READY_TIMEOUT_S = 180.0
+# Which server: `mlflow models serve`, or neuralstyle.run.server (MLflow's app + our routes).
+MLFLOW = "mlflow"
+STYLIZE = "stylize"
+READY_PATHS = {MLFLOW: "/ping", STYLIZE: "/ready"}
+SERVER_NAMES = {MLFLOW: "mlflow models serve", STYLIZE: "python -m neuralstyle.run.server"}
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 30
 
@@ -59,8 +67,14 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def serve_command(model_uri: str, port: int, timeout_s: int, workers: int) -> list[str]:
-    """The ``mlflow models serve`` command line, with the interpreter running this code."""
+def serve_command(model_uri: str, port: int, timeout_s: int, workers: int,
+                  server: str = MLFLOW) -> list[str]:
+    """The server's command line, with the interpreter running this code."""
+    if server == STYLIZE:
+        return [sys.executable, "-m", "neuralstyle.run.server", "-m", model_uri, "-H", HOST,
+                "-p", str(port), "--timeout", str(timeout_s), "--workers", str(workers)]
+    if server != MLFLOW:
+        raise ValueError(f"server {server!r} must be {MLFLOW!r} or {STYLIZE!r}")
     return [
         sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
         "--env-manager", "local", "-h", HOST, "-p", str(port),
@@ -98,7 +112,7 @@ def serve_env(
 
 @dataclass
 class Server:
-    """A running ``mlflow models serve`` process group and where its log goes."""
+    """A running model server's process group and where its log goes."""
 
     url: str
     process: subprocess.Popen
@@ -171,6 +185,7 @@ def start_server(
     limit_concurrency: int = LIMIT_CONCURRENCY,
     parallel_photos: int = DEFAULT_PARALLEL_PHOTOS,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    server: str = MLFLOW,
 ) -> Server:
     """Start the server and return once ``/ping`` answers; the caller must ``stop()`` it.
 
@@ -180,13 +195,14 @@ def start_server(
     attempts = 1 if port is not None else 3
     for attempt in range(attempts):
         chosen = port if port is not None else free_port()
-        server = _launch(model_uri, chosen, tracking_uri, timeout_s, workers,
-                         serve_env(tracking_uri, timeout_s, limit_concurrency, parallel_photos))
+        started = _launch(model_uri, chosen, tracking_uri, timeout_s, workers,
+                          serve_env(tracking_uri, timeout_s, limit_concurrency, parallel_photos),
+                          server)
         try:
-            _wait_ready(server, model_uri, ready_timeout_s)
-            return server
+            _wait_ready(started, model_uri, ready_timeout_s, server)
+            return started
         except ServerStartError as exc:
-            server.stop()
+            started.stop()
             port_taken = "address already in use" in str(exc).lower()
             if not port_taken or attempt == attempts - 1:
                 raise
@@ -195,14 +211,14 @@ def start_server(
 
 def _launch(
     model_uri: str, port: int, tracking_uri: str | None, timeout_s: int, workers: int,
-    env: dict[str, str],
+    env: dict[str, str], server: str = MLFLOW,
 ) -> Server:
     log = tempfile.NamedTemporaryFile(  # kept after a failed start: the error names it
         prefix=f"mlflow-serve-{port}-", suffix=".log", delete=False
     )
     with log:
         process = subprocess.Popen(
-            serve_command(model_uri, port, timeout_s, workers),
+            serve_command(model_uri, port, timeout_s, workers, server),
             env=env,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -210,18 +226,18 @@ def _launch(
     return Server(f"http://{HOST}:{port}", process, Path(log.name))
 
 
-def _wait_ready(server: Server, model_uri: str, ready_timeout_s: float) -> None:
-    """Poll ``/ping``; fail fast with the log tail if the process dies, or after the deadline."""
+def _wait_ready(server: Server, model_uri: str, ready_timeout_s: float, kind: str = MLFLOW) -> None:
+    """Poll the ready path; fail fast with the log tail if the process dies, or after the deadline."""
     from neuralstyle.run.client import NotReady, wait_for_ping
 
     def exit_reason() -> str | None:
         return None if server.alive() else f"exited with status {server.process.returncode}"
 
     try:
-        wait_for_ping(server.url, ready_timeout_s, exit_reason)
+        wait_for_ping(server.url, ready_timeout_s, exit_reason, path=READY_PATHS[kind])
     except NotReady as exc:
         raise ServerStartError(
-            f"mlflow models serve -m {model_uri} {exc}; "
+            f"{SERVER_NAMES[kind]} -m {model_uri} {exc}; "
             f"log tail ({server.log_path}):\n{server.log_tail()}"
         ) from None
 
@@ -248,10 +264,11 @@ def serve_model(
     workers: int = 1,
     limit_concurrency: int = LIMIT_CONCURRENCY,
     parallel_photos: int = DEFAULT_PARALLEL_PHOTOS,
+    server: str = MLFLOW,
 ) -> Iterator[str]:
     """Serve ``model_uri`` on 127.0.0.1 and yield its base URL; always stops the server."""
     with running_server(
         model_uri, port=port, tracking_uri=tracking_uri, timeout_s=timeout_s, workers=workers,
-        limit_concurrency=limit_concurrency, parallel_photos=parallel_photos,
+        limit_concurrency=limit_concurrency, parallel_photos=parallel_photos, server=server,
     ) as server:
         yield server.url

@@ -113,7 +113,8 @@ def test_nginx_conf_fits_the_server_limits() -> None:
     assert "64 MB" in text  # the JSON 413 names the limit
     routes = re.search(r"location ~ \^/\((.*?)\)\$", text)
     assert routes and set(routes.group(1).split("|")) == {"ping", "health", "version",
-                                                          "invocations"}
+                                                          "invocations", "stylize", "ready",
+                                                          "metrics"}
 
 
 # --- the serving image ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ keeps the screenshots (``make screenshots`` refreshes the ones in docs/screensho
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import io
 import os
 import shutil
@@ -236,6 +236,9 @@ def test_try_it_page_end_to_end(page, registry, docker_client, photos, tmp_path)
             f"style-transfer {fingerprint[:12]}: {count} styles")
         assert "favourite" in page.locator("#style option[value='7']").inner_text()
 
+        posted: list[str] = []  # the page sends the photo to the raw-image route, not as base64 JSON
+        page.on("request", lambda r: posted.append(r.url.split("?")[0].rsplit("/", 1)[-1])
+                if r.method == "POST" else None)
         source = tmp_path / "chelsea.jpg"
         source.write_bytes(photos["chelsea"])
         page.set_input_files("#photo", str(source))
@@ -251,9 +254,12 @@ def test_try_it_page_end_to_end(page, registry, docker_client, photos, tmp_path)
 
         width, height = fitted_size(451, 300, 400, "chelsea")  # (400, 266)
         src = page.locator("#result").get_attribute("src")
-        assert src.startswith("data:image/jpeg;base64,")
-        result = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert src.startswith("blob:") and posted == ["stylize"], (src, posted)
+        data = bytes(page.evaluate("async (u) => Array.from(new Uint8Array("
+                                   "await (await fetch(u)).arrayBuffer()))", src))
+        result = Image.open(io.BytesIO(data))
         assert result.format == "JPEG" and result.size == (width, height)
+        assert page.locator("#result").get_attribute("data-sha256") == hashlib.sha256(data).hexdigest()
         assert page.locator("#result").evaluate("i => [i.naturalWidth, i.naturalHeight]") == [
             width, height]
         assert page.locator("#download").get_attribute("download") == "chelsea-warm-blend.jpg"
