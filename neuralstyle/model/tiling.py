@@ -294,47 +294,48 @@ def bands(height: int, width: int, tile_pixels: int = TILE_PIXELS) -> list[tuple
 
 
 class _Store:
-    """A tensor kept whole between pieces: rows written once (band cores), read with halos."""
+    """A tensor [1, C, rows, W] kept whole between pieces: band cores written once, read back with
+    halos. In memory when small; else in an unlinked temporary file, channel-major as the network
+    lays it out (one contiguous run per channel and band: no transposes), so a band's rows come
+    back by ``pread`` without the whole tensor ever being resident."""
 
     def __init__(self, tensor: _Tensor, rows: int, columns: int) -> None:
-        self.axis = tensor.axis
-        shape = list(tensor.shape)
-        shape[self.axis] = rows
-        shape[-1 if self.axis == 2 else 2] = columns
-        row_shape = shape[:self.axis] + shape[self.axis + 1:]
-        self.row_shape = tuple(row_shape)  # one row's layout, stored rows first
-        self.row_bytes = int(np.prod(row_shape)) * 4
-        self.rows = rows
+        if tensor.axis != 2 or len(tensor.shape) != 4:
+            raise ValueError(f"{tensor.key[0]} is not laid out [1, C, rows, columns]")
+        self.channels, self.rows, self.columns = tensor.shape[1], rows, columns
         self.file = None
         self.memory = None
-        if rows * self.row_bytes > SPILL_BYTES:
+        if self.channels * rows * columns * 4 > SPILL_BYTES:
             self.file = tempfile.TemporaryFile(dir=os.environ.get(SPILL_ENV) or None)
         else:
-            self.memory = np.empty((rows, *row_shape), np.float32)
+            self.memory = np.empty((1, self.channels, rows, columns), np.float32)
+
+    def _offset(self, channel: int, row: int) -> int:
+        return (channel * self.rows + row) * self.columns * 4
 
     def write(self, start: int, band: np.ndarray) -> None:
-        """Rows ``start..`` from a band in the network's layout."""
-        rows_first = np.moveaxis(band, self.axis, 0)
+        """Rows ``start..`` from a band [1, C, rows, W]."""
         if self.memory is not None:
-            self.memory[start:start + rows_first.shape[0]] = rows_first
-        else:
-            data = np.ascontiguousarray(rows_first, np.float32)
-            os.pwrite(self.file.fileno(), memoryview(data).cast("B"), start * self.row_bytes)
+            self.memory[:, :, start:start + band.shape[2]] = band
+            return
+        for c in range(self.channels):
+            data = np.ascontiguousarray(band[0, c], np.float32)
+            os.pwrite(self.file.fileno(), memoryview(data).cast("B"), self._offset(c, start))
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start..stop`` in the network's layout."""
+        """Rows ``start..stop`` as [1, C, rows, W]."""
         if self.memory is not None:
-            rows = self.memory[start:stop]
-        else:
-            rows = np.empty((stop - start, *self.row_shape), np.float32)
-            view = memoryview(rows).cast("B")
-            offset, done = start * self.row_bytes, 0
+            return np.ascontiguousarray(self.memory[:, :, start:stop])
+        rows = np.empty((1, self.channels, stop - start, self.columns), np.float32)
+        for c in range(self.channels):
+            view = memoryview(rows[0, c]).cast("B")
+            done = 0
             while done < len(view):
-                got = os.preadv(self.file.fileno(), [view[done:]], offset + done)
+                got = os.preadv(self.file.fileno(), [view[done:]], self._offset(c, start) + done)
                 if got <= 0:
                     raise OSError("spilled rows could not be read back")
                 done += got
-        return np.ascontiguousarray(np.moveaxis(rows, 0, self.axis))
+        return rows
 
     def close(self) -> None:
         if self.file is not None:
