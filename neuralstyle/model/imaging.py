@@ -183,8 +183,13 @@ def fitted_size(width: int, height: int, max_size: int, what: str) -> tuple[int,
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
-    """0..1 float -> 0..255 uint8 with rounding (not truncation)."""
-    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    """0..1 float -> 0..255 uint8 with rounding (not truncation); a few rows at a time, so a
+    45 MP result never has float temporaries of its own size (the same values either way)."""
+    out = np.empty(rgb.shape, np.uint8)
+    step = max(1, (1 << 20) // max(1, int(np.prod(rgb.shape[1:]))))
+    for start in range(0, rgb.shape[0], step):
+        out[start:start + step] = np.clip(rgb[start:start + step] * 255.0 + 0.5, 0, 255)
+    return out
 
 
 def preserve_colors(stylized: np.ndarray, original: np.ndarray) -> np.ndarray:
