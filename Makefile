@@ -9,7 +9,8 @@ BENCH_REGISTRY := sqlite:///$(BENCH_DIR)/mlflow.db
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install install-spark install-browser demo test test-fast lint package serve bench docker-serving \
-	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary
+	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary \
+	bench-fullres
 
 install: $(VENV)/.installed
 
@@ -72,6 +73,12 @@ bench: install  ## speed vs the peer, throughput (server + container), a paintin
 		--tracking-uri $(BENCH_REGISTRY) --output $(BENCH_DIR)/load.md
 	$(PY) bench/speed.py --tracking-uri $(BENCH_REGISTRY) --load-report $(BENCH_DIR)/load.md
 	$(PY) bench/arbitrary.py --tracking-uri $(BENCH_REGISTRY) --runs 5
+
+bench-fullres: install  ## tiled inference at 1, 4, 17, 45 MP: seconds, peak memory, sameness at 2048, exact vs peer: bench/results/fullres.md + .png
+	rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
+	cd $(BENCH_DIR) && $(abspath $(PY)) $(CURDIR)/package_models.py --style-map $(CURDIR)/styles.json \
+		--tracking-uri $(BENCH_REGISTRY)
+	$(PY) bench/fullres.py --tracking-uri $(BENCH_REGISTRY)
 
 docker-serving: install  ## build (or reuse) the serving image style-transfer (docker/README.md)
 	$(PY) -m neuralstyle.containers.images serving

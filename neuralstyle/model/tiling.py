@@ -32,8 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# One band holds about this many photo pixels (~1 MP: what a static compile runs best at).
+# A photo of at most this many pixels runs in one piece (its own static compile, fastest);
+# larger ones in bands of about BAND_PIXELS each. OpenVINO keeps each piece's buffers at its
+# band size, so memory goes with BAND_PIXELS (bench/results/fullres.md).
 TILE_PIXELS = 1024 * 1024
+BAND_PIXELS = int(os.environ.get("STYLIZE_BAND_PIXELS", 512 * 1024))
 GRID = 4  # tile origins and sides are multiples of this: two stride-2 convolutions
 MIN_BAND_ROWS = 32  # a reflect pad needs more rows than it pads, at every scale
 SPILL_BYTES = 64 * 1024 * 1024  # a tensor kept between pieces above this goes to a temporary file
@@ -280,10 +283,15 @@ def _halo(clone, k: int, stage: dict, probed: dict, by_name: dict) -> int:
     return -(-reach // grid) * grid
 
 
-def bands(height: int, width: int, tile_pixels: int = TILE_PIXELS) -> list[tuple[int, int]]:
-    """Core rows [start, stop) of each band: even bands of at most about ``tile_pixels``, their
-    origins on the 4-row grid (``height`` is a multiple of 4: the photo is padded to one)."""
-    count = -(-height * width // tile_pixels)
+def bands(height: int, width: int, tile_pixels: int = TILE_PIXELS,
+          band_pixels: int | None = None) -> list[tuple[int, int]]:
+    """Core rows [start, stop) of each band: one band up to ``tile_pixels``, else even bands of
+    about ``band_pixels`` (default: BAND_PIXELS, at most ``tile_pixels``), their origins on the
+    4-row grid (``height`` is a multiple of 4: the photo is padded to one)."""
+    if height * width <= tile_pixels:
+        return [(0, height)]
+    band_pixels = min(tile_pixels, band_pixels or BAND_PIXELS)
+    count = -(-height * width // band_pixels)
     rows = max(MIN_BAND_ROWS, -(-height // count // GRID) * GRID)
     if count == 1 or rows >= height:
         return [(0, height)]

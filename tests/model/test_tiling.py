@@ -181,7 +181,7 @@ def test_a_photo_above_one_megapixel_matches_the_original_graph(model, monkeypat
     frame = pd.DataFrame({"image": [base64.b64encode(data).decode()], "style": ["7"]})
     out = model.predict(frame, params={"format": "png", "precision": "exact", "max_size": 0})
     got = np.asarray(Image.open(io.BytesIO(base64.b64decode(out.loc[0, "image"]))).convert("RGB"))
-    assert got.shape == rgb.shape and len(tiling.bands(1004, 1252)) == 2
+    assert got.shape == rgb.shape and len(tiling.bands(1004, 1252)) >= 2
     diff = int(np.abs(got.astype(int) - oracle_uint8(rgb, "7")).max())
-    print(f"served 1250x1003 in 2 bands vs the original graph in one piece: max {diff} level(s)")
+    print(f"served 1250x1003 in bands vs the original graph in one piece: max {diff} level(s)")
     assert diff <= PIXEL_TOLERANCE
