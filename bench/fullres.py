@@ -330,9 +330,9 @@ def main(argv: list[str] | None = None) -> None:
         child(args.child)
         return
     import mlflow
+    from serve_latency import registry
 
     from neuralstyle.model import runtime
-    from serve_latency import registry
 
     command = "python bench/fullres.py " + " ".join(argv if argv is not None else sys.argv[1:])
     output = Path(args.output)

@@ -25,6 +25,7 @@ compile (``runtime.Network``), exactly as before tiling existed.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import threading
@@ -186,14 +187,7 @@ def split(model, image: str) -> Plan:
         clone = model.clone()
         by_name = {op.get_friendly_name(): op for op in clone.get_ordered_ops()}
         params: dict[str, object] = {}
-
-        def param(pname: str, et, pshape):
-            if pname not in params:
-                p = ops.parameter(pshape, et, name=pname)
-                p.output(0).get_tensor().set_names({pname})
-                params[pname] = p
-            return params[pname]
-
+        param = functools.partial(_parameter, params)
         for op in clone.get_ordered_ops():
             oname = op.get_friendly_name()
             if stage.get(oname) != k or op.get_type_name() in ("Parameter", "MVN", "Result"):
@@ -237,6 +231,16 @@ def split(model, image: str) -> Plan:
                 sname, port = name[2:].rsplit(":", 1)
                 plan.last_use[(sname, int(port))] = piece.index
     return plan
+
+
+def _parameter(made: dict, name: str, element_type, shape):
+    """The piece's input called ``name`` (made once per piece, fed by that name)."""
+    from openvino import opset13 as ops
+
+    if name not in made:
+        made[name] = ops.parameter(shape, element_type, name=name)
+        made[name].output(0).get_tensor().set_names({name})
+    return made[name]
 
 
 def _reachable_params(results) -> list:
