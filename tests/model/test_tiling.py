@@ -185,3 +185,35 @@ def test_a_photo_above_one_megapixel_matches_the_original_graph(model, monkeypat
     diff = int(np.abs(got.astype(int) - oracle_uint8(rgb, "7")).max())
     print(f"served 1250x1003 in bands vs the original graph in one piece: max {diff} level(s)")
     assert diff <= PIXEL_TOLERANCE
+
+
+def test_a_forked_child_runs_a_large_photo_without_compiling_pieces(engine, tmp_path) -> None:
+    """luigi's workers are forks, where OpenVINO cannot compile: pieces the parent had not made
+    are not made there; the photo runs in one piece (the picture within one level)."""
+    import os
+    import signal
+    import time
+
+    whole = engine.exact[None].whole
+    rgb = family(seed=13, count=1)[0]
+    extra = style_feeds(engine, "multistyle")
+    x = np.ascontiguousarray(pad_to_multiple(rgb, SIZE_MULTIPLE)[None])
+    fresh = tiling.TiledNetwork(whole, tile_pixels=x.shape[1] * x.shape[2] // 3)
+    path = tmp_path / "child.npy"
+    pid = os.fork()
+    if pid == 0:
+        try:
+            np.save(path, fresh.run({"image": x, **extra}))
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 120
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("a forked child running a tiled photo did not finish in 120 s")
+        time.sleep(0.1)
+    child = np.load(path)
+    assert fresh._plan is None  # the parent made no pieces either
+    tiled = fresh.run({"image": x, **extra})
+    assert np.abs(levels(child) - levels(tiled)).max() <= 1
