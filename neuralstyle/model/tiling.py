@@ -11,10 +11,11 @@ graph is cut at each normalisation (OpenVINO ``MVN``) into pieces, each compiled
 
 Tiles are full-width bands: rows of the photo with origins on multiples of 4 (the networks halve
 twice), each piece reading a halo of rows as wide as its own reach (sum of its convolutions' half
-kernels, rounded up to the coarsest grid it touches: 4 px for the 9x9 conv, 2 for a stride-2 3x3,
-1 for a 3x3 at quarter size). Left and right edges are the photo's true borders, so the network's
-own reflect padding stays as it is there; top and bottom bands start at the photo's true borders
-too, and an interior band's padded rows lie in its halo and are cut off. What must survive between
+kernels, rounded up to the coarsest grid it touches: 4 rows for the 9x9 conv, 2 for a stride-2
+3x3, 4 (one quarter-size row) for a 3x3 at quarter size). Left and right edges are the photo's
+true borders, so the network's own reflect padding stays as it is there; top and bottom bands
+start at the photo's true borders too, and an interior band's padded rows lie in its halo and are
+cut off. What must survive between
 pieces (each ``z``, and a residual stream that skips one) is kept whole: in memory when small, else
 spilled to an unlinked temporary file read back band by band (``SPILL_ENV``), so resident memory
 stays at a few bands whatever the photo.
