@@ -489,7 +489,29 @@ def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, i
     finally:
         for store in stores.values():
             store.close()
+        _trim()
     return result
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """glibc, where there is one (None elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _trim() -> None:
+    """Hand the freed band arrays back to the OS: a tiled run frees hundreds of band-sized arrays
+    in a worker thread's malloc arena, which glibc otherwise keeps (a server's RSS grew ~250 MB
+    per round of 2048 px requests under its MALLOC_MMAP_THRESHOLD_ of 32 MB)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _rows(array: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
