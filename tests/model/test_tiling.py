@@ -1,0 +1,219 @@
+"""Tiled inference (``neuralstyle.model.tiling``): the same picture as a one-piece run, for every
+kind of network the model serves, at both precisions, in bounded memory.
+
+Bands are forced small here (``tile_pixels``) so photos CI can afford run in 3-6 bands; the
+bench (bench/fullres.py) runs the real sizes, 1 to 45 MP.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+from oracle import PIXEL_TOLERANCE, oracle_uint8, psnr_and_mean
+from PIL import Image
+
+from neuralstyle.builder.samples import encode, sample_painting, sample_rgb
+from neuralstyle.model import imaging, runtime, tiling
+from neuralstyle.model.pyfunc_model import SIZE_MULTIPLE, pad_to_multiple
+from neuralstyle.model.styles import ARBITRARY
+
+pytestmark = pytest.mark.slow
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+FAST_MIN_PSNR_DB, FAST_MAX_MEAN_LEVELS = 40.0, 1.5  # the fast bound packaging checks
+
+
+def family(seed: int, count: int = 3) -> list[np.ndarray]:
+    """Seeded crops of the bundled photos, sides 260..520 px (mostly not multiples of 4)."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(count):
+        rgb = sample_rgb(PHOTOS[(seed + i) % len(PHOTOS)])
+        h, w = (int(rng.integers(260, min(520, s) + 1)) for s in rgb.shape[:2])
+        y, x = int(rng.integers(0, rgb.shape[0] - h + 1)), int(rng.integers(0, rgb.shape[1] - w + 1))
+        crops.append(np.ascontiguousarray(rgb[y:y + h, x:x + w]))
+    return crops
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    return model.unwrap_python_model().engine
+
+
+@pytest.fixture(scope="module")
+def checkpoint_network(tmp_path_factory):
+    """A pytorch/examples checkpoint (seeded weights), exported as packaging exports it."""
+    import torch
+    from upstream import make_upstream_checkpoint
+
+    from neuralstyle.builder.export import export_onnx
+    from neuralstyle.builder.networks import UnitRangeTransformerNet, load_transformer_checkpoint
+
+    folder = tmp_path_factory.mktemp("checkpoint")
+    make_upstream_checkpoint(folder / "seeded.pth", seed=3)
+    module = UnitRangeTransformerNet(load_transformer_checkpoint(folder / "seeded.pth")).eval()
+    export_onnx(module, (torch.rand(1, 3, 64, 96),), folder / "seeded.onnx", ["image"])
+    return folder / "seeded.onnx"
+
+
+def style_feeds(engine, kind: str) -> dict[str, np.ndarray]:
+    if kind == "multistyle":
+        return {"style_weights": engine.catalog.resolve("19").weights}
+    if kind == "arbitrary":
+        vector = engine.style_vector(np.asarray(
+            imaging.centre_square(Image.fromarray(sample_painting("hubble_deep_field")), 256),
+            np.float32) / 255)
+        return {"style_vector": vector.reshape(1, -1)}
+    return {}
+
+
+def whole_network(engine, checkpoint_network, kind: str, precision: str) -> runtime.Network:
+    if kind == "checkpoint":
+        return runtime.compile_network(checkpoint_network, precision, pixels_input="image")
+    key = {"multistyle": None, "arbitrary": ARBITRARY}[kind]
+    return (engine.exact if precision == "exact" else engine.fast)[key].whole
+
+
+def run_both(whole: runtime.Network, rgb: np.ndarray, extra: dict, tile_pixels: int):
+    x = np.ascontiguousarray(pad_to_multiple(rgb, SIZE_MULTIPLE)[None])
+    feeds = {"image": x, **extra}
+    tiled = tiling.TiledNetwork(whole, tile_pixels=tile_pixels)
+    cores = tiling.bands(x.shape[1], x.shape[2], tile_pixels)
+    crop = (slice(0, rgb.shape[0]), slice(0, rgb.shape[1]))
+    return whole.run(feeds)[0][0][crop], tiled.run(feeds)[0][crop], cores
+
+
+def levels(rgb: np.ndarray) -> np.ndarray:
+    return imaging.to_uint8(rgb).astype(np.int16)
+
+
+@pytest.mark.parametrize("kind", ["multistyle", "arbitrary", "checkpoint"])
+def test_tiled_is_the_one_piece_picture_at_exact(engine, checkpoint_network, kind) -> None:
+    """At most one 8-bit level anywhere, and no seam: rows beside band borders differ no more
+    than the rest of the picture does (a seam would be tens of levels there)."""
+    whole = whole_network(engine, checkpoint_network, kind, "exact")
+    extra = style_feeds(engine, kind)
+    worst, border_worst, inner_worst = [], [], []
+    for rgb in family(seed=len(kind)):
+        tile_pixels = rgb.shape[0] * rgb.shape[1] // 4
+        one, tiled, cores = run_both(whole, rgb, extra, tile_pixels)
+        assert len(cores) >= 3
+        diff = np.abs(one - tiled).max(axis=2)
+        near = np.zeros(diff.shape[0], bool)
+        for start, _ in cores[1:]:
+            near[max(0, start - 8):start + 8] = True
+        near = near[:diff.shape[0]]
+        worst.append(int(np.abs(levels(one) - levels(tiled)).max()))
+        border_worst.append(float(diff[near].max()) * 255)
+        inner_worst.append(float(diff[~near].max()) * 255)
+        print(f"{kind} {rgb.shape[1]}x{rgb.shape[0]} in {len(cores)} bands: 8-bit max "
+              f"{worst[-1]}, float max near borders {border_worst[-1]:.4f} / elsewhere "
+              f"{inner_worst[-1]:.4f} levels")
+    print(f"{kind}: worst 8-bit difference min {min(worst)} median {np.median(worst)} max {max(worst)}")
+    assert max(worst) <= 1
+    assert max(border_worst) <= max(0.25, 2 * max(inner_worst))
+
+
+@pytest.mark.parametrize("kind", ["multistyle", "arbitrary"])
+def test_tiled_fast_meets_the_fast_bound(engine, checkpoint_network, kind) -> None:
+    """``fast`` (bf16 where this CPU has it) in bands: within the bound packaging checks for
+    fast, against the exact one-piece picture, like the one-piece fast run."""
+    extra = style_feeds(engine, kind)
+    exact = whole_network(engine, checkpoint_network, kind, "exact")
+    fast = whole_network(engine, checkpoint_network, kind, "fast")
+    for rgb in family(seed=7, count=2):
+        tile_pixels = rgb.shape[0] * rgb.shape[1] // 3
+        one_fast, tiled_fast, _ = run_both(fast, rgb, extra, tile_pixels)
+        reference = exact.run({"image": np.ascontiguousarray(
+            pad_to_multiple(rgb, SIZE_MULTIPLE)[None]), **extra})[0][0][:rgb.shape[0], :rgb.shape[1]]
+        psnr, mean = psnr_and_mean(imaging.to_uint8(tiled_fast), imaging.to_uint8(reference))
+        psnr_one, mean_one = psnr_and_mean(imaging.to_uint8(one_fast), imaging.to_uint8(reference))
+        print(f"{kind} {fast.precision} {rgb.shape[1]}x{rgb.shape[0]}: tiled vs exact PSNR {psnr:.1f} "
+              f"dB mean {mean:.3f}; one piece vs exact {psnr_one:.1f} dB mean {mean_one:.3f}")
+        assert psnr >= min(FAST_MIN_PSNR_DB, psnr_one - 1.0)
+        assert mean <= max(FAST_MAX_MEAN_LEVELS, mean_one + 0.25)
+
+
+def test_spilled_bands_give_the_same_bits_and_leave_no_file(engine, tmp_path, monkeypatch) -> None:
+    """Everything kept between pieces goes through temporary files: same array, nothing left."""
+    whole = engine.exact[None].whole
+    rgb = family(seed=11, count=1)[0]
+    extra = style_feeds(engine, "multistyle")
+    tile_pixels = rgb.shape[0] * rgb.shape[1] // 3
+    _, in_memory, _ = run_both(whole, rgb, extra, tile_pixels)
+    monkeypatch.setattr(tiling, "SPILL_BYTES", 0)
+    monkeypatch.setenv(tiling.SPILL_ENV, str(tmp_path))
+    _, spilled, _ = run_both(whole, rgb, extra, tile_pixels)
+    assert np.array_equal(in_memory, spilled)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_is_a_few_bands_not_the_photo(engine) -> None:
+    """A 3 MP photo in 12 bands: the arrays alive at once stay far below one full-size activation
+    (32 channels of float32: what a one-piece run holds, several times over)."""
+    rgb = np.asarray(Image.fromarray(sample_rgb("astronaut")).resize((2048, 1536)))
+    x = np.ascontiguousarray(rgb[None])
+    tiled = tiling.TiledNetwork(engine.exact[None].whole, tile_pixels=256 * 1024)
+    tiled.plan()
+    tracemalloc.start()
+    try:
+        out = tiled.run({"image": x, **style_feeds(engine, "multistyle")})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    activation = 32 * rgb.shape[0] * rgb.shape[1] * 4
+    print(f"3 MP in {len(tiling.bands(1536, 2048, 256 * 1024))} bands: peak NumPy memory "
+          f"{peak / 2**20:.0f} MB (one activation {activation / 2**20:.0f} MB, the result "
+          f"{out.nbytes / 2**20:.0f} MB)")
+    assert peak < activation / 2
+
+
+def test_a_photo_above_one_megapixel_matches_the_original_graph(model, monkeypatch) -> None:
+    """The whole path (bytes in, PNG out) at the photo's own size (max_size=0), run in bands,
+    against the original graph run by onnxruntime on the whole photo."""
+    rgb = np.asarray(Image.fromarray(sample_rgb("coffee")).resize((1250, 1003)))
+    data = encode(rgb)
+    frame = pd.DataFrame({"image": [base64.b64encode(data).decode()], "style": ["7"]})
+    out = model.predict(frame, params={"format": "png", "precision": "exact", "max_size": 0})
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(out.loc[0, "image"]))).convert("RGB"))
+    assert got.shape == rgb.shape and len(tiling.bands(1004, 1252)) >= 2
+    diff = int(np.abs(got.astype(int) - oracle_uint8(rgb, "7")).max())
+    print(f"served 1250x1003 in bands vs the original graph in one piece: max {diff} level(s)")
+    assert diff <= PIXEL_TOLERANCE
+
+
+def test_a_forked_child_runs_a_large_photo_without_compiling_pieces(engine, tmp_path) -> None:
+    """luigi's workers are forks, where OpenVINO cannot compile: pieces the parent had not made
+    are not made there; the photo runs in one piece (the picture within one level)."""
+    import os
+    import signal
+    import time
+
+    whole = engine.exact[None].whole
+    rgb = family(seed=13, count=1)[0]
+    extra = style_feeds(engine, "multistyle")
+    x = np.ascontiguousarray(pad_to_multiple(rgb, SIZE_MULTIPLE)[None])
+    fresh = tiling.TiledNetwork(whole, tile_pixels=x.shape[1] * x.shape[2] // 3)
+    path = tmp_path / "child.npy"
+    pid = os.fork()
+    if pid == 0:
+        try:
+            np.save(path, fresh.run({"image": x, **extra}))
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 120
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("a forked child running a tiled photo did not finish in 120 s")
+        time.sleep(0.1)
+    child = np.load(path)
+    assert fresh._plan is None  # the parent made no pieces either
+    tiled = fresh.run({"image": x, **extra})
+    assert np.abs(levels(child) - levels(tiled)).max() <= 1
