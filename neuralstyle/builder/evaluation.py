@@ -42,8 +42,9 @@ PSNR_CAP = 99.0  # identical pictures: a finite figure MLflow can store and comp
 CLIP_FREE = 0.0  # a painting "does not clip" when none of the original's 100 style values saturate
 # Packaging's subset (CI-sized): what every version is gated on by default.
 SUBSET_STYLES = ("0", "7", "19")
-SUBSET_PAINTINGS = ("photo-hubble_deep_field", "saturation-7", "extreme-red", "lineart-1",
-                    "frequency-4")
+# Three the original does not clip, three it does (see :func:`saturated_fraction`).
+SUBSET_PAINTINGS = ("photo-hubble_deep_field", "saturation-3", "flat-0",
+                    "saturation-7", "extreme-primaries", "lineart-1")
 SUBSET_PHOTOS = ("astronaut",)
 
 
@@ -111,7 +112,8 @@ def painting_family(seed: int = SEED) -> list[tuple[str, str, np.ndarray]]:
 
     xx, yy = _grid()
     for i, s in enumerate(np.linspace(0.1, 1.0, 8)):  # saturation: 8 smooth colour fields
-        add("saturation", i, lambda r, s=s: _hsv(_smooth(r, 4, 1)[..., 0], s, 0.45 + 0.5 * _smooth(r, 5, 1)[..., 0]))
+        add("saturation", i, lambda r, s=s: _hsv(_smooth(r, 4, 1)[..., 0], s,
+                                                 0.45 + 0.5 * _smooth(r, 5, 1)[..., 0]))
     for i, c in enumerate((0.03, 0.1, 0.25, 0.5, 0.8, 1.0)):  # contrast: 6 tinted fields
         add("contrast", i, lambda r, c=c: 0.5 + c * (_smooth(r, 8, 1) - 0.5) * r.random(3))
     for i, f in enumerate((2, 4, 8, 16, 32, 64, 96, 128)):  # frequency: 8 coloured gratings
@@ -121,8 +123,9 @@ def painting_family(seed: int = SEED) -> list[tuple[str, str, np.ndarray]]:
             a, b = r.random(3), r.random(3)
             return wave[..., None] * a + (1 - wave[..., None]) * b
         add("frequency", i, grating)
+    shape = (PAINTING_SIDE, PAINTING_SIDE, 3)
     for i, sigma in enumerate((0.05, 0.15, 0.3)):  # noise: gaussian, uniform, salt and pepper
-        add("noise", i, lambda r, sigma=sigma: 0.5 + sigma * r.standard_normal((PAINTING_SIDE, PAINTING_SIDE, 3)))
+        add("noise", i, lambda r, sigma=sigma: 0.5 + sigma * r.standard_normal(shape))
     add("noise", 3, lambda r: r.random((PAINTING_SIDE, PAINTING_SIDE, 3)))
     add("noise", 4, lambda r: (r.random((PAINTING_SIDE, PAINTING_SIDE, 1)) > 0.5) * np.ones(3))
     add("noise", 5, lambda r: _smooth(r, 6, 3) + 0.2 * r.standard_normal((PAINTING_SIDE, PAINTING_SIDE, 3)))
@@ -540,7 +543,8 @@ def evaluate_model(model_uri: str, evaluation: EvaluationSet, prefix: str = "") 
         extra_metrics=[measured.metric(name) for name in METRICS],
         evaluator_config={"metric_prefix": prefix} if prefix else {},
     )
-    metrics = {k.removeprefix(prefix): float(v) for k, v in result.metrics.items()}
+    # MLflow puts the prefix on both parts: champion_palette_swd/champion_median
+    metrics = {k.replace(prefix, "") if prefix else k: float(v) for k, v in result.metrics.items()}
     rows = [{"case": c.case, "group": c.group, "photo": c.photo_name, **measured.rows[c.case]}
             for c in evaluation.cases]
     return Evaluated(result, rows, metrics)
@@ -591,6 +595,9 @@ def gate(candidate: Evaluated, baseline: Evaluated | None, champion: str | None)
     if baseline is None:
         return GateReport(True, None, [], [])
     limits = thresholds(baseline.metrics)
+    if not limits:  # nothing compared is not a pass
+        return GateReport(False, champion, [], ["the champion's evaluation has none of the gated "
+                                                f"metrics ({', '.join(g[0] for g in GATE)})"])
     failures: list[str] = []
     try:
         mlflow.validate_evaluation_results(limits, candidate.result, _renamed(baseline))
@@ -600,7 +607,8 @@ def gate(candidate: Evaluated, baseline: Evaluated | None, champion: str | None)
     for name, greater, _, _ in GATE:
         if name not in limits:
             continue
-        got, base, bound = candidate.metrics.get(name, float("nan")), baseline.metrics[name], limits[name].threshold
+        got, base = candidate.metrics.get(name, float("nan")), baseline.metrics[name]
+        bound = limits[name].threshold
         ok = got >= bound if greater else got <= bound
         lines.append(f"{name}: {got:.4g} vs champion {base:.4g} ({got - base:+.3g}; bound "
                      f"{'>=' if greater else '<='} {bound:.4g}) {'pass' if ok else 'FAIL'}")
@@ -646,3 +654,99 @@ def rows_csv(rows: list[dict]) -> str:
     import pandas as pd
 
     return pd.DataFrame(rows).to_csv(index=False, float_format="%.5g")
+
+
+# --- at packaging: evaluate, gate, set the alias -----------------------------------------------------
+
+CASES_ARTIFACT = "evaluation/cases.csv"  # packaging run artifact: every row's measures
+REPORT_ARTIFACT = "evaluation/report.md"  # packaging run artifact: distributions and the gate
+CARD_ROWS = ("content_ssim", "parity_styles_psnr", "parity_paintings_psnr", "parity_clipped_psnr",
+             "palette_swd_clipped", "original_palette_swd_clipped", "texture_dist", "fast_psnr")
+
+
+@dataclass
+class Promotion:
+    """What packaging decided for a new version, for the run, the version page and the CLI."""
+
+    alias: str  # the alias the version got: the requested one, or challenger
+    report: GateReport
+    evaluated: Evaluated
+    set_name: str
+    forced: bool = False
+    CASES_ARTIFACT = CASES_ARTIFACT
+    REPORT_ARTIFACT = REPORT_ARTIFACT
+
+    def summary(self) -> str:
+        """One line for tags and the CLI."""
+        if self.report.champion is None:
+            return f"{self.alias}: first version"
+        if self.report.passed:
+            return f"{self.alias}: no worse than version {self.report.champion}"
+        failed = "; ".join(line for line in self.report.lines if line.endswith("FAIL"))
+        verb = "forced to" if self.forced else "stays"
+        return f"{verb} {self.alias}: worse than version {self.report.champion}: {failed}"
+
+    def card_table(self) -> str:
+        """The version page's short table: median and worst of each measure."""
+        return card_table(self.evaluated.metrics)
+
+
+def current_holder(client, model_name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def evaluate_and_promote(client, catalog, model_name: str, alias: str, version: str,
+                         force_champion: bool = False, full: bool = False) -> Promotion:
+    """Inside the packaging run: the new version (and the current holder of ``alias``, on the
+    same set) through ``mlflow.models.evaluate``, the gate, then the alias: ``alias`` when there
+    is no holder, when the gate passes or when forced; else ``challenger``."""
+    import mlflow
+
+    from neuralstyle import config
+
+    evaluation = evaluation_set(catalog, full=full)
+    candidate = evaluate_model(f"models:/{model_name}/{version}", evaluation)
+    holder = current_holder(client, model_name, alias)
+    baseline = None
+    if holder is not None and holder != version:
+        baseline = evaluate_model(f"models:/{model_name}/{holder}", evaluation, prefix="champion_")
+    report = gate(candidate, baseline, holder if baseline is not None else None)
+    chosen = alias if report.passed or force_champion else config.CHALLENGER_ALIAS
+    client.set_registered_model_alias(model_name, chosen, version)
+    if chosen == alias:  # a version promoted is no longer the challenger
+        with_challenger = current_holder(client, model_name, config.CHALLENGER_ALIAS)
+        if with_challenger == version:
+            client.delete_registered_model_alias(model_name, config.CHALLENGER_ALIAS)
+    promotion = Promotion(chosen, report, candidate, evaluation.name, force_champion and not report.passed)
+    mlflow.log_text(rows_csv(candidate.rows), CASES_ARTIFACT)
+    mlflow.log_text(report_markdown(promotion), REPORT_ARTIFACT)
+    mlflow.set_tags({"evaluation.set": evaluation.name, "evaluation.gate": promotion.summary()[:5000]})
+    client.set_model_version_tag(model_name, version, "evaluation", promotion.summary()[:5000])
+    log.info("evaluation (%s): %s", evaluation.name, promotion.summary())
+    return promotion
+
+
+def report_markdown(promotion: Promotion) -> str:
+    """The packaging run's ``evaluation/report.md``: the gate's report and the distributions."""
+    return (f"# Evaluation on {promotion.set_name}\n\n## Gate\n\n{promotion.summary()}\n\n"
+            + "".join(f"* {line}\n" for line in promotion.report.lines)
+            + "".join(f"* MLflow: {line}\n" for line in promotion.report.failures)
+            + f"\n## Distributions\n\n{distribution_table(promotion.evaluated.rows)}\n")
+
+
+def card_table(m: dict[str, float]) -> str:
+    """Median and worst of each measure the version page shows, as markdown."""
+    lines = ["| measure (rows) | median | worst |", "|---|---|---|"]
+    for name in CARD_ROWS:
+        if f"{name}/median" not in m:
+            continue
+        greater = METRICS[name][2]
+        worst = m[f"{name}/min"] if greater else m[f"{name}/max"]
+        lines.append(f"| {name} | {m[f'{name}/median']:.3g} | {worst:.3g} |")
+    return "\n".join(lines)
