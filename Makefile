@@ -9,7 +9,8 @@ BENCH_REGISTRY := sqlite:///$(BENCH_DIR)/mlflow.db
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install install-spark install-browser demo test test-fast lint package serve bench docker-serving \
-	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary
+	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary \
+	bench-eval
 
 install: $(VENV)/.installed
 
@@ -97,6 +98,12 @@ stack-status: install  ## each service of the stack, its address and health
 
 stack-down: install  ## stop every service of the stack (its data stays in stack/)
 	$(PY) -m neuralstyle.stack down
+
+# The full evaluation family (64 generated paintings, all 26 styles on two photos, blends) against
+# the original pipeline: this checkout packaged into a throwaway registry, then evaluated.
+bench-eval: install  ## every measure of the evaluation on the full family: bench/results/evaluation.md, docs/images/evaluation-clipping.png
+	$(PY) -m neuralstyle.builder.evaluation --output bench/results/evaluation.md \
+		--picture docs/images/evaluation-clipping.png
 
 bench-arbitrary: install  ## latency of a painting as the style at 384 and 1024 px (bench/results/arbitrary.md)
 	$(PY) bench/arbitrary.py

