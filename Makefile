@@ -101,8 +101,8 @@ stack-down: install  ## stop every service of the stack (its data stays in stack
 
 # The full evaluation family (64 generated paintings, all 26 styles on two photos, blends) against
 # the original pipeline: this checkout packaged into a throwaway registry, then evaluated.
-bench-eval: install  ## every measure of the evaluation on the full family: bench/results/evaluation.md, docs/images/evaluation-clipping.png
-	$(PY) bench/evaluation.py --picture docs/images/evaluation-clipping.png
+bench-eval: install  ## every measure of the evaluation on the full family: bench/results/evaluation.md, docs/images/evaluation-clipping.jpg
+	$(PY) bench/evaluation.py --picture docs/images/evaluation-clipping.jpg
 
 bench-arbitrary: install  ## latency of a painting as the style at 384 and 1024 px (bench/results/arbitrary.md)
 	$(PY) bench/arbitrary.py
