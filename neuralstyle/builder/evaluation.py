@@ -716,11 +716,40 @@ def current_holder(client, model_name: str, alias: str) -> str | None:
         return None
 
 
+SHARED_TAG = "evaluation.shared"  # run tag: the rows any version runs (digest) and the CPU
+
+
+def shared_key(evaluation: EvaluationSet) -> str:
+    """What makes two versions' gated figures comparable without re-running the champion: the
+    same shared rows (their MLflow dataset digest, the original's results included) measured on
+    the same CPU model with the same fast precision."""
+    import mlflow
+
+    from neuralstyle.model.runtime import cpu_model, fast_precision
+
+    digest = mlflow.data.from_pandas(evaluation.shared().frame()).digest
+    return f"{evaluation.name} {digest} on {cpu_model()}, fast={fast_precision()}"
+
+
+def champion_figures(client, model_name: str, holder: str, key: str) -> Evaluated | None:
+    """The champion's gated figures as its own packaging run logged them, when that run measured
+    the same shared rows on the same CPU (``key``); else None (it is evaluated again)."""
+    from mlflow.models import EvaluationResult
+
+    run = client.get_run(client.get_model_version(model_name, holder).run_id)
+    if run.data.tags.get(SHARED_TAG) != key:
+        return None
+    metrics = {k: float(v) for k, v in run.data.metrics.items() if k.split("/")[0] in METRICS}
+    return Evaluated(EvaluationResult(metrics=metrics, artifacts={}), [], metrics)
+
+
 def evaluate_and_promote(client, catalog, model_name: str, alias: str, version: str,
                          force_champion: bool = False, full: bool = False) -> Promotion:
-    """Inside the packaging run: the new version (and the current holder of ``alias``, on the
-    same set) through ``mlflow.models.evaluate``, the gate, then the alias: ``alias`` when there
-    is no holder, when the gate passes or when forced; else ``challenger``."""
+    """Inside the packaging run: the new version through ``mlflow.models.evaluate``, the gate
+    against the current holder of ``alias`` (its own run's figures when they were measured on the
+    same rows and CPU, else it is evaluated again here, on the rows any version runs), then the
+    alias: ``alias`` when there is no holder, when the gate passes or when forced; else
+    ``challenger``."""
     import mlflow
 
     from neuralstyle import config
@@ -728,11 +757,13 @@ def evaluate_and_promote(client, catalog, model_name: str, alias: str, version: 
     started = time.perf_counter()
     evaluation = evaluation_set(catalog, full=full)
     candidate = evaluate_model(f"models:/{model_name}/{version}", evaluation)
+    key = shared_key(evaluation)
+    mlflow.set_tag(SHARED_TAG, key)
     holder = current_holder(client, model_name, alias)
     baseline = None
     if holder is not None and holder != version:
-        baseline = evaluate_model(f"models:/{model_name}/{holder}", evaluation.shared(),
-                                  prefix="champion_")
+        baseline = champion_figures(client, model_name, holder, key) or evaluate_model(
+            f"models:/{model_name}/{holder}", evaluation.shared(), prefix="champion_")
     report = gate(candidate, baseline, holder if baseline is not None else None)
     chosen = alias if report.passed or force_champion else config.CHALLENGER_ALIAS
     client.set_registered_model_alias(model_name, chosen, version)
