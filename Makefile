@@ -11,7 +11,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 .PHONY: install install-spark install-browser install-video install-serve install-prometheus bench-video demo test test-fast \
 	lint package serve bench docker-serving \
 	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary \
-	bench-fullres
+	bench-fullres bench-eval
 
 install: $(VENV)/.installed
 
@@ -134,6 +134,11 @@ stack-status: install  ## each service of the stack, its address and health
 
 stack-down: install  ## stop every service of the stack (its data stays in stack/)
 	$(PY) -m neuralstyle.stack down
+
+# The full evaluation family (64 generated paintings, all 26 styles on two photos, blends) against
+# the original pipeline: this checkout packaged into a throwaway registry, then evaluated.
+bench-eval: install  ## every measure of the evaluation on the full family: bench/results/evaluation.md, docs/images/evaluation-clipping.jpg
+	$(PY) bench/evaluation.py --picture docs/images/evaluation-clipping.jpg
 
 bench-arbitrary: install  ## latency of a painting as the style at 384 and 1024 px (bench/results/arbitrary.md)
 	$(PY) bench/arbitrary.py

@@ -3,6 +3,7 @@
     python package_models.py                       # 26 styles -> models:/style-transfer@champion
     python package_models.py --checkpoint candy.pth   # + a pytorch/examples checkpoint as "candy"
     python package_models.py --style-image starry=starry.jpg   # + a named painting "starry"
+    python package_models.py --force --force-champion  # champion even if the evaluation finds it worse
     mlflow run . -e package_models --env-manager local
 """
 
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from neuralstyle import config
+from neuralstyle.model.contract import parse_bool
 from neuralstyle.model.errors import is_input_error
 
 
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="register a new version even if an identical one exists "
                              "(default: off)")
+    parser.add_argument("--force-champion", type=parse_bool, nargs="?", const=True, default=False,
+                        help="give a new version the alias even when the evaluation gate finds it "
+                             "worse than the version holding it (otherwise it gets "
+                             f"'{config.CHALLENGER_ALIAS}') (default: %(default)s)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
                              f"{config.DEFAULT_TRACKING_URI})")
@@ -62,15 +68,17 @@ def main(argv: list[str] | None = None) -> int:
             model_name=args.model_name, alias=args.alias, checkpoints=args.checkpoint,
             style_map=style_map, force=args.force, style_images=args.style_image,
             tracking_uri=args.tracking_uri, experiment=args.experiment,
+            force_champion=args.force_champion,
         )
     except Exception as exc:
         if is_input_error(exc) or isinstance(exc, (FileNotFoundError, ValueError)):
             print(f"package_models: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
             return 2
         raise
-    uri = f"models:/{result.name}@{args.alias}"
+    uri = f"models:/{result.name}@{result.alias or args.alias}"
     if result.created:
         print(f"registered {result.name} version {result.version} as {uri} (run {result.run_id})")
+        print(f"  evaluation: {result.evaluation}")
         for key, value in sorted(result.metrics.items()):
             print(f"  {key} = {value:.3g}")
     else:

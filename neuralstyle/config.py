@@ -13,6 +13,9 @@ from collections.abc import Iterator
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_MODEL_NAME = "style-transfer"
 DEFAULT_ALIAS = "champion"
+# A new version that the evaluation gate finds worse than the champion gets this alias instead
+# (neuralstyle.builder.evaluation); --force-champion overrides the gate.
+CHALLENGER_ALIAS = "challenger"
 DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
 DEFAULT_EXPERIMENT = "style-transfer"
 DEFAULT_STYLE_MAP = "styles.json"

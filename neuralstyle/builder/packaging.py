@@ -46,6 +46,8 @@ class PackageResult:
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""
+    alias: str = ""  # the alias the version got (the gate may make it challenger)
+    evaluation: str = ""  # the evaluation gate's one-line verdict
 
 
 def serving_requirements() -> list[str]:
@@ -250,11 +252,14 @@ def package_models(
     tracking_uri: str | None = None,
     experiment: str = config.DEFAULT_EXPERIMENT,
     style_images: list[str] | None = None,
+    force_champion: bool = False,
 ) -> PackageResult:
     """Build, verify, export, log and register; reuse an identical existing version.
 
     ``style_images`` are named paintings (``name=path`` or ``name=s3://...``): their style vectors
-    ship with the version, so ``style=name`` works without sending the painting.
+    ship with the version, so ``style=name`` works without sending the painting. A new version
+    gets ``alias`` only when the evaluation gate finds it no worse than the version holding it
+    (``neuralstyle.builder.evaluation``), or with ``force_champion``; else ``challenger``.
     """
     from mlflow import MlflowClient
 
@@ -270,7 +275,7 @@ def package_models(
             log.info("unchanged: %s version %s already holds these weights and code",
                      model_name, existing.version)
             _finish_alias(client, model_name, alias, existing.version)
-            return PackageResult(model_name, existing.version, False, existing.run_id, {}, fp)
+            return PackageResult(model_name, existing.version, False, existing.run_id, {}, fp, alias)
         staging = Path(tmp) / "networks"
         staging.mkdir()
         metrics, params = build(staging, catalog, network_kinds)
@@ -278,18 +283,20 @@ def package_models(
         quality, quality_metrics = check_fast_quality(staging, catalog, network_kinds)
         (staging / QUALITY_FILE).write_text(json.dumps(quality, indent=2, sort_keys=True))
         staged = Staged(staging, catalog, network_kinds, fp, quality, {**metrics, **quality_metrics}, params)
-        version, run_id = log_and_register(client, staged, model_name, alias, force, experiment,
-                                           Path(tmp), started)
-        return PackageResult(model_name, version, True, run_id, staged.metrics, fp)
+        version, run_id, promotion = log_and_register(client, staged, model_name, alias, force,
+                                                      experiment, Path(tmp), started, force_champion)
+        return PackageResult(model_name, version, True, run_id, staged.metrics, fp, promotion.alias,
+                             promotion.summary())
 
 
 def log_and_register(client, staged: Staged, model_name: str, alias: str, force: bool,
-                     experiment: str, tmp: Path, started: float) -> tuple[str, str]:
+                     experiment: str, tmp: Path, started: float, force_champion: bool = False):
     """One MLflow run: params, pictures, the networks, the pyfunc model; then the registered
-    version with its tags (one transaction) and ``alias``. Returns (version, run id)."""
+    version with its tags (one transaction), its evaluation and ``alias`` (or ``challenger``).
+    Returns (version, run id, evaluation.Promotion)."""
     import mlflow
 
-    from neuralstyle.builder import samples, weights
+    from neuralstyle.builder import evaluation, samples, weights
 
     catalog, metrics = staged.catalog, staged.metrics
     # Under `mlflow run` the run (and its experiment, --experiment-name) already exists and
@@ -301,7 +308,7 @@ def log_and_register(client, staged: Staged, model_name: str, alias: str, force:
         mlflow.log_params({
             **staged.params, "model_name": model_name, "alias": alias,
             "styles": ",".join(catalog.names()), "code_version": code_version(),
-            "git_commit": git_commit(), "force": force,
+            "git_commit": git_commit(), "force": force, "force_champion": force_champion,
         })
         model_card.log_pictures(staged.staging, catalog, samples.sample_rgb("chelsea"), tmp)
         for kind in staged.network_kinds:
@@ -334,14 +341,16 @@ def log_and_register(client, staged: Staged, model_name: str, alias: str, force:
         # registry failing mid-way leaves a whole version or none, never one without its
         # fingerprint that a rerun could not recognise.
         version = str(mlflow.register_model(info.model_uri, model_name, tags=tags).version)
-        client.set_registered_model_alias(model_name, alias, version)
+        promotion = evaluation.evaluate_and_promote(client, catalog, model_name, alias, version,
+                                                    force_champion)
         metrics["packaging_seconds"] = time.perf_counter() - started
         metrics["model_size_mb"] = _dir_size(staged.staging) / 1e6
         mlflow.log_metrics(metrics)
         model_card.finish_package_run(
             client, run.info, model_name, version, catalog, metrics,
-            {**tags, "parity_bound": PARITY_TOLERANCE, "export_bound": EXPORT_TOLERANCE})
-    return version, run.info.run_id
+            {**tags, "parity_bound": PARITY_TOLERANCE, "export_bound": EXPORT_TOLERANCE,
+             "evaluation": promotion})
+    return version, run.info.run_id, promotion
 
 
 def _finish_alias(client, name: str, alias: str, version: str) -> None:

@@ -214,6 +214,7 @@ def _version_markdown(
     run_id: str,
     parity_bound: float,
     export_bound: float,
+    evaluation: Any = None,
 ) -> str:
     """The markdown a model version page shows: the version's whole story, on one page."""
     uri = f"models:/{model_name}/{version}"
@@ -265,7 +266,7 @@ Every style on a sample photo: [{CONTACT_SHEET}]({sheet}) in the packaging run (
 | check | measured | bound | result |
 |---|---|---|---|
 {chr(10).join(checks)}
-
+{evaluation_section(evaluation, experiment_id, run_id)}
 ## Styles
 
 Send any of these as `style`; blends mix the built-ins: `3:0.5,12:0.5` (weights are normalised).
@@ -306,6 +307,25 @@ open("photo-styled.jpg", "wb").write(base64.b64decode(out["image"][0]))
 ```
 
 In a browser: `make try` serves this model's Docker image with a try-it page at `/`.
+"""
+
+
+def evaluation_section(promotion: Any, experiment_id: str, run_id: str) -> str:
+    """The version's evaluation (``builder.evaluation.Promotion``): the gate's verdict, a short
+    table and links to the per-painting table and the full report in the packaging run."""
+    if promotion is None:
+        return ""
+
+    cases = (f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{promotion.CASES_ARTIFACT}"
+             "?workflowType=machine_learning")
+    return f"""
+## Evaluation
+
+**{promotion.summary()}** (`mlflow.models.evaluate` on `{promotion.set_name}`)
+
+{promotion.card_table()}
+
+Every row: [`{promotion.CASES_ARTIFACT}`]({cases}); the gate: `{promotion.REPORT_ARTIFACT}`.
 """
 
 
@@ -556,6 +576,7 @@ def finish_package_run(client: Any, run_info: Any, model_name: str, version: str
         fingerprint=facts["fingerprint"], code_version=facts["code_version"],
         git_commit=facts["git_commit"], experiment_id=run_info.experiment_id,
         run_id=run_info.run_id, parity_bound=parity_bound, export_bound=export_bound,
+        evaluation=facts.get("evaluation"),
     )
     describe_version(client, model_name, version, description,
                      version_tags(catalog, metrics, parity_bound, export_bound))
@@ -564,5 +585,7 @@ def finish_package_run(client: Any, run_info: Any, model_name: str, version: str
         f"Built, proved and registered **{model_name} version {version}** "
         f"([open the version](#/models/{model_name}/versions/{version})).\n\n"
         f"{parity_line(metrics, parity_bound, export_bound)}\n\n"
-        f"Styles: {style_summary(catalog)}. Pictures: `{CONTACT_SHEET}`, `{STYLE_TILES}/`; "
+        + (f"Evaluation: {facts['evaluation'].summary()} (`evaluation/report.md`).\n\n"
+           if facts.get("evaluation") is not None else "")
+        + f"Styles: {style_summary(catalog)}. Pictures: `{CONTACT_SHEET}`, `{STYLE_TILES}/`; "
         f"catalog: `{CATALOG_ARTIFACT}`; weights as served: `networks/`."))
