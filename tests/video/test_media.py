@@ -144,3 +144,29 @@ def test_the_warping_error_sees_flicker_and_not_motion() -> None:
     error = np.linalg.norm(forward[16:-16, 16:-16] - exact[0][0][16:-16, 16:-16], axis=-1)
     print(f"Farneback endpoint error vs exact: median {np.median(error):.3f} px")
     assert np.median(error) < 0.5
+
+
+@pytest.mark.parametrize("motion", [Motion(dx=3, dy=1), Motion(dx=-5, dy=2), Motion(dx=0, dy=-4)])
+def test_scene_cuts_are_found_on_the_inputs_and_left_out_of_the_per_shot_error(
+        motion: Motion) -> None:
+    """Every ordered pair of photos, panned 4 frames each: exactly the pair across the cut is
+    flagged, from the inputs alone; per shot, the steady clip scores ~0 again."""
+    names = ("coffee", "chelsea", "astronaut", "rocket")
+    worst_steady, weakest_cut = 0.0, np.inf
+    for first in names:
+        for second in names:
+            if first == second:
+                continue
+            frames = (synthetic_frames(sample_rgb(first), motion, 4, (256, 160))
+                      + synthetic_frames(sample_rgb(second), motion, 4, (256, 160)))
+            flows = [(metrics.farneback(a, b), metrics.farneback(b, a))
+                     for a, b in zip(frames[:-1], frames[1:], strict=True)]
+            errors = metrics.pair_errors(frames, frames, flows)
+            assert metrics.scene_cuts(frames, flows) == [t == 3 for t in range(7)], (first, second)
+            per_shot = metrics.warping_error(frames, frames, flows=flows, within_shots=True)
+            assert per_shot == pytest.approx(np.mean([e for t, e in enumerate(errors) if t != 3]))
+            worst_steady = max(worst_steady, per_shot)
+            weakest_cut = min(weakest_cut, errors[3])
+    print(f"{motion}: worst steady per-shot error {worst_steady:.5f}, weakest cut {weakest_cut:.4f} "
+          f"(threshold {metrics.CUT_INPUT_ERROR})")
+    assert worst_steady < 2e-3 < metrics.CUT_INPUT_ERROR < weakest_cut
