@@ -135,7 +135,7 @@ def test_params(model, photos) -> None:
 
     with pytest.raises(Exception, match="param format='gif' must be one of jpeg, png, webp"):
         model.predict(request(photos["chelsea"], "7"), params={"format": "gif"})
-    with pytest.raises(Exception, match="max_size=99999 must be in 1..2048"):
+    with pytest.raises(Exception, match="max_size=99999 must be in 0..16384"):
         model.predict(request(photos["chelsea"], "7"), params={"max_size": 99999})
     with pytest.raises(StyleInputError, match="param precision='turbo' must be one of exact, fast"):
         model.predict(request(photos["chelsea"], "7"), params={"precision": "turbo"})
