@@ -308,8 +308,11 @@ def log_and_register(client, staged: Staged, model_name: str, alias: str, force:
         mlflow.log_params({
             **staged.params, "model_name": model_name, "alias": alias,
             "styles": ",".join(catalog.names()), "code_version": code_version(),
-            "git_commit": git_commit(), "force": force, "force_champion": force_champion,
+            "git_commit": git_commit(), "force": force,
         })
+        # A tag, not a param: under `mlflow run -P force_champion=...` MLflow has already logged
+        # the param as typed ("false"), and logging it again as False is refused.
+        mlflow.set_tag("force_champion", str(force_champion).lower())
         model_card.log_pictures(staged.staging, catalog, samples.sample_rgb("chelsea"), tmp)
         for kind in staged.network_kinds:
             preview_metrics, pictures = kind.preview(staged.staging, catalog, tmp)
