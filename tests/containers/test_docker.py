@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from figures import reporter
 from loadcheck import CLIENTS, SECONDS, assert_served_everyone, post_until_not_503
 from oracle import (
     PARITY_SIZES,
@@ -39,6 +40,7 @@ from oracle import (
 from PIL import Image
 
 from neuralstyle.containers import images
+from neuralstyle.run.serving import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -47,20 +49,7 @@ READY_TIMEOUT_S = 180.0
 TEST_LABEL = "org.stylize.test"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def report(config: pytest.Config, line: str) -> None:
-    """Show a measured figure in the test output, also without ``-s``."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None:
-        return
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        reporter.write_line(f"[docker] {line}")
+report = reporter("docker")
 
 
 def frame_for(data: bytes, style: str = "7") -> pd.DataFrame:

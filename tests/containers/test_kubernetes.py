@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 import yaml
+from figures import reporter
 from loadcheck import CLIENTS, assert_served_everyone
 from oracle import decode_rgb
 from PIL import Image
@@ -42,13 +43,7 @@ START_TIMEOUT_S = 180.0
 ENTRYPOINT_MARGIN_S = 5  # serve_behind_nginx: drain + 5 s, then it kills what is left
 
 
-def report(request: pytest.FixtureRequest, line: str) -> None:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None:
-        return
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        reporter.write_line(f"[k8s] {line}")
+report = reporter("k8s")
 
 
 def manifests() -> dict[str, dict]:

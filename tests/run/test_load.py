@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 import requests
+from figures import reporter
 from loadcheck import CLIENTS, SECONDS, assert_served_everyone, post_until_not_503
 
 from bench.load import photo_jpegs, request_bodies, run_load
@@ -30,15 +31,7 @@ from neuralstyle.model import contract, pyfunc_model
 from neuralstyle.run import serving
 from neuralstyle.run.serving import Server, running_server
 
-
-def report(request: pytest.FixtureRequest, line: str) -> None:
-    """Show a measured figure in the test output, also without ``-s``."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None:
-        return
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        reporter.write_line(f"[load] {line}")
+report = reporter("load")
 
 
 def test_parallel_photos_comes_from_the_environment(monkeypatch) -> None:

@@ -11,7 +11,6 @@ tests/run/test_serve.py. Figures are printed as ``[service]`` lines.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import io
 import json
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import requests
+from figures import reporter
 from loadcheck import CLIENTS, assert_served_everyone
 from oracle import decode_rgb
 from PIL import Image
@@ -35,15 +35,7 @@ from neuralstyle.builder.samples import SAMPLES, encode, sample_painting, sample
 from neuralstyle.run import server as service
 from neuralstyle.run.serving import STYLIZE, Server, free_port, running_server
 
-
-def report(request: pytest.FixtureRequest, line: str) -> None:
-    """Show a measured figure in the test output, also without ``-s``."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None:
-        return
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        reporter.write_line(f"[service] {line}")
+report = reporter("service")
 
 
 @pytest.fixture(scope="module")
