@@ -246,10 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _serve_target(model_uri: str, tracking_uri: str) -> Iterator[tuple[str, Callable[[], int]]]:
-    """``mlflow models serve`` with make serve's settings: its URL and its process group's RSS."""
-    from neuralstyle.run.serving import running_server
+    """``make serve``'s server (``python -m neuralstyle.run.server``, MLflow's scoring app with
+    /metrics, /stylize and /ready) with its settings: its URL and its process group's RSS."""
+    from neuralstyle.run.serving import STYLIZE, running_server
 
-    with running_server(model_uri, tracking_uri=tracking_uri) as server:
+    with running_server(model_uri, tracking_uri=tracking_uri, server=STYLIZE) as server:
         yield server.url, server.rss_bytes
 
 
@@ -275,7 +276,7 @@ def report(rows: list[tuple[str, list[LoadResult]]], argv: list[str], machine: d
              "no retries) posting one 512 px sample photo (JPEG, style 7, default params) after "
              "another; every fifth photo is a truncated JPEG that must be answered 400. "
              "photos/s counts 200 answers per second of wall time; p50/p95 are over the 200s; "
-             "peak RSS is the server's processes (the whole `mlflow models serve` process group, "
+             "peak RSS is the server's processes (the whole `make serve` process group, "
              "or every process in the container), sampled every 0.25 s.", "",
              settings, "", "| Machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in machine.items()]
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_uri = args.model_uri or config.DEFAULT_MODEL_URI
     bodies = request_bodies(photo_jpegs())
-    targets: list[tuple[str, Callable]] = [("make serve (mlflow models serve)", _serve_target)]
+    targets: list[tuple[str, Callable]] = [("make serve (neuralstyle.run.server)", _serve_target)]
     if args.container:
         targets.append(("serving container (nginx)", _container_target))
     rows = []
