@@ -66,7 +66,7 @@ demo: install  ## package the models if needed and stylize a bundled sample phot
 
 test: install install-spark install-browser install-serve install-prometheus stack-install install-video  ## lint, then every test (docker tests skip, with a reason, without an engine)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 test-fast: install install-video  ## the inner loop: lint + the fast tests (no slow, integration, docker, spark or stack tests)
 	$(PY) -m ruff check .
