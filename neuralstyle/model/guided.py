@@ -22,11 +22,15 @@ from PIL import Image
 from neuralstyle.model.errors import StyleInputError
 from neuralstyle.model.imaging import MIN_SIDE
 
-# Window radius in painted pixels, and the regularisation in (0..1 colour)^2. A larger eps leans on
-# the stylized picture (flat photo areas keep the strokes), a smaller one on the photo's detail.
-# Chosen with bench/paint_size.py: edge alignment and stroke fidelity measured on a family.
-RADIUS = 1
-EPS = 1e-2
+# Window radius in painted pixels, and the regularisation in (0..1 colour)^2: a larger eps leans on
+# the stylized picture, a smaller one on the photo's detail. DETAIL 1 keeps every stroke the
+# window averages would blur (b takes the painted residual: q = up(p) + up(a) (I - up(I_small)),
+# the photo's own detail carried by the local colour model); 0 is the plain fast guided filter,
+# sharper edges but strokes smoothed over 2r+1 painted pixels. Chosen with bench/paint_size.py
+# (edge alignment and stroke fidelity on a seeded family; its table has the other settings).
+RADIUS = 2
+EPS = 1e-3
+DETAIL = 1.0
 BAND_PIXELS = 1 << 19  # output pixels per band: ~25 MB of float32 coefficients at a time
 
 
@@ -105,7 +109,7 @@ def _inverse_3x3(m: np.ndarray) -> np.ndarray:
 
 
 def upsample(painted: np.ndarray, guide_small: np.ndarray, guide: np.ndarray,
-             radius: int = RADIUS, eps: float = EPS) -> np.ndarray:
+             radius: int = RADIUS, eps: float = EPS, detail: float = DETAIL) -> np.ndarray:
     """The stylized ``painted`` [h, w, 3] (0..1) at the size of ``guide`` [H, W, 3] (uint8 photo),
     guided by it; ``guide_small`` is the photo as the network saw it (uint8, [h, w, 3]).
 
@@ -115,7 +119,10 @@ def upsample(painted: np.ndarray, guide_small: np.ndarray, guide: np.ndarray,
     """
     h, w = painted.shape[:2]
     big_h, big_w = guide.shape[:2]
-    a, b = coefficients(np.asarray(guide_small, np.float32) / 255.0, painted, radius, eps)
+    small = np.asarray(guide_small, np.float32) / 255.0
+    a, b = coefficients(small, painted, radius, eps)
+    if detail:  # what the averaged model leaves of the painting, back into b
+        b += detail * (painted - np.einsum("hwck,hwk->hwc", a, small) - b)
     planes = [Image.fromarray(np.ascontiguousarray(plane), mode="F")
               for plane in np.moveaxis(np.concatenate([a.reshape(h, w, 9), b], axis=2), 2, 0)]
     del a, b
