@@ -94,8 +94,8 @@ REQUEST_PARAMS: tuple[RequestParam, ...] = (
     RequestParam("max_size", int, 1024, "longest side in px (0: the photo's own size)", OWN_SIZE,
                  MAX_SIZE_LIMIT),
     RequestParam("paint_size", int, 0,
-                 "longest side in px the network paints at, the result then brought to the output "
-                 "size guided by the photo (0: paints at the output size)", OWN_SIZE, MAX_SIZE_LIMIT),
+                 "longest side the network paints at, guided up to the output (0: the output size)",
+                 OWN_SIZE, MAX_SIZE_LIMIT),
     RequestParam("strength", float, 1.0, "mix of stylized (1) and original (0)", 0.0, 1.0),
     RequestParam("preserve_color", bool, False, "true keeps the photo's colours"),
     RequestParam("format", str, "jpeg", "the result's encoding", choices=tuple(FORMATS),

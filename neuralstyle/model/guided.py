@@ -5,9 +5,10 @@ A network run at 8K paints tiny strokes; run at 1024 px and upscaled, its result
 guided filter (He and Sun, "Fast Guided Filter", arXiv:1505.00996, 2015; the colour guided filter
 of He, Sun and Tang, TPAMI 2013) does both: at the paint size it fits, in each small window, the
 stylized colours as a linear function of the photo's colours (``q = a I + b``, a 3x3 ``a`` per
-pixel), then evaluates the window-averaged ``a`` and ``b``, bilinearly upsampled, on the full-size
-photo. The strokes come from ``b`` and from ``a``'s variation at the paint size, the sharp edges
-from the full-size photo where it has them.
+pixel), window-averages ``a`` and ``b``, puts back into ``b`` what of the painting the averaged
+model leaves out (``DETAIL``: no stroke is blurred away), then evaluates ``a`` and ``b``,
+bilinearly upsampled, on the full-size photo: ``q = up(p) + up(a) (I - up(I_small))``. The strokes
+come from the painting, the sharp edges from the full-size photo where it has them.
 
 NumPy only, float32 on the output's scale; statistics in float64 (variances are small differences
 of large sums). Memory is bounded whatever the output size: the coefficients live at the paint size
