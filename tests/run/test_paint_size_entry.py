@@ -1,5 +1,6 @@
 """``paint_size`` from every entry point: stylize.py (flags generated from the contract, exit 2 on a
-bad value, nothing written) and the Luigi task (its parameter, the result's size, the lineage)."""
+bad value, nothing written), the Luigi task (its parameter, the result's size) and the Spark job's
+settings (checked on the driver before Spark starts)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from s3_fixtures import run
 from tasks import Stylize
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow  # the registry fixture packages the real model
 
 
 def stylize_cli(*args: str, cwd: Path, uri: str) -> subprocess.CompletedProcess:
@@ -26,6 +26,7 @@ def stylize_cli(*args: str, cwd: Path, uri: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # the registry fixture packages the real model
 def test_cli_paints_at_paint_size_and_refuses_bad_values(registry, photos, tmp_path) -> None:
     (tmp_path / "cat.jpg").write_bytes(photos["chelsea"])  # 451x300
     ok = stylize_cli("--image", "cat.jpg", "--style", "7", "--max-size", "0", "--paint-size", "200",
@@ -46,6 +47,7 @@ def test_cli_paints_at_paint_size_and_refuses_bad_values(registry, photos, tmp_p
     assert "--paint-size" in stylize_cli("--help", cwd=tmp_path, uri=registry.tracking_uri).stdout
 
 
+@pytest.mark.slow
 def test_luigi_task_takes_paint_size(registry, photos, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cat.jpg").write_bytes(photos["chelsea"])
@@ -57,3 +59,19 @@ def test_luigi_task_takes_paint_size(registry, photos, tmp_path, monkeypatch) ->
     result = run(task)
     assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
     assert decode_rgb((tmp_path / "out" / "cat.png").read_bytes()).shape == (266, 400, 3)
+
+
+def test_spark_job_passes_paint_size_and_refuses_it_above_max_size() -> None:
+    from neuralstyle.model.errors import StyleInputError
+    from tasks.run_spark import build_parser
+    from tasks.spark import JobSettings, validate
+
+    def settings(*flags: str) -> JobSettings:
+        return JobSettings(**vars(build_parser().parse_args(
+            ["--images", "in/", "--output", "out/", *flags])))
+
+    good = settings("--max-size", "0", "--paint-size", "1024")
+    validate(good)
+    assert good.params()["paint_size"] == 1024 and good.params()["max_size"] == 0
+    with pytest.raises(StyleInputError, match="paint_size=2048 is larger than the output"):
+        validate(settings("--paint-size", "2048"))
