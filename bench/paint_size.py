@@ -56,8 +56,58 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the side-by-side crop (default: docs/images/paint-size-crop.jpg)")
     parser.add_argument("--sweep", type=int, default=4,
                         help="mosaics in the settings family, 0 to skip (default: %(default)s)")
+    parser.add_argument("--print-size", default="8256x5504",
+                        help="a whole request at this size with paint_size=1024, in a fresh "
+                             "process, for its seconds and peak memory; '' to skip "
+                             "(default: %(default)s, 45 MP)")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     add_model_flags(parser, DEFAULT_OUTPUT)
     return parser
+
+
+def child(spec: str) -> None:
+    """One whole request (JPEG in, JPEG out, max_size=0, paint_size) in this fresh process:
+    prints a JSON line with its seconds and the process's peak resident memory (VmHWM)."""
+    import json
+
+    import mlflow
+    import pandas as pd
+    from fullres import peak_rss_mb, rss_mb
+
+    args = json.loads(spec)
+    mlflow.set_tracking_uri(args["tracking_uri"])
+    model = mlflow.pyfunc.load_model(args["model_uri"])
+    loaded = rss_mb()
+    frame = pd.DataFrame({"image": [base64.b64encode(Path(args["photo"]).read_bytes()).decode()],
+                          "style": [STYLE]})
+    started = time.perf_counter()
+    out = model.predict(frame, params={"max_size": 0, "paint_size": PAINT,
+                                       "precision": args["precision"]})
+    print(json.dumps({"seconds": time.perf_counter() - started, "after_load_mb": loaded,
+                      "peak_mb": peak_rss_mb(),
+                      "size": [int(out.loc[0, "width"]), int(out.loc[0, "height"])]}))
+
+
+def print_request(size: str, seed: int, precision: str, tracking_uri: str,
+                  model_uri: str) -> dict:
+    """``child`` on a composed photo of ``size``, in a fresh process."""
+    import json
+    import subprocess
+    import tempfile
+
+    from fullres import jpeg
+
+    width, height = (int(v) for v in size.lower().split("x"))
+    with tempfile.TemporaryDirectory() as folder:
+        photo = Path(folder) / "print.jpg"
+        photo.write_bytes(jpeg(mosaic(width, height, seed)))
+        spec = json.dumps({"photo": str(photo), "precision": precision,
+                           "tracking_uri": tracking_uri, "model_uri": model_uri})
+        done = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True,
+                              text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {size} request failed:\n{done.stderr[-3000:]}")
+    return {"width": width, "height": height, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def gradient_correlation(result: np.ndarray, photo: np.ndarray) -> float:
@@ -151,6 +201,9 @@ def sweep(engine, count: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.child:
+        child(args.child)
+        return
     import mlflow
     from PIL import Image
     from serve_latency import registry
@@ -172,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         small, small_s = request(model, encoded.getvalue(), args.precision, max_size=PAINT)
         plain = bicubic(small, width, height)
         rows = sweep(model.unwrap_python_model().engine, args.sweep) if args.sweep else []
+        big = (print_request(args.print_size, args.seed, args.precision, uri, args.model_uri)
+               if args.print_size else None)
     where = busiest_window(photo, CROP)
     picture([("the photo", photo), (f"network at {width}x{height}", full),
              (f"paint_size={PAINT}, bicubic", plain), (f"paint_size={PAINT}, guided", ours)],
@@ -203,6 +258,17 @@ def main(argv: list[str] | None = None) -> None:
         f"(small strokes), the {PAINT} px painting upscaled bicubically (soft), the same painting "
         "guided by the photo (its strokes, the photo's edges).",
     ]
+    if big:
+        lines += [
+            "",
+            f"## A whole {big['width']}x{big['height']} request with `paint_size={PAINT}`",
+            "",
+            f"JPEG in and out, `max_size=0`, {args.precision}, in a fresh process: "
+            f"{big['seconds']:.1f} s, result {big['size'][0]}x{big['size'][1]}; peak resident "
+            f"memory (VmHWM, decode to encode) {big['peak_mb']:.0f} MB "
+            f"({big['after_load_mb']:.0f} MB after loading the model). The network at the full "
+            "size on the same kind of photo: bench/results/fullres.md.",
+        ]
     if rows:
         lines += [
             "",
