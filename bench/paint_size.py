@@ -81,7 +81,7 @@ def child(spec: str) -> None:
     frame = pd.DataFrame({"image": [base64.b64encode(Path(args["photo"]).read_bytes()).decode()],
                           "style": [STYLE]})
     started = time.perf_counter()
-    out = model.predict(frame, params={"max_size": 0, "paint_size": PAINT,
+    out = model.predict(frame, params={"max_size": 0, "paint_size": args.get("paint", PAINT),
                                        "precision": args["precision"]})
     print(json.dumps({"seconds": time.perf_counter() - started, "after_load_mb": loaded,
                       "peak_mb": peak_rss_mb(),
@@ -89,7 +89,7 @@ def child(spec: str) -> None:
 
 
 def print_request(size: str, seed: int, precision: str, tracking_uri: str,
-                  model_uri: str) -> dict:
+                  model_uri: str, paint: int = PAINT) -> dict:
     """``child`` on a composed photo of ``size``, in a fresh process."""
     import json
     import subprocess
@@ -101,7 +101,7 @@ def print_request(size: str, seed: int, precision: str, tracking_uri: str,
     with tempfile.TemporaryDirectory() as folder:
         photo = Path(folder) / "print.jpg"
         photo.write_bytes(jpeg(mosaic(width, height, seed)))
-        spec = json.dumps({"photo": str(photo), "precision": precision,
+        spec = json.dumps({"photo": str(photo), "precision": precision, "paint": paint,
                            "tracking_uri": tracking_uri, "model_uri": model_uri})
         done = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True,
                               text=True, check=False)

@@ -33,44 +33,53 @@ RADIUS = 2
 EPS = 1e-3
 DETAIL = 1.0
 BAND_PIXELS = 1 << 19  # output pixels per band: ~25 MB of float32 coefficients at a time
+SAMPLING_MARGIN = 2  # painted rows a slab holds beyond those bilinear sampling reads
 
 
 def box_mean(x: np.ndarray, radius: int) -> np.ndarray:
-    """The mean over each (2r+1)^2 window clipped at the array's borders, axes 0 and 1 (float64)."""
+    """The mean over each (2r+1)^2 window clipped at the array's borders, axes 0 and 1 (float64).
+
+    Running sums with their first and last value repeated r times, so every window is one
+    difference of two slices (no index arrays, no copies but the sums).
+    """
     out = np.asarray(x, np.float64)
     for axis in (0, 1):
-        n = out.shape[axis]
-        padded = np.concatenate([np.zeros_like(out.take([0], axis=axis)), out], axis=axis)
-        sums = np.cumsum(padded, axis=axis)
-        hi = np.minimum(np.arange(n) + radius + 1, n)
-        lo = np.maximum(np.arange(n) - radius, 0)
-        shape = [1] * out.ndim
-        shape[axis] = n
-        count = (hi - lo).reshape(shape)
-        out = (sums.take(hi, axis=axis) - sums.take(lo, axis=axis)) / count
+        out = np.moveaxis(out, axis, 0)
+        n = out.shape[0]
+        sums = np.empty((n + 1 + 2 * radius, *out.shape[1:]), np.float64)
+        sums[:radius + 1] = 0.0
+        np.cumsum(out, axis=0, out=sums[radius + 1:radius + 1 + n])
+        sums[radius + 1 + n:] = sums[radius + n]
+        index = np.arange(n)
+        count = np.minimum(index + radius + 1, n) - np.maximum(index - radius, 0)
+        window = sums[2 * radius + 1:] - sums[:n]
+        window /= count.reshape(-1, *[1] * (out.ndim - 1))
+        out = np.moveaxis(window, 0, axis)
     return out
 
 
-def coefficients(guide: np.ndarray, painted: np.ndarray, radius: int = RADIUS,
-                 eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:
-    """The colour guided filter's per-pixel linear model at the paint size, window-averaged.
+def coefficients(guide_small: np.ndarray, painted: np.ndarray, lo: int, hi: int,
+                 radius: int = RADIUS, eps: float = EPS,
+                 detail: float = DETAIL) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``lo:hi`` of the colour guided filter's linear model at the paint size.
 
-    ``guide`` and ``painted`` are [h, w, 3] in 0..1; returns ``a`` [h, w, 3, 3] (output channel,
-    guide channel) and ``b`` [h, w, 3], float32, such that ``q = a @ I + b``. Computed in row bands
-    with a halo of 2r rows, so the float64 temporaries stay a band's worth.
+    ``guide_small`` is the photo as the network saw it (uint8 [h, w, 3]), ``painted`` the
+    painting [h, w, 3] in 0..1. Returns ``a`` [rows, w, 3, 3] (output channel, guide channel)
+    and ``b`` [rows, w, 3], float32, window-averaged, with ``detail`` of the painting's residual
+    in ``b``, such that ``q = a @ I + b``: the same values whatever rows are asked for (the slab
+    read has a halo of 2r rows), so memory is a slab's worth, never the painting's.
     """
-    h, w = guide.shape[:2]
-    a_out = np.empty((h, w, 3, 3), np.float32)
-    b_out = np.empty((h, w, 3), np.float32)
-    rows = max(1, BAND_PIXELS // (4 * max(1, w)))
-    halo = 2 * radius
-    for top in range(0, h, rows):
-        lo, hi = max(0, top - halo), min(h, top + rows + halo)
-        a, b = _raw_coefficients(guide[lo:hi], painted[lo:hi], radius, eps)
-        keep = slice(top - lo, top - lo + min(rows, h - top))
-        a_out[top:top + rows] = box_mean(a.reshape(hi - lo, w, 9), radius)[keep].reshape(-1, w, 3, 3)
-        b_out[top:top + rows] = box_mean(b, radius)[keep]
-    return a_out, b_out
+    h = guide_small.shape[0]
+    top, end = max(0, lo - 2 * radius), min(h, hi + 2 * radius)
+    guide = np.asarray(guide_small[top:end], np.float32) / 255.0
+    a, b = _raw_coefficients(guide, painted[top:end], radius, eps)
+    keep = slice(lo - top, hi - top)
+    rows, w = end - top, guide.shape[1]
+    a = box_mean(a.reshape(rows, w, 9), radius)[keep].reshape(-1, w, 3, 3).astype(np.float32)
+    b = box_mean(b, radius)[keep].astype(np.float32)
+    if detail:  # what the averaged model leaves of the painting, back into b
+        b += detail * (painted[lo:hi] - np.einsum("hwck,hwk->hwc", a, guide[keep]) - b)
+    return a, b
 
 
 def _raw_coefficients(guide: np.ndarray, painted: np.ndarray, radius: int,
@@ -114,33 +123,37 @@ def upsample(painted: np.ndarray, guide_small: np.ndarray, guide: np.ndarray,
     """The stylized ``painted`` [h, w, 3] (0..1) at the size of ``guide`` [H, W, 3] (uint8 photo),
     guided by it; ``guide_small`` is the photo as the network saw it (uint8, [h, w, 3]).
 
-    Returns float32 [H, W, 3] clipped to 0..1, written a band of rows at a time. The coefficients
-    are upsampled bilinearly (pixel centres aligned, edges clamped) by Pillow on 32-bit float
-    planes, each band cut from the whole plane by ``box``, so bands join seamlessly.
+    Returns float32 [H, W, 3] clipped to 0..1. Works in slabs of painted rows (their
+    coefficients) and, within each, bands of output rows: the coefficients are upsampled
+    bilinearly (pixel centres aligned, edges clamped) by Pillow on 32-bit float planes cut from
+    the slab by ``box``, with ``SAMPLING_MARGIN`` rows to spare, so slabs and bands join seamlessly.
     """
     h, w = painted.shape[:2]
     big_h, big_w = guide.shape[:2]
-    small = np.asarray(guide_small, np.float32) / 255.0
-    a, b = coefficients(small, painted, radius, eps)
-    if detail:  # what the averaged model leaves of the painting, back into b
-        b += detail * (painted - np.einsum("hwck,hwk->hwc", a, small) - b)
-    planes = [Image.fromarray(np.ascontiguousarray(plane), mode="F")
-              for plane in np.moveaxis(np.concatenate([a.reshape(h, w, 9), b], axis=2), 2, 0)]
-    del a, b
     out = np.empty((big_h, big_w, 3), np.float32)
-    rows = max(1, BAND_PIXELS // max(1, big_w))
     scale = h / big_h
-    for top in range(0, big_h, rows):
-        bottom = min(big_h, top + rows)
-        box = (0.0, top * scale, float(w), bottom * scale)
-        field = [np.asarray(plane.resize((big_w, bottom - top), Image.Resampling.BILINEAR, box=box))
-                 for plane in planes]  # a_00 .. a_22, b_0 .. b_2: [rows, W] each
-        photo = guide[top:bottom].astype(np.float32) * np.float32(1 / 255)
-        for c in range(3):  # q_c = a_c0 I_0 + a_c1 I_1 + a_c2 I_2 + b_c
-            got = field[9 + c].copy()
-            for k in range(3):
-                got += field[3 * c + k] * photo[..., k]
-            np.clip(got, 0.0, 1.0, out=out[top:bottom, :, c])
+    band = max(1, BAND_PIXELS // max(1, big_w))  # output rows at a time
+    slab = max(band, int(max(8, BAND_PIXELS // (4 * max(1, w))) / scale))  # output rows per slab
+    for top in range(0, big_h, slab):
+        bottom = min(big_h, top + slab)
+        lo = max(0, int(np.floor(top * scale - 0.5)) - SAMPLING_MARGIN)
+        hi = min(h, int(np.ceil(bottom * scale + 0.5)) + SAMPLING_MARGIN)
+        a, b = coefficients(guide_small, painted, lo, hi, radius, eps, detail)
+        planes = [Image.fromarray(np.ascontiguousarray(plane), mode="F")
+                  for plane in np.moveaxis(np.concatenate([a.reshape(hi - lo, w, 9), b], 2), 2, 0)]
+        del a, b
+        for start in range(top, bottom, band):
+            stop = min(bottom, start + band)
+            box = (0.0, start * scale - lo, float(w), stop * scale - lo)
+            field = [np.asarray(plane.resize((big_w, stop - start), Image.Resampling.BILINEAR,
+                                             box=box))
+                     for plane in planes]  # a_00 .. a_22, b_0 .. b_2: [rows, W] each
+            photo = guide[start:stop].astype(np.float32) * np.float32(1 / 255)
+            for c in range(3):  # q_c = a_c0 I_0 + a_c1 I_1 + a_c2 I_2 + b_c
+                got = field[9 + c].copy()
+                for k in range(3):
+                    got += field[3 * c + k] * photo[..., k]
+                np.clip(got, 0.0, 1.0, out=out[start:stop, :, c])
     return out
 
 
