@@ -10,9 +10,10 @@ model leaves out (``DETAIL``: no stroke is blurred away), then evaluates ``a`` a
 bilinearly upsampled, on the full-size photo: ``q = up(p) + up(a) (I - up(I_small))``. The strokes
 come from the painting, the sharp edges from the full-size photo where it has them.
 
-NumPy only, float32 on the output's scale; statistics in float64 (variances are small differences
-of large sums). Memory is bounded whatever the output size: the coefficients live at the paint size
-(48 bytes a painted pixel) and the full-size result is written in row bands of ``BAND_PIXELS``.
+NumPy (and Pillow's bilinear resize of float planes) only, float32 on the output's scale;
+statistics in float64 (variances are small differences of large sums). Memory is bounded whatever
+the output and paint sizes: the coefficients are computed for a slab of painted rows at a time and
+the full-size result is written in row bands of ``BAND_PIXELS``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from neuralstyle.model.imaging import MIN_SIDE
 RADIUS = 2
 EPS = 1e-3
 DETAIL = 1.0
-BAND_PIXELS = 1 << 19  # output pixels per band: ~25 MB of float32 coefficients at a time
+BAND_PIXELS = 1 << 19  # output pixels per band (~25 MB of float32 coefficients); slabs ~1/4 of it
 SAMPLING_MARGIN = 2  # painted rows a slab holds beyond those bilinear sampling reads
 
 
