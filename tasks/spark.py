@@ -441,12 +441,14 @@ def jvm_pid(spark: Any) -> int | None:
 
 
 def model_params(max_size: int, strength: float, preserve_color: bool, quality: int,
-                 suffix: str, precision: str = DEFAULT_PARAMS["precision"]) -> dict[str, Any]:
+                 suffix: str, precision: str = DEFAULT_PARAMS["precision"],
+                 paint_size: int = DEFAULT_PARAMS["paint_size"]) -> dict[str, Any]:
     """The per-request params of the model contract; the format follows the results' suffix."""
     from neuralstyle.model.imaging import SUFFIX_FORMATS
 
     return {"max_size": max_size, "strength": strength, "preserve_color": preserve_color,
-            "quality": quality, "format": SUFFIX_FORMATS[suffix], "precision": precision}
+            "quality": quality, "format": SUFFIX_FORMATS[suffix], "precision": precision,
+            "paint_size": paint_size}
 
 
 def check_model(model_uri: str, tracking_uri: str | None, style: str, params: dict[str, Any]
@@ -461,7 +463,8 @@ def check_model(model_uri: str, tracking_uri: str | None, style: str, params: di
     blank = io.BytesIO()
     Image.new("RGB", (64, 64)).save(blank, "PNG")
     return stylize_bytes(blank.getvalue(), style, LocalPredictor(model_uri, tracking_uri),
-                         {**params, "max_size": 64}, what="a blank test image")[1]
+                         {**params, "max_size": 64, "paint_size": 0},
+                         what="a blank test image")[1]
 
 
 def run_job(spark: Any, plan: Plan, *, style: str, model_uri: str, params: dict[str, Any],
@@ -593,6 +596,7 @@ class JobSettings:
     preserve_color: bool = DEFAULT_PARAMS["preserve_color"]
     quality: int = DEFAULT_PARAMS["quality"]
     precision: str = DEFAULT_PARAMS["precision"]
+    paint_size: int = DEFAULT_PARAMS["paint_size"]
 
     def conf(self) -> dict[str, str]:
         return spark_conf(self.master, self.arrow_batch, self.driver_memory,
@@ -600,7 +604,7 @@ class JobSettings:
 
     def params(self) -> dict[str, Any]:
         return model_params(self.max_size, self.strength, self.preserve_color, self.quality,
-                            self.suffix, self.precision)
+                            self.suffix, self.precision, self.paint_size)
 
 
 def _inside(inner: str, outer: str) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuralstyle.model.errors import StyleInputError
-from neuralstyle.model.imaging import FORMATS, MAX_SIDE
+from neuralstyle.model.imaging import FORMATS, MAX_SIDE, MIN_SIDE
 from neuralstyle.model.runtime import PRECISIONS
 
 # Up to 16K on the longest side: photos above 1 MP run in bands (neuralstyle.model.tiling), so
@@ -93,6 +93,9 @@ def parse_bool(value: Any) -> bool:
 REQUEST_PARAMS: tuple[RequestParam, ...] = (
     RequestParam("max_size", int, 1024, "longest side in px (0: the photo's own size)", OWN_SIZE,
                  MAX_SIZE_LIMIT),
+    RequestParam("paint_size", int, 0,
+                 "longest side the network paints at, guided up to the output (0: the output size)",
+                 OWN_SIZE, MAX_SIZE_LIMIT),
     RequestParam("strength", float, 1.0, "mix of stylized (1) and original (0)", 0.0, 1.0),
     RequestParam("preserve_color", bool, False, "true keeps the photo's colours"),
     RequestParam("format", str, "jpeg", "the result's encoding", choices=tuple(FORMATS),
@@ -117,6 +120,7 @@ class Params:
     format: str
     quality: int
     precision: str = "fast"
+    paint_size: int = 0
 
     @classmethod
     def parse(cls, params: dict[str, Any] | None) -> Params:
@@ -124,7 +128,21 @@ class Params:
         unknown = sorted(set(given) - set(BY_NAME))
         if unknown:
             raise StyleInputError(f"unknown params {unknown}: accepted are {', '.join(BY_NAME)}")
-        return cls(**{p.name: p.parse(given.get(p.name, p.default)) for p in REQUEST_PARAMS})
+        parsed = cls(**{p.name: p.parse(given.get(p.name, p.default)) for p in REQUEST_PARAMS})
+        parsed.check_paint_size()
+        return parsed
+
+    def check_paint_size(self) -> None:
+        """``paint_size`` paints at most at the output size: larger than ``max_size`` is refused
+        (a photo smaller than ``paint_size`` at ``max_size=0`` simply paints at its own size)."""
+        if 0 < self.paint_size < MIN_SIDE:
+            raise StyleInputError(f"param paint_size={self.paint_size} is below {MIN_SIDE} px "
+                                  "(0 paints at the output size)")
+        if self.max_size and self.paint_size > self.max_size:
+            raise StyleInputError(
+                f"param paint_size={self.paint_size} is larger than the output "
+                f"(max_size={self.max_size}): the network paints at most at the output size; "
+                f"give paint_size <= max_size, or 0 to paint at the output size")
 
 
 def signature():

@@ -19,7 +19,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from neuralstyle.model import imaging, painting, runtime, stats, tiling
+from neuralstyle.model import guided, imaging, painting, runtime, stats, tiling
 from neuralstyle.model.contract import (
     DEFAULT_PARALLEL_PHOTOS,
     PARALLEL_PHOTOS_ENV,
@@ -192,7 +192,8 @@ def stylize_row(
     engine: Engine, image_b64: str, style_spec: Any, params: Params, what: str,
     style_image: Any = None,
 ) -> dict:
-    """One request row: decode, check, resize, stylize, blend, encode."""
+    """One request row: decode, check, resize, stylize (at ``paint_size``, then guided up to the
+    output size, when asked), blend, encode."""
     style = resolve_style(engine, style_spec, style_image, what.removeprefix("image "))
     pixels = imaging.decode_pixels(imaging.b64decode(image_b64, what), what, params.max_size)
     blend_pixels = params.strength < 1.0 and style.style_vector is None
@@ -201,7 +202,13 @@ def stylize_row(
     original = pixels.astype(np.float32) / 255.0 if needs_original else None
     if style.style_vector is not None:  # a painting: strength mixes style vectors, not pixels
         style = painting.with_strength(style, original, params.strength, engine.style_vector)
-    out, ran = engine.run(pixels, style, params.precision)
+    painted = guided.paint_pixels(pixels, params.paint_size, what)  # None: at the output size
+    if painted is None:
+        out, ran = engine.run(pixels, style, params.precision)
+    else:  # strokes of the paint size, edges of the photo at the output size
+        small, ran = engine.run(painted, style, params.precision)
+        out = guided.upsample(small, painted, pixels)
+        del small, painted
     del pixels
     if params.preserve_color:
         out = imaging.preserve_colors(out, original)

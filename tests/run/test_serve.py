@@ -213,6 +213,11 @@ def _bad_requests(photos: dict[str, bytes]) -> dict[str, tuple[dict | str, str, 
                       "image (row 0) is too small: 20x20", 400),
         "max_size-out-of-range": (split_body([(ok, "7")], {"max_size": 20000}),
                                   "param max_size=20000 must be in 0..16384", 400),
+        "paint_size-larger-than-output": (
+            split_body([(ok, "7")], {"max_size": 256, "paint_size": 512}),
+            "param paint_size=512 is larger than the output (max_size=256)", 400),
+        "paint_size-out-of-range": (split_body([(ok, "7")], {"paint_size": 20000}),
+                                    "param paint_size=20000 must be in 0..16384", 400),
         "format-unknown": (split_body([(ok, "7")], {"format": "gif"}),
                            "param format='gif' must be one of jpeg, png, webp", 400),
         "precision-unknown": (split_body([(ok, "7")], {"precision": "turbo"}),
@@ -402,3 +407,15 @@ def test_served_whole_path_matches_the_original_pipeline(server, width: int, hei
     assert answer.status_code == 200, answer.text[:500]
     assert_matches_peer(answer.json()["predictions"][0]["image"], photo, 7,
                         f"served {width}x{height} style 7")
+
+
+@pytest.mark.integration
+def test_paint_size_is_served_as_in_process(server, model, photos) -> None:
+    """The network paints at paint_size, the answer has the output's size, as in-process."""
+    rows = [(photos["chelsea"], "7")]
+    params = {"format": "png", "precision": "exact", "max_size": 0, "paint_size": 200}
+    response = post(server.url, split_body(rows, params))
+    assert response.status_code == 200, response.text[:1000]
+    predictions = response.json()["predictions"]
+    assert (predictions[0]["width"], predictions[0]["height"]) == (451, 300)
+    assert_matches_in_process(predictions, in_process(model, rows, params))
