@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,18 @@ class Predictor(Protocol):
         ...
 
 
-@functools.lru_cache(maxsize=4)
+_LOADING = threading.Lock()
+
+
 def _load_model(model_uri: str, tracking_uri: str):
+    """The loaded model, once per process: a lock, because threads asking at once (a clip's
+    request threads) would otherwise each load and compile it (lru_cache does not wait)."""
+    with _LOADING:
+        return _load_model_once(model_uri, tracking_uri)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model_once(model_uri: str, tracking_uri: str):
     import mlflow
 
     with config.mlflow_scope(tracking_uri):
