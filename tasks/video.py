@@ -5,9 +5,12 @@
         --server-url http://127.0.0.1:5001
     luigi --module tasks PublishStylizedVideo --image dog.mp4 --s3-path s3://results/dog-7.mp4
     luigi --module tasks StylizeVideoBatch --images s3://clips/in/ --results s3://clips/out/
+    luigi --module tasks StylizeVideo --image long.mp4 --segment-frames 300 --workers 2  # segments
 
 The same executors, S3 downloads, forced reruns and atomic writes as photos (tasks.stylize); the
 clip is decoded, stylized and encoded streaming (neuralstyle.video.clips), with a progress bar.
+A clip longer than ``segment_frames`` becomes StylizeVideoSegment tasks (each its own committed
+file, so a rerun skips the finished ones and workers share them), joined by StylizeVideo.
 """
 
 from __future__ import annotations

@@ -32,7 +32,9 @@ from neuralstyle.video.temporal import DEFAULT_TEMPORAL, Blended, TemporalBlende
 
 FRAME_QUALITY = 95  # frames travel to the model and back as JPEG at this quality
 IN_FLIGHT = 2  # requests at once (the model stylizes STYLIZE_PARALLEL_PHOTOS=2 at a time)
-READ_AHEAD = 8  # decoded frames (with their flow) waiting for the network
+# Decoded frames (with their flows, ~5 MB each at 640x360) waiting for the network: enough for
+# the reader to keep working on the second core while the first request loads the model.
+READ_AHEAD = 24
 Progress = Callable[[int, int], None]
 FrameHook = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]
 
@@ -118,6 +120,7 @@ def _read_ahead(video: str | Path, size: tuple[int, int], blender: TemporalBlend
                     return
                 if isinstance(item, media.Frame):
                     small = _resize(item.rgb, size)
+                    item.rgb = small  # the full-size frame is not needed past here
                     item = (item, small, blender.flows(small))
                 items.put(item)
             items.put(_DONE)
@@ -261,9 +264,12 @@ def stylize_video(
     if len(pieces) > 1:
         folder = segment_folder(job, output, params, segment_frames, model_uri)
         for piece in pieces:
-            stylize_segment(job, piece, folder, on_frame=on_frame)
-            if progress is not None:
-                progress(piece.stop, pieces[-1].stop)
+            def along(done: int, _: int, piece: segments.Segment = piece) -> None:
+                if progress is not None:
+                    progress(piece.start + done, pieces[-1].stop)
+
+            if not stylize_segment(job, piece, folder, on_frame=on_frame, progress=along):
+                along(piece.frames, 0)  # committed by an earlier, interrupted run
         return join_segments(job, pieces, folder, output, params, started, segment_frames,
                              style_image_uri=style_image_uri, input_uri=input_uri,
                              model_uri=model_uri, tracking_uri=tracking_uri)
