@@ -43,7 +43,10 @@ def _load_model_once(model_uri: str, tracking_uri: str):
     import mlflow
 
     with config.mlflow_scope(tracking_uri):
-        return mlflow.pyfunc.load_model(model_uri)
+        # suppress_warnings: skips MLflow's scan of every installed distribution against the
+        # model's requirements (1-2.5 s of each CLI start, measured in bench/video.py's runs);
+        # this process is the environment the model was packaged from (README, "Video").
+        return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
 
 
 class LocalPredictor:
