@@ -388,8 +388,9 @@ def stylize_segment(job: _Job, piece: segments.Segment, folder: Path, *,
     started = time.perf_counter()
     blender = TemporalBlender(job.temporal, job.flow_preset)
     tally = _Tally()
-    items = _read_ahead(job.video, job.size, blender, job.what,
-                        start_pts=piece.warm_pts, stop_pts=piece.stop_pts, audio=False)
+    items = _read_ahead(job.video, job.size, blender, job.what,  # the first: no seek
+                        start_pts=piece.warm_pts if piece.warm else None,
+                        stop_pts=piece.stop_pts, audio=False)
     with av.open(str(job.video)) as source:
         time_base = _time_base(source)
     with atomic_path(path) as tmp:
