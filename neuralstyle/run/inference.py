@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +28,25 @@ class Predictor(Protocol):
         ...
 
 
-@functools.lru_cache(maxsize=4)
+_LOADING = threading.Lock()
+
+
 def _load_model(model_uri: str, tracking_uri: str):
+    """The loaded model, once per process: a lock, because threads asking at once (a clip's
+    request threads) would otherwise each load and compile it (lru_cache does not wait)."""
+    with _LOADING:
+        return _load_model_once(model_uri, tracking_uri)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model_once(model_uri: str, tracking_uri: str):
     import mlflow
 
     with config.mlflow_scope(tracking_uri):
-        return mlflow.pyfunc.load_model(model_uri)
+        # suppress_warnings: skips MLflow's scan of every installed distribution against the
+        # model's requirements (1-2.5 s of each CLI start, measured in bench/video.py's runs);
+        # this process is the environment the model was packaged from (README, "Video").
+        return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
 
 
 class LocalPredictor:

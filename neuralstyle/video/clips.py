@@ -27,12 +27,14 @@ import numpy as np
 from neuralstyle import config
 from neuralstyle.model.errors import StyleInputError
 from neuralstyle.run.inference import Predictor, read_image_file, stylize_bytes
-from neuralstyle.video import media
+from neuralstyle.video import media, segments
 from neuralstyle.video.temporal import DEFAULT_TEMPORAL, Blended, TemporalBlender
 
 FRAME_QUALITY = 95  # frames travel to the model and back as JPEG at this quality
 IN_FLIGHT = 2  # requests at once (the model stylizes STYLIZE_PARALLEL_PHOTOS=2 at a time)
-READ_AHEAD = 8  # decoded frames (with their flow) waiting for the network
+# Decoded frames (with their flows, ~5 MB each at 640x360) waiting for the network: enough for
+# the reader to keep working on the second core while the first request loads the model.
+READ_AHEAD = 24
 Progress = Callable[[int, int], None]
 FrameHook = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]
 
@@ -103,18 +105,22 @@ _DONE = object()
 
 
 def _read_ahead(video: str | Path, size: tuple[int, int], blender: TemporalBlender,
-                what: str) -> Iterator[Any]:
-    """Decoded, resized frames with their flows (and audio packets), from a reader thread."""
+                what: str, **window: Any) -> Iterator[Any]:
+    """Decoded, resized frames with their flows (and audio packets), from a reader thread.
+
+    ``window`` (``start_pts``, ``stop_pts``, ``audio``) goes to ``media.read_clip``.
+    """
     items: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for item in media.read_clip(video, what):
+            for item in media.read_clip(video, what, **window):
                 if stop.is_set():
                     return
                 if isinstance(item, media.Frame):
                     small = _resize(item.rgb, size)
+                    item.rgb = small  # the full-size frame is not needed past here
                     item = (item, small, blender.flows(small))
                 items.put(item)
             items.put(_DONE)
@@ -140,10 +146,104 @@ def _read_ahead(video: str | Path, size: tuple[int, int], blender: TemporalBlend
                 thread.join(0.05)
 
 
+class _Job:
+    """What every frame of one clip shares: its size, the request, the painting, the model's
+    answers about itself (resolved style, fingerprint, precision)."""
+
+    def __init__(self, video: str | Path, output: str | Path, style: str, predictor: Predictor,
+                 params: dict[str, Any] | None, temporal: float, flow_preset: str,
+                 style_image: str | Path | None) -> None:
+        from neuralstyle.model.contract import Params
+
+        self.what = "video"
+        self.fmt = media.output_format(output)
+        if not 0.0 <= temporal <= 1.0:
+            raise StyleInputError(f"param temporal={temporal} must be in 0..1 (0 = every frame "
+                                  "on its own)")
+        parsed = Params.parse({**(params or {}), "format": "jpeg"})
+        self.info = media.probe(video, self.what)
+        self.size = output_size(self.info.width, self.info.height, parsed.max_size)
+        self.request = {**(params or {}), "max_size": max(self.size), "format": "jpeg",
+                        "quality": FRAME_QUALITY}
+        self.painting = (read_image_file(style_image, "style_image")
+                         if style_image is not None else None)
+        self.video, self.style, self.predictor = video, style, predictor
+        self.style_image, self.temporal, self.flow_preset = style_image, temporal, flow_preset
+        self.label = f"{self.what} {video}"
+        self.resolved = {"style": style, "model": "", "precision": ""}
+
+    def run(self, index: int, small: np.ndarray) -> np.ndarray:
+        """One frame through the model (a request thread)."""
+        encoded, row = stylize_bytes(encode_jpeg(small), self.style, self.predictor, self.request,
+                                     what=f"{self.label} frame {index}", style_image=self.painting,
+                                     style_image_what=f"style_image {self.style_image}")
+        self.resolved.update(style=str(row["style"]), model=str(row.get("model", "") or ""),
+                             precision=str(row.get("precision", "") or ""))
+        return decode_jpeg(encoded, self.size)
+
+
+@dataclass
+class _Tally:
+    """What the frame loop counted."""
+
+    frames: int = 0
+    cuts: int = 0
+    trusted: float = 0.0  # sum of the trusted shares
+    first_frame: float = 0.0
+
+
+def _stylize_frames(job: _Job, items: Iterator[Any], writer: media.ClipWriter,
+                    blender: TemporalBlender, tally: _Tally, started: float, *,
+                    keep_from_pts: int | None = None, index_offset: int = 0,
+                    on_frame: FrameHook | None = None, progress: Progress | None = None,
+                    total: int = 0) -> None:
+    """The pipelined loop: IN_FLIGHT frames at the model while this thread blends and encodes.
+
+    Frames before ``keep_from_pts`` only warm the blend (a segment's overlap) and are not written;
+    the kept ones are written at ``pts - pts_shift`` (a segment's file starts at 0: MP4 would
+    round a later start to its edit list's milliseconds).
+    """
+    pts_shift = keep_from_pts or 0
+    pending: collections.deque[Any] = collections.deque()
+    with _RequestPool() as pool:
+
+        def finish_one() -> None:
+            item = pending.popleft()
+            if not isinstance(item, tuple):
+                writer.write_audio(item)
+                return
+            frame, small, flows, future = item
+            stylized = future.result()
+            blended: Blended = blender.blend(small, stylized, flows)
+            if keep_from_pts is not None and frame.pts < keep_from_pts:
+                return
+            tally.cuts += blended.cut
+            tally.trusted += blended.trusted
+            writer.write_frame(blended.rgb, frame.pts - pts_shift)
+            if on_frame is not None:
+                on_frame(index_offset + frame.index, small, stylized, blended.rgb)
+            tally.frames += 1
+            if tally.frames == 1:
+                tally.first_frame = time.perf_counter() - started
+            if progress is not None:
+                progress(tally.frames, total)
+
+        for item in items:
+            if isinstance(item, tuple):
+                frame, small, flows = item
+                pending.append((frame, small, flows, pool.submit(job.run, frame.index, small)))
+            else:
+                pending.append(item)
+            while sum(isinstance(p, tuple) for p in pending) > IN_FLIGHT:
+                finish_one()
+        while pending:
+            finish_one()
+
+
 def stylize_video(
     video: str | Path, output: str | Path, style: str, predictor: Predictor,
     params: dict[str, Any] | None = None, *, temporal: float = DEFAULT_TEMPORAL,
-    flow_preset: str = "fast", style_image: str | Path | None = None,
+    flow_preset: str = "fast", segment_frames: int = 0, style_image: str | Path | None = None,
     style_image_uri: str | None = None, input_uri: str | None = None,
     model_uri: str | None = None, tracking_uri: str | None = None,
     progress: Progress | None = None, on_frame: FrameHook | None = None,
@@ -151,106 +251,244 @@ def stylize_video(
     """Stylize ``video`` into ``output`` (.mp4 or .webm) atomically, lineage sidecar beside it.
 
     ``temporal`` (0..1) is the consistency strength: 0 stylizes every frame on its own.
-    ``on_frame(index, input, per_frame, output)`` sees each frame (benchmarks and tests).
-    Bad input raises StyleInputError naming the file, and leaves nothing at ``output``.
+    ``segment_frames`` > 0 cuts a longer clip into segments committed one by one beside the
+    output (neuralstyle.video.segments), so a rerun after an interruption resumes; they are
+    joined when all are done. ``on_frame(index, input, per_frame, output)`` sees each frame
+    (benchmarks and tests). Bad input raises StyleInputError naming the file, and leaves nothing
+    at ``output``.
     """
+    started = time.perf_counter()
+    job = _Job(video, output, style, predictor, params, temporal, flow_preset, style_image)
+    pieces = (segments.plan(media.frame_timestamps(video, job.what), segment_frames)
+              if segment_frames > 0 else [])
+    if len(pieces) > 1:
+        folder = segment_folder(job, output, params, segment_frames, model_uri)
+        for piece in pieces:
+            def along(done: int, _: int, piece: segments.Segment = piece) -> None:
+                if progress is not None:
+                    progress(piece.start + done, pieces[-1].stop)
+
+            if not stylize_segment(job, piece, folder, on_frame=on_frame, progress=along):
+                along(piece.frames, 0)  # committed by an earlier, interrupted run
+        return join_segments(job, pieces, folder, output, params, started, segment_frames,
+                             style_image_uri=style_image_uri, input_uri=input_uri,
+                             model_uri=model_uri, tracking_uri=tracking_uri)
+    return _whole_clip(job, output, params, started, style_image_uri=style_image_uri,
+                       input_uri=input_uri, model_uri=model_uri, tracking_uri=tracking_uri,
+                       progress=progress, on_frame=on_frame)
+
+
+def segment_job(video: str | Path, output: str | Path, style: str, predictor: Predictor | None,
+                params: dict[str, Any] | None, *, temporal: float, flow_preset: str,
+                segment_frames: int, style_image: str | Path | None = None,
+                model_uri: str | None = None) -> tuple[_Job, list[segments.Segment], Path]:
+    """A clip's job, its segments and their folder: what a segment task or the joining task needs
+    (``predictor`` may be None for joining, which runs no model)."""
+    job = _Job(video, output, style, predictor, params, temporal, flow_preset,  # type: ignore[arg-type]
+               style_image)
+    pieces = segments.plan(media.frame_timestamps(video, job.what), segment_frames)
+    return job, pieces, segment_folder(job, output, params, segment_frames, model_uri)
+
+
+def _whole_clip(job: _Job, output: str | Path, params: dict[str, Any] | None, started: float,
+                **how: Any) -> VideoResult:
+    """One pass: decode, stylize, blend and encode the clip with its sound."""
+    import av
+
+    from neuralstyle.atomic import atomic_path
+
+    blender = TemporalBlender(job.temporal, job.flow_preset)
+    tally = _Tally()
+    progress, on_frame = how.pop("progress"), how.pop("on_frame")
+    with atomic_path(output) as tmp:
+        with av.open(str(job.video)) as source:
+            template = source.streams.audio[0] if source.streams.audio else None
+            writer = media.ClipWriter(tmp, job.size[0], job.size[1], _time_base(source),
+                                      job.info.fps, template, job.fmt)
+            audio = _audio_label(job, template, writer)
+            try:
+                _stylize_frames(job, _read_ahead(job.video, job.size, blender, job.what), writer,
+                                blender, tally, started, on_frame=on_frame, progress=progress,
+                                total=job.info.frames)
+            finally:
+                writer.close()
+        record = _lineage(job, output, tmp, params, tally, audio, **how)
+    return VideoResult(Path(output), tally.frames, job.size[0], job.size[1],
+                       job.resolved["style"], time.perf_counter() - started, audio, tally.cuts,
+                       tally.trusted / tally.frames if tally.frames else 0.0, record,
+                       tally.first_frame)
+
+
+def _audio_label(job: _Job, template: Any, writer: media.ClipWriter) -> str:
+    if template is None:
+        return "none"
+    if writer.audio_copied:
+        return f"copied {job.info.audio_codec}"
+    return f"transcoded {job.info.audio_codec} -> {writer.audio.codec_context.name}"
+
+
+def _lineage(job: _Job, output: str | Path, written: Path, params: dict[str, Any] | None,
+             tally: _Tally, audio: str, *, style_image_uri: str | None, input_uri: str | None,
+             model_uri: str | None, tracking_uri: str | None,
+             extra: dict[str, Any] | None = None, pieces: int = 1) -> dict[str, Any]:
+    """The lineage record of ``written`` (the temporary result), stored as ``output``'s sidecar.
+
+    The sidecar is written first: the result's existence marks the work done.
+    """
+    from neuralstyle.atomic import write_bytes_atomic
+    from neuralstyle.model.contract import DEFAULT_PARAMS
+    from neuralstyle.run import lineage
+
+    requested = (f"style_image {style_image_uri or job.style_image}" if job.painting
+                 else job.style)
+    record = lineage.build_record(
+        input_uri=input_uri or str(job.video), input_bytes=b"", output_uri=str(output),
+        output_bytes=b"", style=requested, resolved_style=job.resolved["style"],
+        params={**DEFAULT_PARAMS, **(params or {}), "format": job.fmt.container,
+                "temporal": job.temporal, "flow_preset": job.flow_preset, **(extra or {})},
+        fingerprint=job.resolved["model"],
+        model_uri=(model_uri or getattr(job.predictor, "model_uri", None)
+                   or config.DEFAULT_MODEL_URI),
+        tracking_uri=config.tracking_uri(tracking_uri), precision=job.resolved["precision"] or None)
+    info = job.info
+    record["input"].update(sha256=_sha256_file(job.video), bytes=Path(job.video).stat().st_size)
+    record["output"].update(sha256=_sha256_file(written), bytes=written.stat().st_size)
+    record["video"] = {"frames": tally.frames, "width": job.size[0], "height": job.size[1],
+                       "fps": float(info.fps), "audio": audio, "scene_cuts": tally.cuts,
+                       "segments": pieces, "source": {"width": info.width, "height": info.height,
+                                  "rotation": info.rotation, "codec": info.video_codec}}
+    write_bytes_atomic(lineage.sidecar_path(output), lineage.to_json(record))
+    return record
+
+
+def segment_folder(job: _Job, output: str | Path, params: dict[str, Any] | None,
+                   segment_frames: int, model_uri: str | None) -> Path:
+    """The folder of this clip's committed segments (named by what changes their pixels)."""
+    painting = hashlib.sha256(job.painting).hexdigest() if job.painting else None
+    return segments.work_dir(output, job.video, {
+        "style": job.style, "painting": painting, "params": params or {},
+        "temporal": job.temporal, "flow_preset": job.flow_preset, "segment_frames": segment_frames,
+        "overlap": segments.SEGMENT_OVERLAP,
+        "model": model_uri or getattr(job.predictor, "model_uri", None) or ""})
+
+
+def stylize_segment(job: _Job, piece: segments.Segment, folder: Path, *,
+                    on_frame: FrameHook | None = None, progress: Progress | None = None) -> bool:
+    """Stylize one segment into ``folder`` (video only, committed atomically); False when it
+    was already there. Its overlap frames warm the blend and are dropped."""
+    import json
+
     import av
 
     from neuralstyle.atomic import atomic_path, write_bytes_atomic
-    from neuralstyle.model.contract import DEFAULT_PARAMS, Params
-    from neuralstyle.run import lineage
 
+    path = segments.segment_path(folder, piece, f".{job.fmt.container}")
+    if path.exists():
+        return False
     started = time.perf_counter()
-    what = "video"
-    fmt = media.output_format(output)
-    if not 0.0 <= temporal <= 1.0:
-        raise StyleInputError(f"param temporal={temporal} must be in 0..1 (0 = every frame on "
-                              "its own)")
-    parsed = Params.parse({**(params or {}), "format": "jpeg"})
-    info = media.probe(video, what)
-    size = output_size(info.width, info.height, parsed.max_size)
-    request = {**(params or {}), "max_size": max(size), "format": "jpeg",
-               "quality": FRAME_QUALITY}
-    painting = read_image_file(style_image, "style_image") if style_image is not None else None
-    blender = TemporalBlender(temporal, flow_preset)
-    label = f"{what} {video}"
-    resolved = {"style": style, "model": "", "precision": ""}
+    blender = TemporalBlender(job.temporal, job.flow_preset)
+    tally = _Tally()
+    items = _read_ahead(job.video, job.size, blender, job.what,  # the first: no seek
+                        start_pts=piece.warm_pts if piece.warm else None,
+                        stop_pts=piece.stop_pts, audio=False)
+    with av.open(str(job.video)) as source:
+        time_base = _time_base(source)
+    with atomic_path(path) as tmp:
+        writer = media.ClipWriter(tmp, job.size[0], job.size[1], time_base, job.info.fps, None,
+                                  media.segment_format(job.fmt))
+        try:
+            _stylize_frames(job, items, writer, blender, tally, started,
+                            keep_from_pts=piece.start_pts, index_offset=piece.warm,
+                            on_frame=on_frame, progress=progress, total=piece.frames)
+        finally:
+            writer.close()
+        if tally.frames != piece.frames:
+            raise RuntimeError(f"{job.label}: segment {piece.name} decoded {tally.frames} "
+                               f"frames, the clip's index lists {piece.frames}")
+        stats = {"frames": tally.frames, "cuts": tally.cuts, "trusted": tally.trusted,
+                 "start_pts": piece.start_pts,
+                 "seconds": time.perf_counter() - started, "resolved": job.resolved}
+        write_bytes_atomic(segments.stats_path(path), json.dumps(stats).encode())
+    return True
 
-    def run(index: int, small: np.ndarray) -> np.ndarray:
-        encoded, row = stylize_bytes(encode_jpeg(small), style, predictor, request,
-                                     what=f"{label} frame {index}", style_image=painting,
-                                     style_image_what=f"style_image {style_image}")
-        resolved.update(style=str(row["style"]), model=str(row.get("model", "") or ""),
-                        precision=str(row.get("precision", "") or ""))
-        return decode_jpeg(encoded, size)
 
-    frames = cuts = 0
-    first_frame = 0.0
-    trusted: list[float] = []
-    with _RequestPool() as pool, atomic_path(output) as tmp:
-        with av.open(str(video)) as source:
-            template = source.streams.audio[0] if source.streams.audio else None
-            writer = media.ClipWriter(tmp, size[0], size[1], _time_base(source), info.fps,
-                                      template, fmt)
-            audio = ("none" if template is None else
-                     f"copied {info.audio_codec}" if writer.audio_copied else
-                     f"transcoded {info.audio_codec} -> {writer.audio.codec_context.name}")
-            try:
-                pending: collections.deque[Any] = collections.deque()
+def join_segments(job: _Job, pieces: list[segments.Segment], folder: Path, output: str | Path,
+                  params: dict[str, Any] | None, started: float, segment_frames: int,
+                  **how: Any) -> VideoResult:
+    """Remux the finished segments end to end with the source's sound into ``output``
+    (atomically, lineage first), then remove the segments."""
+    import heapq
+    import json
+    import shutil
 
-                def finish_one() -> None:
-                    nonlocal frames, cuts, first_frame
-                    item = pending.popleft()
-                    if not isinstance(item, tuple):
-                        writer.write_audio(item)
-                        return
-                    frame, small, flows, future = item
-                    stylized = future.result()
-                    blended: Blended = blender.blend(small, stylized, flows)
-                    cuts += blended.cut
-                    trusted.append(blended.trusted)
-                    writer.write_frame(blended.rgb, frame.pts)
-                    if on_frame is not None:
-                        on_frame(frame.index, small, stylized, blended.rgb)
-                    frames += 1
-                    if frames == 1:
-                        first_frame = time.perf_counter() - started
-                    if progress is not None:
-                        progress(frames, info.frames)
+    import av
 
-                for item in _read_ahead(video, size, blender, what):
-                    if isinstance(item, tuple):
-                        frame, small, flows = item
-                        pending.append((frame, small, flows, pool.submit(run, frame.index, small)))
-                    else:
-                        pending.append(item)
-                    while sum(isinstance(p, tuple) for p in pending) > IN_FLIGHT:
-                        finish_one()
-                while pending:
-                    finish_one()
-            finally:
-                writer.close()
-        digest = _sha256_file(tmp)
-        requested = f"style_image {style_image_uri or style_image}" if painting else style
-        record = lineage.build_record(
-            input_uri=input_uri or str(video), input_bytes=b"", output_uri=str(output),
-            output_bytes=b"", style=requested, resolved_style=resolved["style"],
-            params={**DEFAULT_PARAMS, **(params or {}), "format": fmt.container,
-                    "temporal": temporal, "flow_preset": flow_preset},
-            fingerprint=resolved["model"],
-            model_uri=model_uri or getattr(predictor, "model_uri", None) or config.DEFAULT_MODEL_URI,
-            tracking_uri=config.tracking_uri(tracking_uri), precision=resolved["precision"] or None)
-        record["input"].update(sha256=_sha256_file(video), bytes=Path(video).stat().st_size)
-        record["output"].update(sha256=digest, bytes=tmp.stat().st_size)
-        record["video"] = {"frames": frames, "width": size[0], "height": size[1],
-                           "fps": float(info.fps), "audio": audio, "scene_cuts": cuts,
-                           "source": {"width": info.width, "height": info.height,
-                                      "rotation": info.rotation, "codec": info.video_codec}}
-        # The sidecar first: the result's existence marks the work done.
-        write_bytes_atomic(lineage.sidecar_path(output), lineage.to_json(record))
-    return VideoResult(Path(output), frames, size[0], size[1], resolved["style"],
-                       time.perf_counter() - started, audio, cuts,
-                       float(np.mean(trusted)) if trusted else 0.0, record, first_frame)
+    from neuralstyle.atomic import atomic_path
+
+    suffix = f".{job.fmt.container}"
+    paths = [segments.segment_path(folder, piece, suffix) for piece in pieces]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise RuntimeError(f"{job.label}: segments not stylized yet: {', '.join(missing)}")
+    tally = _Tally()
+    starts = []
+    for path in paths:
+        stats = json.loads(segments.stats_path(path).read_text())
+        starts.append(stats["start_pts"])
+        tally.frames += stats["frames"]
+        tally.cuts += stats["cuts"]
+        tally.trusted += stats["trusted"]
+        job.resolved.update(stats["resolved"])
+    first = av.open(str(paths[0]))
+    with atomic_path(output) as tmp, contextlib.closing(first), av.open(str(job.video)) as source:
+        template = source.streams.audio[0] if source.streams.audio else None
+        writer = media.ClipWriter(tmp, job.size[0], job.size[1], _time_base(source),
+                                  job.info.fps, template, job.fmt,
+                                  video_template=first.streams.video[0])
+        audio = _audio_label(job, template, writer)
+        try:
+            video_packets = ((_seconds(p), 0, n, p) for n, p in
+                             enumerate(_segment_packets(paths, starts, _time_base(source))))
+            audio_packets = ((_seconds(p), 1, n, p)
+                             for n, p in enumerate(media.read_audio(job.video, job.what)))
+            for _, kind, _, packet in heapq.merge(video_packets, audio_packets,
+                                                  key=lambda item: item[:3]):
+                if kind == 0:
+                    writer.write_packet(packet)
+                else:
+                    writer.write_audio(packet)
+        finally:
+            writer.close()
+        record = _lineage(job, output, tmp, params, tally, audio,
+                          extra={"segment_frames": segment_frames}, pieces=len(pieces), **how)
+    shutil.rmtree(folder, ignore_errors=True)
+    return VideoResult(Path(output), tally.frames, job.size[0], job.size[1],
+                       job.resolved["style"], time.perf_counter() - started, audio, tally.cuts,
+                       tally.trusted / tally.frames if tally.frames else 0.0, record)
+
+
+def _segment_packets(paths: list[Path], starts: list[int], time_base: Any) -> Iterator[Any]:
+    """The encoded video packets of the segments in order (each file opened in turn), moved
+    back to their place in the clip: ``starts`` in the source's ``time_base``."""
+    from fractions import Fraction
+
+    import av
+
+    for path, start in zip(paths, starts, strict=True):
+        with av.open(str(path)) as container:
+            for packet in container.demux(container.streams.video[0]):
+                if packet.size and packet.dts is not None:
+                    scale = Fraction(packet.time_base) / Fraction(time_base)
+                    packet.pts = start + round(packet.pts * scale)
+                    packet.dts = start + round(packet.dts * scale)
+                    packet.duration = round(packet.duration * scale)
+                    packet.time_base = time_base
+                    yield packet
+
+
+def _seconds(packet: Any) -> float:
+    """A packet's decode time in seconds, to interleave streams."""
+    return float(packet.dts * packet.time_base)
 
 
 def default_video_output(video: str, style: str, folder: str = "out") -> str:

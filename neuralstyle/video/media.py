@@ -164,10 +164,14 @@ def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
-def read_clip(path: str | Path, what: str = "video") -> Iterator[Frame | Any]:
+def read_clip(path: str | Path, what: str = "video", *, start_pts: int | None = None,
+              stop_pts: int | None = None, audio: bool = True) -> Iterator[Frame | Any]:
     """Frames (upright RGB) and audio packets of the first audio stream, in file order.
 
-    Streams: one frame in memory at a time. A frame whose timestamp is missing gets the one
+    ``start_pts``/``stop_pts`` (the video stream's time base) read only the frames with
+    ``start_pts <= pts < stop_pts``, seeking to the keyframe at or before the start (a segment of
+    a long clip; their ``index`` then counts from the first frame read). Streams: one frame in
+    memory at a time. A frame whose timestamp is missing gets the one
     after its predecessor; one not after its predecessor is moved just past it (the encoder needs
     strictly increasing timestamps). Raises StyleInputError for a clip that is corrupt, truncated
     before its first frame, or holds no frames.
@@ -178,13 +182,16 @@ def read_clip(path: str | Path, what: str = "video") -> Iterator[Frame | Any]:
     try:
         stream = _video_stream(container, path, what)
         stream.thread_type = "AUTO"
-        audio = container.streams.audio[0] if container.streams.audio else None
+        sound = container.streams.audio[0] if audio and container.streams.audio else None
         tb = Fraction(stream.time_base or Fraction(1, 90000))
         fps = Fraction(stream.average_rate or stream.guessed_rate or 25)
         step = max(1, round(1 / (fps * tb))) if fps else 1
         index, last = 0, None
-        wanted = [stream, audio] if audio is not None else [stream]
+        wanted = [stream, sound] if sound is not None else [stream]
+        partial = start_pts is not None or stop_pts is not None
         try:
+            if start_pts:
+                container.seek(start_pts, stream=stream, backward=True, any_frame=False)
             for packet in container.demux(*wanted):
                 if packet.stream.type == "audio":
                     if packet.dts is not None and packet.size:
@@ -197,6 +204,11 @@ def read_clip(path: str | Path, what: str = "video") -> Iterator[Frame | Any]:
                         (last + step) if last is not None else 0)
                     if last is not None and pts <= last:
                         pts = last + 1
+                    if start_pts is not None and pts < start_pts:
+                        last = pts
+                        continue
+                    if stop_pts is not None and pts >= stop_pts:
+                        return
                     rgb = upright(frame.to_ndarray(format="rgb24"), int(frame.rotation or 0))
                     yield Frame(index, rgb, pts, tb)
                     last, index = pts, index + 1
@@ -209,7 +221,7 @@ def read_clip(path: str | Path, what: str = "video") -> Iterator[Frame | Any]:
         if index == 0:
             raise StyleInputError(f"{what} {path} holds no video frames")
         promised = int(stream.frames or 0)
-        if promised and index < promised - max(1, promised // 100):
+        if promised and not partial and index < promised - max(1, promised // 100):
             # A fast-start file cut short: its index promises frames its data no longer holds.
             raise StyleInputError(f"{what} {path} is truncated: its index lists {promised} "
                                   f"frames, only {index} could be decoded")
@@ -217,26 +229,68 @@ def read_clip(path: str | Path, what: str = "video") -> Iterator[Frame | Any]:
         container.close()
 
 
+def frame_timestamps(path: str | Path, what: str = "video") -> list[int] | None:
+    """Every video frame's timestamp in presentation order, from the packets (nothing decoded),
+    or None when a packet has none (such a clip is not cut into segments)."""
+    with contextlib.closing(_open(path, what)) as container:
+        stream = _video_stream(container, path, what)
+        stamps = []
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the demuxer's flush packet
+            if packet.pts is None:
+                return None
+            stamps.append(int(packet.pts))
+    stamps.sort()
+    return stamps
+
+
+def read_audio(path: str | Path, what: str = "video") -> Iterator[Any]:
+    """The first audio stream's packets (none when there is none), nothing decoded."""
+    with contextlib.closing(_open(path, what)) as container:
+        if not container.streams.audio:
+            return
+        for packet in container.demux(container.streams.audio[0]):
+            if packet.dts is not None and packet.size:
+                yield packet
+
+
+def segment_format(fmt: OutputFormat) -> OutputFormat:
+    """How a segment of a long clip is written: as the result, but H.264 without B-frames, so
+    every packet's decode time equals its presentation time and segments join end to end."""
+    if fmt.video_codec != "libx264":
+        return fmt  # VP9 in WebM: no reordering, decode order is presentation order
+    return OutputFormat(fmt.container, fmt.video_codec, {**fmt.video_options, "bf": "0"},
+                        fmt.audio_copy, fmt.audio_codec, {})
+
+
 class ClipWriter:
     """Writes stylized frames (and the source's audio) to ``path`` in the suffix's format.
 
     Open with the first frame's size; ``write_frame`` and ``write_audio`` in any interleaving
     (FFmpeg's muxer interleaves); ``close`` flushes the encoders and writes the index.
+    With ``video_template`` (a segment's stream) video is not encoded: ``write_packet`` remuxes
+    already encoded packets (the segments of a long clip joined end to end).
     """
 
     def __init__(self, path: str | Path, width: int, height: int, time_base: Fraction,
-                 fps: Fraction, audio_template: Any = None, fmt: OutputFormat | None = None) -> None:
+                 fps: Fraction, audio_template: Any = None, fmt: OutputFormat | None = None,
+                 video_template: Any = None) -> None:
         import av
 
         self.fmt = fmt or output_format(path)
         self.container = av.open(str(path), "w", format=self.fmt.container,
                                  options=dict(self.fmt.options))
         self.width, self.height = even(width), even(height)
-        stream = self.container.add_stream(self.fmt.video_codec, rate=fps,
-                                           options=dict(self.fmt.video_options))
-        stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
-        stream.codec_context.time_base = time_base  # each frame keeps its own timestamp
-        stream.time_base = time_base
+        self.encoding = video_template is None
+        if video_template is not None:
+            stream = self.container.add_stream_from_template(video_template)
+        else:
+            stream = self.container.add_stream(self.fmt.video_codec, rate=fps,
+                                               options=dict(self.fmt.video_options))
+            stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
+            stream.codec_context.time_base = time_base  # each frame keeps its own timestamp
+            stream.time_base = time_base
         self.video = stream
         self.audio = self.decoder = self.resampler = None
         self.audio_copied = False
@@ -273,6 +327,11 @@ class ClipWriter:
         frame.pts, frame.time_base = pts, self.video.codec_context.time_base
         self.container.mux(self.video.encode(frame))
 
+    def write_packet(self, packet: Any) -> None:
+        """Remux one encoded video packet (``video_template`` writers)."""
+        packet.stream = self.video
+        self.container.mux(packet)
+
     def write_audio(self, packet: Any) -> None:
         """Copy an audio packet as it is, or transcode it where the container cannot take it."""
         if self.audio is None:
@@ -289,7 +348,8 @@ class ClipWriter:
     def close(self) -> None:
         """Flush the encoders and finish the file (fast start moves the index to the front)."""
         try:
-            self.container.mux(self.video.encode(None))
+            if self.encoding:
+                self.container.mux(self.video.encode(None))
             if self.resampler is not None:
                 for chunk in self.resampler.resample(None):
                     self.container.mux(self.audio.encode(chunk))

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from neuralstyle.model.contract import RequestParam
+from neuralstyle.video.segments import SEGMENT_FRAMES
 from neuralstyle.video.temporal import DEFAULT_TEMPORAL, DIS_PRESETS
 
 VIDEO_PARAMS: tuple[RequestParam, ...] = (
@@ -20,6 +21,10 @@ VIDEO_PARAMS: tuple[RequestParam, ...] = (
                  "own, flicker and all)", 0.0, 1.0),
     RequestParam("flow_preset", str, "fast", "OpenCV DIS optical flow preset",
                  choices=DIS_PRESETS),
+    RequestParam("segment_frames", int, SEGMENT_FRAMES,
+                 "a longer clip is cut into segments of this many frames, each stylized and "
+                 "committed on its own (a rerun resumes; Luigi runs them on several workers); "
+                 "0 = one piece", 0, 1_000_000),
 )
 VIDEO_DEFAULTS: dict[str, Any] = {p.name: p.default for p in VIDEO_PARAMS}
 

@@ -14,6 +14,7 @@ instead of being repainted every frame (the flicker); where it does not, the fra
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,11 +55,23 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample ``image`` at x + flow(x) (bilinear, edges replicated): brings it into flow's frame."""
     import cv2
 
-    height, width = flow.shape[:2]
-    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32),
-                                 np.arange(height, dtype=np.float32))
-    return cv2.remap(image, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+    return cv2.remap(image, _sample_map(flow), None, cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REPLICATE)
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(height: int, width: int) -> np.ndarray:
+    """(H, W, 2) float32 pixel coordinates (x, y): built once per frame size, read-only."""
+    grid = np.empty((height, width, 2), np.float32)
+    grid[..., 0] = np.arange(width, dtype=np.float32)[None, :]
+    grid[..., 1] = np.arange(height, dtype=np.float32)[:, None]
+    grid.flags.writeable = False
+    return grid
+
+
+def _sample_map(flow: np.ndarray) -> np.ndarray:
+    """x + flow(x) as one two-channel map (cv2.remap's fastest form)."""
+    return _grid(*flow.shape[:2]) + flow
 
 
 def consistent(flow: np.ndarray, back: np.ndarray) -> np.ndarray:
@@ -69,8 +82,14 @@ def consistent(flow: np.ndarray, back: np.ndarray) -> np.ndarray:
     """
     back_there = warp(back, flow)
     loop = flow + back_there
-    agree = (loop ** 2).sum(-1) <= 0.01 * ((flow ** 2).sum(-1) + (back_there ** 2).sum(-1)) + 0.5
+    agree = _norm2(loop) <= 0.01 * (_norm2(flow) + _norm2(back_there)) + 0.5
     return agree & inside(flow)
+
+
+def _norm2(field: np.ndarray) -> np.ndarray:
+    """|v|^2 per pixel of a (H, W, 2) field (channel slices: ~4x numpy's ``(v**2).sum(-1)``)."""
+    x, y = field[..., 0], field[..., 1]
+    return x * x + y * y
 
 
 def inside(flow: np.ndarray) -> np.ndarray:
@@ -126,17 +145,23 @@ class TemporalBlender:
         back, forward = flows
         mask = consistent(back, forward)
         seen = warp(previous_in, back)
-        colour = np.abs(frame.astype(np.int16) - seen.astype(np.int16)).max(-1)
+        import cv2
+
+        diff = cv2.absdiff(frame, seen)
+        colour = np.maximum(np.maximum(diff[..., 0], diff[..., 1]), diff[..., 2])
         mask &= colour <= COLOUR_TOLERANCE * 255
         share = float(mask.mean())
         if share < CUT_TRUSTED_SHARE:
             self.previous_out = stylized
             return Blended(stylized, share, True)
-        import cv2
-
-        weight = cv2.GaussianBlur(mask.astype(np.float32), (5, 5), 0)[..., None] * self.strength
-        carried = warp(previous_out, back).astype(np.float32)
-        out = stylized.astype(np.float32) * (1 - weight) + carried * weight
-        result = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        weight = cv2.GaussianBlur(mask.astype(np.float32), (5, 5), 0)
+        weight *= self.strength
+        # S + w (C - S), in place: the same as (1 - w) S + w C with fewer full-frame temporaries.
+        out = warp(previous_out, back).astype(np.float32)
+        fresh = stylized.astype(np.float32)
+        out -= fresh
+        out *= weight[..., None]
+        out += fresh
+        result = cv2.convertScaleAbs(out)  # rounds and saturates to uint8
         self.previous_out = result
         return Blended(result, share, False)
