@@ -220,7 +220,7 @@ def through_server(photo: Path, model_uri: str, tracking_uri: str) -> dict:
             "small_max_s": max(ok) if ok else float("nan")}
 
 
-def sameness_2048(model, band_pixels: int = 1024 * 1024) -> list[dict]:
+def sameness_2048(model) -> list[dict]:
     """At 2048x2048, exact: the served one-piece run, the same network forced into bands, and
     an independent one-piece reference, onnxruntime fp32 on the same ONNX file; band borders'
     rows against the rest (a seam would show there)."""
@@ -232,6 +232,7 @@ def sameness_2048(model, band_pixels: int = 1024 * 1024) -> list[dict]:
     from neuralstyle.model.styles import ARBITRARY
 
     engine = model.unwrap_python_model().engine
+    band_pixels = tiling.BAND_PIXELS  # as served above 2048x2048
     rgb = mosaic(2048, 2048, seed=5)
     x = np.ascontiguousarray(rgb[None])
     planar = np.ascontiguousarray((rgb.astype(np.float32) / 255).transpose(2, 0, 1)[None])

@@ -20,8 +20,16 @@ pieces (each ``z``, and a residual stream that skips one) is kept whole: in memo
 spilled to an unlinked temporary file read back band by band (``SPILL_ENV``), so resident memory
 stays at a few bands whatever the photo.
 
-A photo of at most ``TILE_PIXELS`` is one band: the whole network runs in one piece, on its static
-compile (``runtime.Network``), exactly as before tiling existed.
+A photo of at most ``TILE_PIXELS`` is one band, run by the same ``run_tiled`` with a plan of one
+piece: the whole network, uncut, on a static compile of its size (``runtime.Network``). One code
+path; the cut costs only where a photo needs it (bench/results/fullres.md: at 2048x2048 the
+19-piece run took ~2x the one-piece run's time, the one piece 0.55x a dynamic compile's).
+
+Where the time of a tiled run goes, and what keeps it down: every band of a piece has one input
+size (``window``), so the piece's buffers are made once per photo, not per band; band inputs are
+read into buffers reused band after band; outputs are copied once, from the runtime's buffers
+into what keeps them; kept tensors stay in memory up to ``KEEP_BYTES`` in all, their buffers
+handed on to the next ones (fresh pages cost a fault per 4 KiB); statistics are vectorised.
 """
 
 from __future__ import annotations
@@ -34,11 +42,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# A photo of at most this many pixels runs in one piece (its own static compile, fastest);
-# larger ones in bands of about BAND_PIXELS each. OpenVINO keeps each piece's buffers at its
-# band size, so memory goes with BAND_PIXELS (bench/results/fullres.md).
+# A photo of at most this many pixels runs in one piece (its own static compile, fastest; ~1.1 GB
+# of buffers at 2048x2048, handed back after the run); larger ones in bands of about BAND_PIXELS
+# each. A piece's buffers go with BAND_PIXELS, one piece at a time (bench/results/fullres.md).
 TILE_PIXELS = 2048 * 2048
-BAND_PIXELS = int(os.environ.get("STYLIZE_BAND_PIXELS", 1024 * 1024))
+BAND_PIXELS = int(os.environ.get("STYLIZE_BAND_PIXELS", 512 * 1024))
 GRID = 4  # tile origins and sides are multiples of this: two stride-2 convolutions
 MIN_BAND_ROWS = 32  # a reflect pad needs more rows than it pads, at every scale
 # Tensors kept between pieces stay in memory up to this many bytes in all (a 2048x2048 photo's
