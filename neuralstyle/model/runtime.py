@@ -48,8 +48,8 @@ FAST_MAX_MEAN_LEVELS = 1.5  # mean |fast - exact| in levels of 255
 # not by concurrent requests meeting a new size (a served model under load hung in its first
 # bf16 requests in two CI runs on AMX CPUs, never when run alone; the cause is not proven).
 STATIC_SHAPES = 4  # static compiles kept per network (least recently used goes first)
-# An RGB 2048x2048 photo: larger inputs stay dynamic. A static run at 2048 px took 0.55x the
-# dynamic one's time (bench/results/fullres.md); the one-piece run stops there (tiling).
+# An RGB 2048x2048 photo: larger inputs stay dynamic. A static run at 2048 px took 0.62x the
+# dynamic one's CPU time (0.54x wall, one interleaved run); the one-piece run stops there (tiling).
 STATIC_MAX_ELEMENTS = 3 * 2048 * 2048
 # Above an RGB 1024x1024 photo a static compile hands its buffers back after each run (~0.75 GB
 # at 2048 px; made again by the next run, which costs little beside the run itself).
@@ -200,10 +200,9 @@ class Network:
     def compile_piece(self, model) -> Network:
         """Another ov.Model (a piece of this one, ``tiling``) compiled as this one is, any size.
 
-        Not static per band size: static piece compiles kept ~35-70 MB each that
-        ``release_memory`` did not hand back (19 pieces: a 45 MP photo peaked at 2.9 GB).
-        Tiling feeds every band of a piece at one size, so the dynamic compile makes its buffers
-        once per piece and photo."""
+        Not static per band size: with static piece compiles a 45 MP photo peaked at 2.9 GB
+        (README, "Full resolution"). Tiling feeds every band of a piece at one size, so the
+        dynamic compile makes its buffers once per piece and photo."""
         compiled = _core().compile_model(model, "CPU", self._config)
         return Network(compiled, self.precision, self.path)
 

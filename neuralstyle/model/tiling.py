@@ -22,8 +22,8 @@ stays at a few bands whatever the photo.
 
 A photo of at most ``TILE_PIXELS`` is one band, run by the same ``run_tiled`` with a plan of one
 piece: the whole network, uncut, on a static compile of its size (``runtime.Network``). One code
-path; the cut costs only where a photo needs it (bench/results/fullres.md: at 2048x2048 the
-19-piece run took ~2x the one-piece run's time, the one piece 0.55x a dynamic compile's).
+path; the cut costs only where a photo needs it (README, "Full resolution": at 2048x2048 the
+19-piece run took ~2.2x the CPU time of the static one-piece run).
 
 Where the time of a tiled run goes, and what keeps it down: every band of a piece has one input
 size (``window``), so the piece's buffers are made once per photo, not per band; band inputs are
