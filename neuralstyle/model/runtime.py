@@ -25,6 +25,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -47,7 +48,12 @@ FAST_MAX_MEAN_LEVELS = 1.5  # mean |fast - exact| in levels of 255
 # not by concurrent requests meeting a new size (a served model under load hung in its first
 # bf16 requests in two CI runs on AMX CPUs, never when run alone; the cause is not proven).
 STATIC_SHAPES = 4  # static compiles kept per network (least recently used goes first)
-STATIC_MAX_ELEMENTS = 3 * 1024 * 1024  # an RGB 1024x1024 photo; larger inputs stay dynamic
+# An RGB 2048x2048 photo: larger inputs stay dynamic. A static run at 2048 px took 0.62x the
+# dynamic one's CPU time (0.54x wall, one interleaved run); the one-piece run stops there (tiling).
+STATIC_MAX_ELEMENTS = 3 * 2048 * 2048
+# Above an RGB 1024x1024 photo a static compile hands its buffers back after each run (~0.75 GB
+# at 2048 px; made again by the next run, which costs little beside the run itself).
+STATIC_KEEP_ELEMENTS = 3 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -106,28 +112,61 @@ def _core():
 
 
 Shapes = tuple[tuple[str, tuple[int, ...]], ...]
+T = TypeVar("T")
 
 
 class _Static:
     """One input size compiled statically (by the first thread that needs it; the others wait),
     and its idle infer requests (any thread takes one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: bool = False) -> None:
         self.compiled = None
         self.failed = False
         self.done = threading.Event()
         self.idle: queue.SimpleQueue = queue.SimpleQueue()
+        self.release = release  # hand the buffers back after each run (a large size)
+        self._lock = threading.Lock()
+        self._active = 0
+
+    def _request(self):
+        with self._lock:
+            self._active += 1
+        try:
+            return self.idle.get_nowait()
+        except queue.Empty:
+            return self.compiled.create_infer_request()
+
+    def _done(self, request) -> None:
+        self.idle.put(request)
+        with self._lock:
+            self._active -= 1
+            if self.release and self._active == 0:
+                self.compiled.release_memory()  # no run of this size can start meanwhile
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.run_into(feeds, lambda outs: [np.array(out) for out in outs])
+
+    def run_into(self, feeds: dict[str, np.ndarray], consume: Callable[[list[np.ndarray]], T]) -> T:
+        """``consume`` the outputs in place (views of this request's buffers), no copy made."""
+        request = self._request()
         try:
-            request = self.idle.get_nowait()
-        except queue.Empty:
-            request = self.compiled.create_infer_request()
-        try:
-            results = request.infer(feeds, share_inputs=True, share_outputs=False)
-            return [np.asarray(results[port]) for port in self.compiled.outputs]
+            results = request.infer(feeds, share_inputs=True, share_outputs=True)
+            return consume([np.asarray(results[port]) for port in self.compiled.outputs])
         finally:
-            self.idle.put(request)
+            self._done(request)
+
+
+class Request:
+    """One infer request: ``run_into`` hands ``consume`` views of its output buffers, no copy.
+    With ``share_inputs`` it holds a reference to its last inputs until it is dropped."""
+
+    def __init__(self, request, compiled) -> None:
+        self._request = request
+        self._outputs = compiled.outputs
+
+    def run_into(self, feeds: dict[str, np.ndarray], consume: Callable[[list[np.ndarray]], T]) -> T:
+        results = self._request.infer(feeds, share_inputs=True, share_outputs=True)
+        return consume([np.asarray(results[port]) for port in self._outputs])
 
 
 class Network:
@@ -159,9 +198,27 @@ class Network:
         self._pid = os.getpid()
 
     def compile_piece(self, model) -> Network:
-        """Another ov.Model (a piece of this one, ``tiling``) compiled as this one is, any size."""
+        """Another ov.Model (a piece of this one, ``tiling``) compiled as this one is, any size.
+
+        Not static per band size: with static piece compiles a 45 MP photo peaked at 2.9 GB
+        (README, "Full resolution"). Tiling feeds every band of a piece at one size, so the
+        dynamic compile makes its buffers once per piece and photo."""
         compiled = _core().compile_model(model, "CPU", self._config)
         return Network(compiled, self.precision, self.path)
+
+    def request(self) -> Request:
+        """An infer request of its own on the any-size compile, for a caller that runs many
+        pieces of one photo (``tiling``); dropping it drops what it held (its last inputs)."""
+        return Request(self.compiled.create_infer_request(), self.compiled)
+
+    def release_memory(self) -> None:
+        """Hand back the intermediate buffers of every compile that no run is using now."""
+        with self._lock:
+            entries = [e.compiled for e in self._static.values() if e.compiled is not None]
+            if self._active == 0:
+                entries.append(self.compiled)
+        for compiled in entries:
+            compiled.release_memory()
 
     @property
     def static_sizes(self) -> list[Shapes]:
@@ -196,6 +253,16 @@ class Network:
                     self.compiled.release_memory()  # no run can start while the lock is held
         return outputs
 
+    def run_into(self, feeds: dict[str, np.ndarray], consume: Callable[[list[np.ndarray]], T],
+                 release_memory: bool = False) -> T:
+        """Run once and hand ``consume`` the outputs as views of the runtime's own buffers (valid
+        only during the call): a caller that keeps part of them copies only that part.
+        ``release_memory`` as ``run`` (where this size has no static compile)."""
+        static = self._static_for(feeds) if self._specialize else None
+        if static is not None:
+            return static.run_into(feeds, consume)
+        return consume(self.run(feeds, release_memory=release_memory))
+
     def _static_for(self, feeds: dict[str, np.ndarray]) -> _Static | None:
         """The static compile for these input sizes (None: too large, or it failed to compile)."""
         shapes: Shapes = tuple(sorted((name, tuple(array.shape)) for name, array in feeds.items()))
@@ -207,7 +274,9 @@ class Network:
                 return entry if entry is not None and entry.done.is_set() and not entry.failed else None
             build = entry is None
             if build:
-                entry = self._static[shapes] = _Static()
+                largest = max(int(np.prod(shape)) for _, shape in shapes)
+                entry = self._static[shapes] = _Static(
+                    release=largest > STATIC_KEEP_ELEMENTS)
                 while len(self._static) > STATIC_SHAPES:
                     self._static.popitem(last=False)
             else:

@@ -20,8 +20,16 @@ pieces (each ``z``, and a residual stream that skips one) is kept whole: in memo
 spilled to an unlinked temporary file read back band by band (``SPILL_ENV``), so resident memory
 stays at a few bands whatever the photo.
 
-A photo of at most ``TILE_PIXELS`` is one band: the whole network runs in one piece, on its static
-compile (``runtime.Network``), exactly as before tiling existed.
+A photo of at most ``TILE_PIXELS`` is one band, run by the same ``run_tiled`` with a plan of one
+piece: the whole network, uncut, on a static compile of its size (``runtime.Network``). One code
+path; the cut costs only where a photo needs it (README, "Full resolution": at 2048x2048 the
+19-piece run took ~2.2x the CPU time of the static one-piece run).
+
+Where the time of a tiled run goes, and what keeps it down: every band of a piece has one input
+size (``window``), so the piece's buffers are made once per photo, not per band; band inputs are
+read into buffers reused band after band; outputs are copied once, from the runtime's buffers
+into what keeps them; kept tensors stay in memory up to ``KEEP_BYTES`` in all, their buffers
+handed on to the next ones (fresh pages cost a fault per 4 KiB); statistics are vectorised.
 """
 
 from __future__ import annotations
@@ -34,14 +42,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# A photo of at most this many pixels runs in one piece (its own static compile, fastest);
-# larger ones in bands of about BAND_PIXELS each. OpenVINO keeps each piece's buffers at its
-# band size, so memory goes with BAND_PIXELS (bench/results/fullres.md).
-TILE_PIXELS = 1024 * 1024
+# A photo of at most this many pixels runs in one piece (its own static compile, fastest; ~1.1 GB
+# of buffers at 2048x2048, handed back after the run); larger ones in bands of about BAND_PIXELS
+# each. A piece's buffers go with BAND_PIXELS, one piece at a time (bench/results/fullres.md).
+TILE_PIXELS = 2048 * 2048
 BAND_PIXELS = int(os.environ.get("STYLIZE_BAND_PIXELS", 512 * 1024))
 GRID = 4  # tile origins and sides are multiples of this: two stride-2 convolutions
 MIN_BAND_ROWS = 32  # a reflect pad needs more rows than it pads, at every scale
-SPILL_BYTES = 64 * 1024 * 1024  # a tensor kept between pieces above this goes to a temporary file
+# Tensors kept between pieces stay in memory up to this many bytes in all (a 2048x2048 photo's
+# fit); the rest go to temporary files (bench/results/fullres.md: spilling costs ~2 GB/s).
+KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
 SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder)
 # A probe size whose multiples cannot be mistaken for channel counts: finds each tensor's row axis.
 _PROBE_H, _PROBE_W = 4 * 23, 4 * 29
@@ -308,56 +318,99 @@ def bands(height: int, width: int, tile_pixels: int = TILE_PIXELS,
 
 class _Store:
     """A tensor [1, C, rows, W] kept whole between pieces: band cores written once, read back with
-    halos. In memory when small; else in an unlinked temporary file, channel-major as the network
-    lays it out (one contiguous run per channel and band: no transposes), so a band's rows come
-    back by ``pread`` without the whole tensor ever being resident."""
+    halos into the caller's buffer. In memory while the run's ``_Budget`` allows; else in an
+    unlinked temporary file, channel-major as the network lays it out (one contiguous run per
+    channel and band: no transposes), so a band's rows come back by ``preadv`` without the whole
+    tensor ever being resident."""
 
-    def __init__(self, tensor: _Tensor, rows: int, columns: int) -> None:
+    def __init__(self, tensor: _Tensor, rows: int, columns: int, budget: _Budget) -> None:
         if tensor.axis != 2 or len(tensor.shape) != 4:
             raise ValueError(f"{tensor.key[0]} is not laid out [1, C, rows, columns]")
         self.channels, self.rows, self.columns = tensor.shape[1], rows, columns
         self.file = None
         self.memory = None
-        if self.channels * rows * columns * 4 > SPILL_BYTES:
-            self.file = tempfile.TemporaryFile(dir=os.environ.get(SPILL_ENV) or None)
+        self.budget = budget
+        self.nbytes = self.channels * rows * columns * 4
+        self.buffer = budget.take(self.nbytes)
+        if self.buffer is not None:
+            self.memory = self.buffer.reshape(1, self.channels, rows, columns)
         else:
-            self.memory = np.empty((1, self.channels, rows, columns), np.float32)
+            self.file = tempfile.TemporaryFile(dir=os.environ.get(SPILL_ENV) or None)
 
     def _offset(self, channel: int, row: int) -> int:
         return (channel * self.rows + row) * self.columns * 4
 
     def write(self, start: int, band: np.ndarray) -> None:
-        """Rows ``start..`` from a band [1, C, rows, W]."""
+        """Rows ``start..`` from a band [1, C, rows, W] (a view of the runtime's buffer)."""
         if self.memory is not None:
             self.memory[:, :, start:start + band.shape[2]] = band
             return
         for c in range(self.channels):
-            data = np.ascontiguousarray(band[0, c], np.float32)
-            os.pwrite(self.file.fileno(), memoryview(data).cast("B"), self._offset(c, start))
+            data = band[0, c]  # rows of one channel: contiguous when the band is whole rows
+            if not data.flags.c_contiguous:
+                data = np.ascontiguousarray(data)
+            view = memoryview(data).cast("B")
+            done = 0
+            while done < len(view):
+                done += os.pwrite(self.file.fileno(), view[done:], self._offset(c, start) + done)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start..stop`` as [1, C, rows, W]."""
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        """Rows ``start..`` into ``out`` [1, C, rows, W] (a band buffer, reused band after band)."""
+        stop = start + out.shape[2]
         if self.memory is not None:
-            return np.ascontiguousarray(self.memory[:, :, start:stop])
-        rows = np.empty((1, self.channels, stop - start, self.columns), np.float32)
+            np.copyto(out, self.memory[:, :, start:stop])
+            return
         for c in range(self.channels):
-            view = memoryview(rows[0, c]).cast("B")
+            view = memoryview(out[0, c]).cast("B")
             done = 0
             while done < len(view):
                 got = os.preadv(self.file.fileno(), [view[done:]], self._offset(c, start) + done)
                 if got <= 0:
                     raise OSError("spilled rows could not be read back")
                 done += got
-        return rows
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
-        self.memory = None
+        if self.buffer is not None:
+            self.budget.give(self.buffer)
+        self.memory = self.buffer = None
+
+
+class _Budget:
+    """Bytes of kept tensors a run may hold in memory (the rest spill): ``KEEP_BYTES``; and the
+    buffers of tensors no longer needed, handed to the next ones (fresh memory costs a page
+    fault per 4 KiB on first touch: ~1 s of a 2048 px run before they were reused)."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.free: list[np.ndarray] = []
+
+    def take(self, nbytes: int) -> np.ndarray | None:
+        """A float32 buffer of ``nbytes`` (a reused one where one fits), or None: over budget."""
+        fits = [b for b in self.free if b.nbytes >= nbytes]
+        if fits:
+            buffer = min(fits, key=lambda b: b.nbytes)
+            self.free = [b for b in self.free if b is not buffer]
+            return buffer[:nbytes // 4]
+        if nbytes > self.left:  # every buffer made, free or not, counts against the limit
+            return None
+        self.left -= nbytes
+        return np.empty(nbytes // 4, np.float32)
+
+    def give(self, buffer: np.ndarray) -> None:
+        self.free.append(buffer.base if buffer.base is not None else buffer)
 
 
 class _Stats:
-    """Per-channel count, mean and M2 in float64, merged band by band (Chan et al. 1979)."""
+    """Per-channel count, mean and M2, merged band by band (Chan et al. 1979).
+
+    Each band is shifted by a per-channel estimate of its mean first, so nothing cancels; each
+    row's sums are float32 (NumPy's pairwise summation: relative error ~1e-7 x log2(width)) and
+    the rows are summed in float64. A few channels at a time, so the shifted copy stays in cache.
+    """
+
+    CHUNK_BYTES = 1 << 20
 
     def __init__(self) -> None:
         self.n = 0
@@ -367,22 +420,28 @@ class _Stats:
     def add(self, z: np.ndarray) -> None:
         """A band's core of ``z`` [1, C, rows, W]."""
         channels = z.shape[1]
-        count = z.shape[2] * z.shape[3]
-        mean = np.empty(channels)
-        m2 = np.empty(channels)
-        for c in range(channels):
-            x = z[0, c]
-            mean[c] = x.sum(dtype=np.float64) / count
-            shift = np.float32(mean[c])
-            d = x - shift  # sum((x - m)^2) = sum((x - shift)^2) - n (m - shift)^2, exactly
-            m2[c] = np.square(d, out=d).sum(dtype=np.float64) - count * (mean[c] - float(shift)) ** 2
+        per = z.shape[2] * z.shape[3]
+        shift = (z[0, :, ::8, ::8].mean(axis=(1, 2), dtype=np.float64) if self.mean is None
+                 else self.mean).astype(np.float32)
+        s1, s2 = np.empty(channels), np.empty(channels)
+        group = max(1, self.CHUNK_BYTES // (per * 4))
+        scratch = np.empty(min(group, channels) * per, np.float32)
+        for c in range(0, channels, group):
+            x = z[0, c:c + group]
+            d = scratch[:x.size].reshape(x.shape)
+            np.subtract(x, shift[c:c + group, None, None], out=d)
+            s1[c:c + group] = d.sum(axis=2).sum(axis=1, dtype=np.float64)
+            np.multiply(d, d, out=d)
+            s2[c:c + group] = d.sum(axis=2).sum(axis=1, dtype=np.float64)
+        mean = shift.astype(np.float64) + s1 / per
+        m2 = np.maximum(s2 - s1 * s1 / per, 0.0)
         if self.mean is None:
-            self.n, self.mean, self.m2 = count, mean, m2
+            self.n, self.mean, self.m2 = per, mean, m2
             return
-        total = self.n + count
+        total = self.n + per
         delta = mean - self.mean
-        self.mean = self.mean + delta * count / total
-        self.m2 = self.m2 + m2 + delta * delta * self.n * count / total
+        self.mean = self.mean + delta * per / total
+        self.m2 = self.m2 + m2 + delta * delta * self.n * per / total
         self.n = total
 
     def feeds(self, norm: _Norm) -> tuple[np.ndarray, np.ndarray]:
@@ -395,13 +454,17 @@ class _Stats:
 
 
 class TiledNetwork:
-    """A network run band by band (``run``), cut once into pieces on first need."""
+    """A network run band by band (``run``): one band (the whole network, one piece) up to
+    ``tile_pixels``; above, cut once into pieces on first need."""
 
-    def __init__(self, whole, image: str = "image", tile_pixels: int = TILE_PIXELS) -> None:
+    def __init__(self, whole, image: str = "image", tile_pixels: int = TILE_PIXELS,
+                 band_pixels: int | None = None) -> None:
         self.whole = whole  # runtime.Network: the one-band case, and the compile settings
         self.image = image
         self.tile_pixels = tile_pixels
+        self.band_pixels = band_pixels
         self._plan: Plan | None = None
+        self._single: Plan | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -410,7 +473,8 @@ class TiledNetwork:
         return self.whole.precision
 
     def plan(self) -> Plan:
-        """The pieces, split and compiled once (~0.05 s per piece)."""
+        """The pieces, split and compiled once (~0.05 s per piece; each band size then gets a
+        static compile of its own on first use, ~0.05 s per piece)."""
         with self._lock:
             if self._plan is None:
                 plan = split(self.whole.model, self.image)
@@ -419,14 +483,26 @@ class TiledNetwork:
                 self._plan = plan
         return self._plan
 
+    def single(self) -> Plan:
+        """The whole network as the one piece of a plan: no cut, no normalisation fed."""
+        with self._lock:
+            if self._single is None:
+                inputs = list(self.whole.input_names)
+                image_axis = 1  # the compiled network takes uint8 pixels [1, H, W, 3]
+                key = ("whole", 0)
+                tensor = _Tensor(key, 1, 1, ())
+                self._single = Plan([Piece(0, self.whole.model, inputs, [key], 0, self.whole)],
+                                    {key: tensor}, {}, self.image, image_axis, key)
+        return self._single
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The network's first output for ``feeds``; photos above ``tile_pixels`` in bands."""
         x = feeds[self.image]
         axis = 1 if x.shape[-1] == 3 else 2
         height, width = x.shape[axis], x.shape[axis + 1]
-        cores = bands(height, width, self.tile_pixels)
+        cores = bands(height, width, self.tile_pixels, self.band_pixels)
         if len(cores) == 1:
-            return self.whole.run(feeds)[0]
+            return run_tiled(self.single(), feeds, cores, height, width)
         if self._plan is None and os.getpid() != self._pid:
             # A forked child (luigi's workers) cannot compile (runtime.Network): the whole network
             # runs at once, as before tiling; the same picture, not the bounded memory.
@@ -434,63 +510,107 @@ class TiledNetwork:
         return run_tiled(self.plan(), feeds, cores, height, width)
 
 
+def window(start: int, stop: int, halo: int, height: int, rows: int) -> tuple[int, int]:
+    """The input rows [low, high) a band reads: ``rows`` of them (the same for every band, so a
+    piece runs one static size), holding the core and its halo, slid inside the photo."""
+    size = min(height, rows)
+    low = min(max(0, start - halo), height - size)
+    if low > max(0, start - halo) or low + size < min(height, stop + halo):
+        raise AssertionError(f"window {low}+{size} does not hold rows {start}..{stop} +-{halo}")
+    return low, low + size
+
+
 def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, int]],
               height: int, width: int) -> np.ndarray:
-    """Every piece over every band, in order; the output assembled from the band cores."""
+    """Every piece over every band, in order; the output assembled from the band cores.
+
+    Each piece runs one input size (the widest core plus twice its halo, slid inside the photo
+    at the top and bottom), so it runs on a static compile whose buffers are made once; band
+    inputs are read into buffers reused band after band, and outputs are copied once, straight
+    from the runtime's buffers into what keeps them. Nothing is allocated per band.
+    """
     image = feeds[plan.image]
     static = {k: v for k, v in feeds.items() if k != plan.image}
     stores: dict[Key, _Store] = {}
     stats: dict[str, _Stats] = {}
     z_of = {norm.z: name for name, norm in plan.norms.items()}
+    core_rows = max(stop - start for start, stop in cores)
+    budget = _Budget(KEEP_BYTES)
+    single = len(plan.pieces) == 1  # the whole network: a static compile up to 1 MP, kept
     result = None
     try:
         for piece in plan.pieces:
             for key in piece.outputs:
                 t = plan.tensors[key]
                 if key == plan.result:
-                    shape = list(t.shape)
-                    shape[t.axis] = height // t.scale
-                    shape[t.axis + 1] = width // t.scale
-                    result = np.empty(shape, np.float32)
-                else:
-                    stores[key] = _Store(t, height // t.scale, width // t.scale)
+                    continue  # made from the first band's output (its shape and type)
+                stores[key] = _Store(t, height // t.scale, width // t.scale, budget)
                 if key in z_of:
                     stats[z_of[key]] = _Stats()
-            for i, (start, stop) in enumerate(cores):
-                low, high = max(0, start - piece.halo), min(height, stop + piece.halo)
-                band = {}
+            rows = core_rows + 2 * piece.halo
+            band: dict[str, np.ndarray] = {}
+            for name in piece.inputs:
+                if name.startswith(("mean:", "invstd:")):
+                    kind, norm = name.split(":", 1)
+                    mean, inv = stats[norm].feeds(plan.norms[norm])
+                    band[name] = mean if kind == "mean" else inv
+                elif name.startswith("t:"):
+                    store = stores[_key(name)]
+                    s = plan.tensors[_key(name)].scale
+                    band[name] = np.empty((1, store.channels, min(height, rows) // s,
+                                           store.columns), np.float32)
+                elif name != plan.image:
+                    band[name] = static[name]
+            request = None
+            for start, stop in cores:
+                low, high = window(start, stop, piece.halo, height, rows)
                 for name in piece.inputs:
-                    if name == plan.image:
+                    if name == plan.image:  # whole rows of [1, H, W, 3]: a contiguous view
                         band[name] = np.ascontiguousarray(_rows(image, plan.image_axis, low, high))
                     elif name.startswith("t:"):
-                        sname, port = name[2:].rsplit(":", 1)
-                        key = (sname, int(port))
-                        s = plan.tensors[key].scale
-                        band[name] = stores[key].read(low // s, high // s)
-                    elif name.startswith(("mean:", "invstd:")):
-                        kind, norm = name.split(":", 1)
-                        mean, inv = stats[norm].feeds(plan.norms[norm])
-                        band[name] = mean if kind == "mean" else inv
-                    else:
-                        band[name] = static[name]
-                outs = piece.network.run(band, release_memory=i == len(cores) - 1)
-                for key, out in zip(piece.outputs, outs, strict=True):
-                    t = plan.tensors[key]
-                    first, last = (start - low) // t.scale, (stop - low) // t.scale
-                    core = _rows(out, t.axis, first, last)
-                    if key == plan.result:
-                        _rows(result, t.axis, start // t.scale, stop // t.scale)[...] = core
-                    else:
-                        stores[key].write(start // t.scale, core)
-                    if key in z_of:
-                        stats[z_of[key]].add(core)
+                        key = _key(name)
+                        stores[key].read_into(low // plan.tensors[key].scale, band[name])
+
+                def keep(outs: list[np.ndarray], piece=piece, start=start, stop=stop, low=low) -> None:
+                    nonlocal result
+                    for key, out in zip(piece.outputs, outs, strict=True):
+                        t = plan.tensors[key]
+                        first, last = (start - low) // t.scale, (stop - low) // t.scale
+                        core = _rows(out, t.axis, first, last)
+                        if key == plan.result:
+                            if result is None:
+                                shape = list(out.shape)
+                                shape[t.axis] = height // t.scale
+                                result = np.empty(shape, out.dtype)
+                            _rows(result, t.axis, start // t.scale, stop // t.scale)[...] = core
+                        else:
+                            stores[key].write(start // t.scale, core)
+                        if key in z_of:
+                            stats[z_of[key]].add(core)
+
+                if single:
+                    piece.network.run_into(band, keep, release_memory=True)
+                else:
+                    request = request or piece.network.request()
+                    request.run_into(band, keep)
+            band.clear()
+            if not single:  # one piece's buffers at a time (made again for the next photo)
+                request = None  # with it the band inputs it held
+                piece.network.release_memory()
             for key in [k for k, last in plan.last_use.items() if last == piece.index]:
                 stores.pop(key).close()
     finally:
         for store in stores.values():
             store.close()
-        _trim()
+        if not single:
+            _trim()
     return result
+
+
+def _key(name: str) -> Key:
+    """The tensor a piece input ``t:<op>:<port>`` is fed from."""
+    sname, port = name[2:].rsplit(":", 1)
+    return sname, int(port)
 
 
 @functools.lru_cache(maxsize=1)
