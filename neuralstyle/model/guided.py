@@ -21,8 +21,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from neuralstyle.model.errors import StyleInputError
-from neuralstyle.model.imaging import MIN_SIDE
+from neuralstyle.model.imaging import fitted_size
 
 # Window radius in painted pixels, and the regularisation in (0..1 colour)^2: a larger eps leans on
 # the stylized picture, a smaller one on the photo's detail. DETAIL 1 keeps every stroke the
@@ -163,13 +162,9 @@ def paint_pixels(pixels: np.ndarray, paint_size: int, what: str) -> np.ndarray |
     to ``paint_size`` on its longest side (Lanczos, as ``max_size`` scales), or None when the
     network paints at the output size (``paint_size`` 0, or at least the photo's longest side)."""
     height, width = pixels.shape[:2]
-    if paint_size <= 0 or paint_size >= max(height, width):
+    if paint_size <= 0:
         return None
-    scale = paint_size / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if min(size) < MIN_SIDE:
-        raise StyleInputError(
-            f"{what} is {width}x{height} at the output size: at paint_size={paint_size} its short "
-            f"side would be {min(size)} px, below {MIN_SIDE}; raise paint_size"
-        )
+    size = fitted_size(width, height, paint_size, f"{what} at the output size", "paint_size")
+    if size is None:
+        return None
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))

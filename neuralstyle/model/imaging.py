@@ -164,10 +164,12 @@ def fit_within(rgb: np.ndarray, max_size: int, what: str) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def fitted_size(width: int, height: int, max_size: int, what: str) -> tuple[int, int] | None:
+def fitted_size(width: int, height: int, max_size: int, what: str,
+                param: str = "max_size") -> tuple[int, int] | None:
     """(width, height) with the longest side ``max_size``, or None when no downscale is needed.
 
     ``max_size`` 0 asks for the photo's own size: only a side above ``MAX_SIDE`` is scaled down.
+    ``param`` names the request param the size came from, in the error.
     """
     max_size = MAX_SIDE if max_size <= 0 else min(max_size, MAX_SIDE)
     if max(height, width) <= max_size:
@@ -176,8 +178,8 @@ def fitted_size(width: int, height: int, max_size: int, what: str) -> tuple[int,
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if min(size) < MIN_SIDE:
         raise StyleInputError(
-            f"{what} is {width}x{height}: at max_size={max_size} its short side would be "
-            f"{min(size)} px, below {MIN_SIDE}; raise max_size"
+            f"{what} is {width}x{height}: at {param}={max_size} its short side would be "
+            f"{min(size)} px, below {MIN_SIDE}; raise {param}"
         )
     return size
 
