@@ -49,3 +49,28 @@ def encode(rgb: np.ndarray, fmt: str = "PNG") -> bytes:
     out = io.BytesIO()
     Image.fromarray(rgb).save(out, fmt)
     return out.getvalue()
+
+
+def mosaic(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A seeded ``width`` x ``height`` mosaic of the bundled photos, each scaled 0.6-1.6x and
+    maybe mirrored: the full-resolution photos (to 45 MP) that no bundled photo is."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(sample_rgb(name)) for name in (*SAMPLES, LARGE_PHOTO)]
+    canvas = Image.new("RGB", (width, height))
+    y = 0
+    while y < height:
+        x, row_height = 0, 0
+        while x < width:
+            img = photos[int(rng.integers(len(photos)))]
+            scale = float(rng.uniform(0.6, 1.6))
+            img = img.resize((max(32, int(img.width * scale)), max(32, int(img.height * scale))),
+                             Image.Resampling.BILINEAR)
+            if rng.random() < 0.5:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            canvas.paste(img, (x, y))
+            x += img.width
+            row_height = max(row_height, img.height)
+        y += row_height
+    return np.asarray(canvas)

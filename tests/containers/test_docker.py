@@ -557,3 +557,38 @@ def test_same_bytes_on_every_path(docker_client, registry, model, serving_contai
     for path, digest in digests.items():
         report(request.config, f"sha256 {digest[:16]} via {path}")
     assert len(set(digests.values())) == 1, digests
+
+
+def test_a_full_resolution_photo_gives_the_same_bytes_through_the_images(
+        docker_client, model, serving_container, batch_image, data_dir, request) -> None:
+    """A photo beyond one piece (6 MP at its own size: tiled) and one painted at ``paint_size``
+    give byte-identical results in-process, through the serving container's nginx and through
+    the batch image's CLI: the full-resolution path ships inside both images."""
+    import hashlib
+
+    from neuralstyle.builder.samples import encode, mosaic
+    from neuralstyle.run.client import StyleServerClient
+
+    photo = encode(mosaic(3000, 2000, seed=19), "JPEG")
+    data, user = data_dir
+    (data / "big.jpg").write_bytes(photo)
+    cases = {"own size, tiled": {"max_size": 0},
+             "own size, painted at 768": {"max_size": 0, "paint_size": 768}}
+    for label, extra in cases.items():
+        params = {"format": "jpeg", "precision": "fast", **extra}
+        results = {"in-process": base64.b64decode(
+            model.predict(frame_for(photo), params=params).iloc[0]["image"])}
+        results["serving container"] = base64.b64decode(
+            StyleServerClient(serving_container.url).predict(frame_for(photo), params)
+            .iloc[0]["image"])
+        flags = [arg for name, value in extra.items()
+                 for arg in (f"--{name.replace('_', '-')}", str(value))]
+        status, output, seconds = run_batch(docker_client, batch_image, data, user, [
+            "--image", "/data/big.jpg", "--style", "7", "--output", "/data/out.jpg",
+            "--precision", "fast", *flags])
+        assert status == 0, output
+        results["batch image"] = (data / "out.jpg").read_bytes()
+        assert Image.open(io.BytesIO(results["batch image"])).size == (3000, 2000)
+        digests = {path: hashlib.sha256(got).hexdigest()[:16] for path, got in results.items()}
+        report(request.config, f"3000x2000 {label}: {digests} (batch image {seconds:.1f} s)")
+        assert len(set(digests.values())) == 1, (label, digests)
