@@ -281,13 +281,15 @@ def stylize_video(
 def segment_job(video: str | Path, output: str | Path, style: str, predictor: Predictor | None,
                 params: dict[str, Any] | None, *, temporal: float, flow_preset: str,
                 segment_frames: int, style_image: str | Path | None = None,
-                model_uri: str | None = None) -> tuple[_Job, list[segments.Segment], Path]:
+                model_uri: str | None = None, identity: dict[str, Any] | None = None,
+                ) -> tuple[_Job, list[segments.Segment], Path]:
     """A clip's job, its segments and their folder: what a segment task or the joining task needs
-    (``predictor`` may be None for joining, which runs no model)."""
+    (``predictor`` may be None for joining, which runs no model). ``identity``: see
+    ``segments.work_dir``."""
     job = _Job(video, output, style, predictor, params, temporal, flow_preset,  # type: ignore[arg-type]
                style_image)
     pieces = segments.plan(media.frame_timestamps(video, job.what), segment_frames)
-    return job, pieces, segment_folder(job, output, params, segment_frames, model_uri)
+    return job, pieces, segment_folder(job, output, params, segment_frames, model_uri, identity)
 
 
 def _whole_clip(job: _Job, output: str | Path, params: dict[str, Any] | None, started: float,
@@ -362,10 +364,11 @@ def _lineage(job: _Job, output: str | Path, written: Path, params: dict[str, Any
 
 
 def segment_folder(job: _Job, output: str | Path, params: dict[str, Any] | None,
-                   segment_frames: int, model_uri: str | None) -> Path:
+                   segment_frames: int, model_uri: str | None,
+                   identity: dict[str, Any] | None = None) -> Path:
     """The folder of this clip's committed segments (named by what changes their pixels)."""
     painting = hashlib.sha256(job.painting).hexdigest() if job.painting else None
-    return segments.work_dir(output, job.video, {
+    return segments.work_dir(output, job.video, identity=identity, settings={
         "style": job.style, "painting": painting, "params": params or {},
         "temporal": job.temporal, "flow_preset": job.flow_preset, "segment_frames": segment_frames,
         "overlap": segments.SEGMENT_OVERLAP,

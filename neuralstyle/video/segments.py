@@ -75,16 +75,30 @@ def plan(timestamps: list[int] | None, segment_frames: int,
     return segments
 
 
-def work_dir(output: str | Path, video: str | Path, settings: dict[str, Any]) -> Path:
-    """Where a clip's finished segments wait: beside the result, named by everything that
-    changes their pixels (the source file's size and time, style, params, model), so a rerun
-    with other settings never reuses them."""
+def source_identity(video: str | Path) -> dict[str, Any]:
+    """A local clip as its segments are keyed: path, size and modification time."""
     source = Path(video).stat()
-    key = json.dumps({"video": str(Path(video).resolve()), "size": source.st_size,
-                      "mtime": source.st_mtime_ns, **settings}, sort_keys=True, default=str)
+    return {"video": str(Path(video).resolve()), "size": source.st_size,
+            "mtime": source.st_mtime_ns}
+
+
+def work_dir(output: str | Path, video: str | Path, settings: dict[str, Any],
+             identity: dict[str, Any] | None = None) -> Path:
+    """Where a clip's finished segments wait: beside the result, named by everything that
+    changes their pixels (the source, style, params, model), so a rerun with other settings
+    never reuses them. ``identity`` names the source where its local copy's path and time do
+    not (an S3 clip downloaded on several machines: its URI and ETag); default: the file's."""
+    key = json.dumps({**(identity or source_identity(video)), **settings}, sort_keys=True,
+                     default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     output = Path(output)
     return output.parent / f".{output.name}.segments-{digest}"
+
+
+def remote_folder(segments_uri: str, folder: Path) -> str:
+    """The S3 prefix holding the segments of ``folder`` (a ``work_dir``) for workers on other
+    machines: ``<segments_uri>/<output name>.segments-<digest>``."""
+    return f"{segments_uri.rstrip('/')}/{folder.name.lstrip('.')}"
 
 
 def segment_path(folder: Path, segment: Segment, suffix: str) -> Path:

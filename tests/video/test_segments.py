@@ -1,7 +1,8 @@
 """Long clips in segments: the joined result is the one-piece result's frames, timestamps and
 sound; the seam between segments is no worse than a pair within one (warping error along the
 exact flow of a synthetic pan, which the method never sees); an interrupted job resumes without
-redoing finished segments, in-process and as Luigi tasks; segments run on two Luigi workers."""
+redoing finished segments, in-process and as Luigi tasks; segments run on two Luigi workers
+and on machines that share only S3."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from s3_fixtures import aws_env, bucket, fresh_luigi, s3  # noqa: F401, F811
 from video_clips import Motion, audio_info, pan_flows, read_frames, synthetic_frames, write_clip
 
 from neuralstyle.builder.samples import sample_rgb
@@ -204,3 +206,57 @@ def test_luigi_segments_resume_and_run_on_two_workers(registry, tmp_path: Path,
     frames, times = read_frames(two)
     assert len(frames) == FRAMES and np.allclose(times, read_frames(clip)[1])
     assert read_sidecar(two)["video"]["segments"] == 4
+
+
+def test_workers_on_machines_sharing_only_s3_share_the_segments(
+        registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3: Any,  # noqa: F811
+        bucket: str) -> None:  # noqa: F811
+    """Three "machines" (each its own working folder: its own download of the clip, its own
+    segment folder) and one S3 bucket: two each commit a segment to ``segments_uri``; the third
+    runs the clip, stylizes only the segment nobody did, joins, and clears the shared ones."""
+    import luigi
+
+    from neuralstyle.video import clips
+    from tasks.video import StylizeVideo, StylizeVideoSegment
+
+    frames = 30  # segments 0-9, 10-19, 20-29
+    clip = make_clip(tmp_path, "astronaut", Motion(dx=1, dy=1), frames=frames)
+    s3.upload_file(str(clip), bucket, "clips/astronaut.mp4")
+    settings = {"image": f"s3://{bucket}/clips/astronaut.mp4", "max_size": max(SIZE),
+                "tracking_uri": registry.tracking_uri, "model_uri": registry.model_uri,
+                "segment_frames": 10, "segments_uri": f"s3://{bucket}/work/",
+                "output_path": "out/astronaut-7.mp4"}  # relative: each machine its own
+    calls = {"n": 0}
+    real_run = clips._Job.run
+
+    def counted(self: Any, index: int, small: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        return real_run(self, index, small)
+
+    monkeypatch.setattr(clips._Job, "run", counted)
+
+    def on_machine(number: int, task: luigi.Task) -> Any:
+        machine = tmp_path / f"machine-{number}"
+        machine.mkdir()
+        monkeypatch.chdir(machine)
+        luigi.task_register.Register.clear_instance_cache()
+        return luigi.build([task], local_scheduler=True, workers=1, detailed_summary=True)
+
+    for number in (0, 1):
+        done = on_machine(number, StylizeVideoSegment(segment=number, **settings))
+        assert done.status.name == "SUCCESS", done.summary_text
+    shared = sorted(item["Key"] for item in
+                    s3.list_objects_v2(Bucket=bucket, Prefix="work/").get("Contents", []))
+    print("committed to S3:", shared)
+    assert len([k for k in shared if k.endswith(".mp4")]) == 2 and len(shared) == 4, shared
+
+    calls["n"] = 0
+    joined = on_machine(2, StylizeVideo(**settings))
+    assert joined.status.name == "SUCCESS", joined.summary_text
+    pieces = segments.plan(list(range(frames)), 10)
+    assert calls["n"] == pieces[2].stop - pieces[2].warm  # only the segment nobody had done
+    out = tmp_path / "machine-2" / "out" / "astronaut-7.mp4"
+    got, times = read_frames(out)
+    assert len(got) == frames and np.allclose(times, read_frames(clip)[1])
+    assert audio_info(out)[0] == "aac" and read_sidecar(out)["video"]["segments"] == 3
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="work/").get("KeyCount", 0) == 0
