@@ -11,7 +11,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 .PHONY: install install-spark install-browser install-video install-serve install-prometheus bench-video demo test test-fast \
 	lint package serve bench docker-serving \
 	docker-batch try screenshots clean stack stack-status stack-down stack-install bench-arbitrary \
-	bench-fullres bench-eval bench-paint-size
+	bench-fullres bench-eval bench-paint-size bench-fullres-everywhere
 
 install: $(VENV)/.installed
 
@@ -109,6 +109,14 @@ bench-fullres: install  ## tiled inference at 1, 4, 17, 45 MP: seconds, peak mem
 	cd $(BENCH_DIR) && $(abspath $(PY)) $(CURDIR)/package_models.py --style-map $(CURDIR)/styles.json \
 		--tracking-uri $(BENCH_REGISTRY)
 	$(PY) bench/fullres.py --tracking-uri $(BENCH_REGISTRY)
+
+bench-fullres-everywhere: install install-spark install-serve  ## a 45 MP photo through Luigi, Spark, the serving and batch images: seconds, peak memory, same bytes: bench/results/fullres-everywhere.md
+	rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
+	cd $(BENCH_DIR) && $(abspath $(PY)) $(CURDIR)/package_models.py --style-map $(CURDIR)/styles.json \
+		--tracking-uri $(BENCH_REGISTRY)
+	docker/engine.sh start
+	docker/build-base.sh
+	$(PY) bench/fullres_everywhere.py --tracking-uri $(BENCH_REGISTRY)
 
 bench-paint-size: install  ## paint_size: the network at full size vs at 1024 px guided by the photo, a 100% crop: bench/results/paint_size.md, docs/images/paint-size-crop.jpg
 	$(PY) bench/paint_size.py

@@ -61,22 +61,23 @@ def child_peak_mb(command: list[str], env: dict[str, str]) -> tuple[float, float
 
 @contextmanager
 def container_peak(container: Any) -> Iterator[dict[str, float]]:
-    """The container's peak memory (MB) while the block runs, two ways, sampled every ~0.5 s:
-    ``rss``, the resident memory of its processes together (``docker top -o rss``: what the
-    other rows count), and ``docker``, docker stats' figure (usage less inactive file cache,
-    so it also counts active page cache: the photo and result files, nginx's buffers)."""
+    """The container's peak memory (MB) while the block runs, from its cgroup, sampled every
+    ~0.5 s: ``rss``, its processes' resident anonymous memory together (cgroup ``total_rss``:
+    what the other rows count), and ``docker``, the cgroup's own peak usage (``max_usage``,
+    which also counts page cache: the photo and result files, nginx's buffers)."""
     peak = {"rss": 0.0, "docker": 0.0}
     stop = threading.Event()
 
     def watch() -> None:
         while not stop.is_set():
             try:
-                rows = container.top(ps_args="-o rss")["Processes"] or []
-                peak["rss"] = max(peak["rss"], sum(int(row[0]) for row in rows) / 1024)
                 memory = container.stats(stream=False, one_shot=True).get("memory_stats", {})
             except Exception:  # the container is gone: the work is over
                 return
-            usage = memory.get("usage", 0) - memory.get("stats", {}).get("inactive_file", 0)
+            stats = memory.get("stats", {})
+            rss = stats.get("total_rss", stats.get("anon", 0))  # cgroup v1, else v2
+            usage = memory.get("max_usage", memory.get("usage", 0) - stats.get("inactive_file", 0))
+            peak["rss"] = max(peak["rss"], rss / 2**20)
             peak["docker"] = max(peak["docker"], usage / 2**20)
             time.sleep(0.5)
 
@@ -90,8 +91,8 @@ def container_peak(container: Any) -> Iterator[dict[str, float]]:
 
 
 def peak_text(peak: dict[str, float], what: str) -> str:
-    return (f"{peak['rss']:.0f} MB resident ({what}); docker stats {peak['docker']:.0f} MB "
-            "(with page cache)")
+    return (f"{peak['rss']:.0f} MB resident ({what}); {peak['docker']:.0f} MB with page cache "
+            "(the cgroup's peak)")
 
 
 def through_luigi(photo: Path, out: Path, args: argparse.Namespace, env: dict[str, str]) -> dict:
