@@ -1,15 +1,20 @@
 """Temporal consistency without retraining: carry the previous stylized frame along the optical flow.
 
-For frame t the per-frame stylization S_t is blended with the previous *output* O_{t-1} warped to t
-along DIS optical flow computed on the input frames, only where the warp is trusted: the forward and
-backward flows agree (the occlusion test of Sundaram et al. 2010, as Ruder et al. 2016 and Lai et al.
-2018 use it), the input pixels match after warping, and no scene cut happened:
+For frame t the per-frame stylization S_t is mixed with the previous *output* O_{t-1}, warped to t
+along DIS optical flow computed on the input frames (W), where the warp is trusted: the forward
+and backward flows agree (the occlusion test of Sundaram et al. 2010, as Ruder et al. 2016 and Lai
+et al. 2018 use it), the input pixels match after warping, and no scene cut happened (T, a soft
+0..1 mask). A share of O_{t-1} is also kept in place (P), mostly where the warp is not trusted:
 
-    O_t = (1 - a*M) * S_t + a*M * warp(O_{t-1})
+    O_t = k (S_t + a T (W - S_t)) + (1 - k) P,   k = (1 - c) (1 - b (1 - T))
 
-``a`` is the ``temporal`` strength (0 = every frame on its own, as the peer's ``smooth=0``); M is
-the soft trust mask. Along a trajectory that stays visible the texture then follows the motion
-instead of being repainted every frame (the flicker); where it does not, the frame is painted anew.
+with a, b, c from the one ``temporal`` knob (``mix_weights``; 0 = every frame on its own, as the
+peer's ``smooth=0``). Along a trajectory that stays visible the texture follows the motion instead
+of being repainted every frame (the flicker). The in-place share is what the peer's ``smooth``
+does everywhere, and the price is the same (a faint trail behind fast motion): here it is small
+where the warp is trusted (c = 0.4 a^2: 0.14 at the default) and it stops at a scene cut.
+Everything that depends only on the input frames (flows, masks, weights) is in ``flows``, which
+the pipeline runs ahead in its reader thread; ``blend`` is one warp and one mix.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_TEMPORAL = 0.8  # chosen by measurement: bench/results/video.md
+DEFAULT_TEMPORAL = 0.6  # chosen by measurement: bench/results/video.md
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 # A scene cut: fewer than this share of pixels can be followed from the previous frame.
 CUT_TRUSTED_SHARE = 0.35
@@ -101,6 +106,22 @@ def inside(flow: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class Motion:
+    """What ``flows`` learns from one pair of input frames, for ``blend``: where to sample the
+    previous output (``back``) and how much of it to take, warped (``carried``) and in place
+    (``held``), per pixel. None of it depends on the network, so it is computed ahead."""
+
+    back: np.ndarray | None  # (H, W, 2) flow t -> t-1; None at a scene cut
+    carried: np.ndarray | None  # (H, W, 1) float32 weight of warp(O_{t-1})
+    held: np.ndarray | None  # (H, W, 1) float32 weight of O_{t-1} in place
+    trusted: float  # share of pixels where the warp is trusted
+
+    @property
+    def cut(self) -> bool:
+        return self.back is None
+
+
+@dataclass
 class Blended:
     """One output frame and how much of it came from the previous one."""
 
@@ -109,59 +130,81 @@ class Blended:
     cut: bool
 
 
+def mix_weights(strength: float) -> tuple[float, float, float]:
+    """(warped where trusted, in place where not, in place everywhere) for one ``temporal``.
+
+    Measured on the bench clips (bench/results/video.md): the warped carry alone levels off at
+    ~0.5x the per-frame warping error, held back by pixels the warp does not trust (painted anew,
+    so they flicker in full) and by pixels where two flows disagree by a pixel or more (the carried
+    texture then shimmers against any other flow). A share of the previous output kept in place
+    damps both, as a temporal low-pass: most where the warp is not trusted, a little everywhere
+    (it grows as strength^2, so it stays small at the default and the motion is still followed).
+    """
+    return strength, 0.8 * strength, 0.4 * strength * strength
+
+
 class TemporalBlender:
-    """Feeds frames in order; keeps the previous input and output to warp from."""
+    """Feeds frames in order: ``flows`` for each input frame (may run ahead, in another thread),
+    then ``blend`` for each stylized frame, in the same order."""
 
     def __init__(self, strength: float = DEFAULT_TEMPORAL, preset: str = "fast") -> None:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"temporal={strength} must be in 0..1")
         self.strength = strength
+        self.carry, self.hold_untrusted, self.hold = mix_weights(strength)
         self.flow = FlowEstimator(preset) if strength > 0 else None
         self.previous_gray: np.ndarray | None = None
         self.previous_in: np.ndarray | None = None
-        self.previous_out: np.ndarray | None = None
+        self.previous_out: np.ndarray | None = None  # float32: no rounding carried frame to frame
 
-    def flows(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Backward (t -> t-1) and forward (t-1 -> t) flow for the next input frame.
+    def flows(self, frame: np.ndarray) -> Motion | None:
+        """Flows, trust mask and mixing weights for the next input frame (inputs only).
 
-        Pure in the inputs, so a caller may run it ahead in another thread; ``blend`` takes it.
+        Backward (t -> t-1) and forward (t-1 -> t) DIS flows, the forward-backward check, the
+        colour check and the blurred weights: ``blend`` is left with one warp and one mix.
         """
         if self.flow is None:
             return None
-        now = gray(frame)
-        before, self.previous_gray = self.previous_gray, now
-        if before is None:
-            return None
-        return self.flow(now, before), self.flow(before, now)
-
-    def blend(self, frame: np.ndarray, stylized: np.ndarray,
-              flows: tuple[np.ndarray, np.ndarray] | None) -> Blended:
-        """The output frame for input ``frame`` whose per-frame stylization is ``stylized``."""
-        previous_in, previous_out = self.previous_in, self.previous_out
-        self.previous_in = frame
-        if flows is None or previous_out is None or self.strength == 0:
-            self.previous_out = stylized
-            return Blended(stylized, 0.0, flows is not None)
-        back, forward = flows
-        mask = consistent(back, forward)
-        seen = warp(previous_in, back)
         import cv2
 
-        diff = cv2.absdiff(frame, seen)
+        now = gray(frame)
+        before, self.previous_gray = self.previous_gray, now
+        before_rgb, self.previous_in = self.previous_in, frame
+        if before is None or before_rgb is None:
+            return None
+        back, forward = self.flow(now, before), self.flow(before, now)
+        mask = consistent(back, forward)
+        diff = cv2.absdiff(frame, warp(before_rgb, back))
         colour = np.maximum(np.maximum(diff[..., 0], diff[..., 1]), diff[..., 2])
         mask &= colour <= COLOUR_TOLERANCE * 255
         share = float(mask.mean())
         if share < CUT_TRUSTED_SHARE:
-            self.previous_out = stylized
-            return Blended(stylized, share, True)
-        weight = cv2.GaussianBlur(mask.astype(np.float32), (5, 5), 0)
-        weight *= self.strength
-        # S + w (C - S), in place: the same as (1 - w) S + w C with fewer full-frame temporaries.
-        out = warp(previous_out, back).astype(np.float32)
+            return Motion(None, None, None, share)
+        trust = cv2.GaussianBlur(mask.astype(np.float32), (5, 5), 0)
+        # out = k (S + a T (W - S)) + (1 - k) P with k = (1 - c)(1 - b (1 - T)):
+        #     = S + k a T (W - S) + (1 - k) (P - S)
+        kept = (1.0 - self.hold) * (1.0 - self.hold_untrusted * (1.0 - trust))
+        carried = kept * self.carry * trust
+        return Motion(back, carried[..., None], (1.0 - kept)[..., None], share)
+
+    def blend(self, frame: np.ndarray, stylized: np.ndarray, flows: Motion | None) -> Blended:
+        """The output frame for input ``frame`` whose per-frame stylization is ``stylized``."""
+        import cv2
+
+        del frame  # everything about the input is in ``flows``
+        previous_out = self.previous_out
         fresh = stylized.astype(np.float32)
+        if flows is None or previous_out is None or self.strength == 0 or flows.cut:
+            self.previous_out = fresh
+            return Blended(stylized, flows.trusted if flows else 0.0,
+                           flows is not None and flows.cut)
+        assert flows.back is not None and flows.carried is not None and flows.held is not None
+        out = warp(previous_out, flows.back)
         out -= fresh
-        out *= weight[..., None]
+        out *= flows.carried
+        held = previous_out - fresh
+        held *= flows.held
+        out += held
         out += fresh
-        result = cv2.convertScaleAbs(out)  # rounds and saturates to uint8
-        self.previous_out = result
-        return Blended(result, share, False)
+        self.previous_out = out
+        return Blended(cv2.convertScaleAbs(out), flows.trusted, False)  # rounds, saturates
