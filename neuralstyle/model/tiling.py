@@ -332,13 +332,15 @@ class _Store:
         self.budget = budget
         self.nbytes = self.channels * rows * columns * 4
         self.buffer = budget.take(self.nbytes)
+        self.base = 0
         if self.buffer is not None:
             self.memory = self.buffer.reshape(1, self.channels, rows, columns)
         else:
-            self.file = tempfile.TemporaryFile(dir=os.environ.get(SPILL_ENV) or None)
+            self.file = budget.spill_file()
+            self.base = budget.spill.take(self.nbytes)
 
     def _offset(self, channel: int, row: int) -> int:
-        return (channel * self.rows + row) * self.columns * 4
+        return self.base + (channel * self.rows + row) * self.columns * 4
 
     def write(self, start: int, band: np.ndarray) -> None:
         """Rows ``start..`` from a band [1, C, rows, W] (a view of the runtime's buffer)."""
@@ -371,20 +373,75 @@ class _Store:
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            self.budget.spill.give(self.base, self.nbytes)  # the next tensors rewrite its pages
         if self.buffer is not None:
             self.budget.give(self.buffer)
-        self.memory = self.buffer = None
+        self.memory = self.buffer = self.file = None
+
+
+class _Regions:
+    """Byte ranges of a run's one spill file: a closed tensor's range is handed to the next ones
+    (first fit), new ranges are added at the end with ``posix_fallocate``. Why one file, reused:
+    on this ext4 disk, writing new pages of a file ran at ~0.2 GiB/s (block allocation), into
+    fallocated ones at ~1.7, over pages written before at ~3.5 (bench/results/fullres.md)."""
+
+    def __init__(self) -> None:
+        self.end = 0
+        self.free: list[tuple[int, int]] = []  # (offset, size), sorted, merged
+        self.fileno = -1
+
+    def take(self, nbytes: int) -> int:
+        for i, (offset, size) in enumerate(self.free):
+            if size >= nbytes:
+                rest = (offset + nbytes, size - nbytes)
+                self.free[i:i + 1] = [rest] if rest[1] else []
+                return offset
+        if self.free and self.free[-1][0] + self.free[-1][1] == self.end:
+            offset, _ = self.free.pop()  # the free tail grows instead of a new range after it
+        else:
+            offset = self.end
+        self.end = offset + nbytes
+        try:
+            os.posix_fallocate(self.fileno, offset, nbytes)
+        except OSError:
+            pass  # a filesystem without it: written as it comes
+        return offset
+
+    def give(self, offset: int, nbytes: int) -> None:
+        self.free.append((offset, nbytes))
+        self.free.sort()
+        merged: list[tuple[int, int]] = []
+        for start, size in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], merged[-1][1] + size)
+            else:
+                merged.append((start, size))
+        self.free = merged
 
 
 class _Budget:
     """Bytes of kept tensors a run may hold in memory (the rest spill): ``KEEP_BYTES``; and the
     buffers of tensors no longer needed, handed to the next ones (fresh memory costs a page
-    fault per 4 KiB on first touch: ~1 s of a 2048 px run before they were reused)."""
+    fault per 4 KiB on first touch: ~1 s of a 2048 px run before they were reused). The spill
+    file (one per run, unlinked, closed with the run) and its ranges live here too."""
 
     def __init__(self, limit: int) -> None:
         self.left = limit
         self.free: list[np.ndarray] = []
+        self.file = None
+        self.spill = _Regions()
+
+    def spill_file(self):
+        """The run's spill file, made on first need (``SPILL_ENV``, else the temporary folder)."""
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(dir=os.environ.get(SPILL_ENV) or None)
+            self.spill.fileno = self.file.fileno()
+        return self.file
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
     def take(self, nbytes: int) -> np.ndarray | None:
         """A float32 buffer of ``nbytes`` (a reused one where one fits), or None: over budget."""
@@ -602,6 +659,7 @@ def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, i
     finally:
         for store in stores.values():
             store.close()
+        budget.close()
         if not single:
             _trim()
     return result
