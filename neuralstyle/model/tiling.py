@@ -38,6 +38,7 @@ import functools
 import os
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +53,10 @@ MIN_BAND_ROWS = 32  # a reflect pad needs more rows than it pads, at every scale
 # Tensors kept between pieces stay in memory up to this many bytes in all (a 2048x2048 photo's
 # fit); the rest go to temporary files (bench/results/fullres.md: spilling costs ~2 GB/s).
 KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
+# A full-size normalisation input made from the photo alone (the first convolution's: 32
+# channels, 5.4 GiB at 45 MP, above the kernel's dirty-page limit here) is computed again by the
+# piece that applies it instead of being spilled; "0" spills it (bench/results/fullres.md).
+RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "1") != "0"
 SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder)
 # A probe size whose multiples cannot be mistaken for channel counts: finds each tensor's row axis.
 _PROBE_H, _PROBE_W = 4 * 23, 4 * 29
@@ -105,6 +110,7 @@ class Plan:
     image_axis: int
     result: Key
     last_use: dict[Key, int] = field(default_factory=dict)
+    recomputed: set[Key] = field(default_factory=set)  # made again by their user, not kept
 
 
 def _param_name(key: Key) -> str:
@@ -123,8 +129,13 @@ def _row_axis(shape: list[int]) -> tuple[int, int] | None:
     return hits[0]
 
 
-def split(model, image: str) -> Plan:
-    """Cut ``model`` (an ov.Model with dynamic height and width) at every MVN into pieces."""
+def split(model, image: str, recompute: bool | None = None) -> Plan:
+    """Cut ``model`` (an ov.Model with dynamic height and width) at every MVN into pieces.
+
+    With ``recompute`` (default ``RECOMPUTE``), a normalisation input made by a piece that reads
+    only the graph's inputs (the first convolution, on the photo) is not kept: the piece that
+    applies it computes it again from the photo, its halo widened by that reach."""
+    recompute = RECOMPUTE if recompute is None else recompute
     import openvino as ov
     from openvino import opset13 as ops
 
@@ -193,12 +204,27 @@ def split(model, image: str) -> Plan:
     for key in tensors:
         produced.setdefault(stage[key[0]], []).append(key)
 
+    first_only = {k for k in range(last + 1)}  # pieces fed by graph inputs only
+    for op in ordered:
+        name = op.get_friendly_name()
+        if stage.get(name) is None or op.get_type_name() in ("Parameter", "MVN"):
+            continue
+        for inp in op.inputs():
+            src = inp.get_source_output().get_node()
+            sname = src.get_friendly_name()
+            if stage.get(sname) is not None and src.get_type_name() != "Parameter" and (
+                    src.get_type_name() == "MVN" or stage[sname] != stage[name]):
+                first_only.discard(stage[name])
+    recomputed = {n.z for n in norms.values() if recompute and stage[n.z[0]] in first_only
+                  and tensors[n.z].scale == 1}
+
     pieces = []
     for k in range(last + 1):
         clone = model.clone()
         by_name = {op.get_friendly_name(): op for op in clone.get_ordered_ops()}
         params: dict[str, object] = {}
         param = functools.partial(_parameter, params)
+        also: set[int] = set()  # pieces whose ops this one runs again (a recomputed input)
         for op in clone.get_ordered_ops():
             oname = op.get_friendly_name()
             if stage.get(oname) != k or op.get_type_name() in ("Parameter", "MVN", "Result"):
@@ -212,7 +238,10 @@ def split(model, image: str) -> Plan:
                 if snode.get_type_name() == "MVN":
                     norm = norms[sname]
                     zsrc = snode.input_value(0)
-                    z = param(_param_name(norm.z), zsrc.get_element_type(), zsrc.get_partial_shape())
+                    z = zsrc if norm.z in recomputed else param(
+                        _param_name(norm.z), zsrc.get_element_type(), zsrc.get_partial_shape())
+                    if norm.z in recomputed:
+                        also.add(stage[norm.z[0]])
                     channels = zsrc.get_partial_shape()[1]
                     stat = ov.PartialShape([1, channels, 1, 1])
                     mean = param(f"mean:{sname}", ov.Type.f32, stat)
@@ -234,8 +263,8 @@ def split(model, image: str) -> Plan:
         piece_model = ov.Model(results, reached, f"piece{k}")
         inputs = [p.output(0).get_any_name() for p in reached]
         pieces.append(Piece(k, piece_model, inputs, outs,
-                            _halo(clone, k, stage, probed, by_name)))
-    plan = Plan(pieces, tensors, norms, image, image_axis, result.key)
+                            _halo(clone, {k} | also, stage, probed, by_name)))
+    plan = Plan(pieces, tensors, norms, image, image_axis, result.key, recomputed=recomputed)
     for piece in pieces:
         for name in piece.inputs:
             if name.startswith("t:"):
@@ -271,12 +300,14 @@ def _reachable_params(results) -> list:
     return sorted(found, key=lambda p: p.get_friendly_name())
 
 
-def _halo(clone, k: int, stage: dict, probed: dict, by_name: dict) -> int:
-    """Photo rows a band of piece ``k`` must read beyond its core: its convolutions' reach,
-    rounded up to the coarsest grid any of its tensors lies on (so every band stays aligned)."""
+def _halo(clone, ks: set[int], stage: dict, probed: dict, by_name: dict) -> int:
+    """Photo rows a band of a piece must read beyond its core: the reach of the convolutions of
+    the stages ``ks`` it runs (its own, and one it recomputes), rounded up to the coarsest grid
+    any of its tensors lies on (so every band stays aligned)."""
     reach, grid = 0, 1
+    k = max(ks)
     for name, s in stage.items():
-        if s != k or name not in by_name:
+        if s not in ks or name not in by_name:
             continue
         op = probed[name]
         for port in range(op.get_output_size()):
@@ -595,13 +626,15 @@ def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, i
     budget = _Budget(KEEP_BYTES)
     single = len(plan.pieces) == 1  # the whole network: a static compile up to 1 MP, kept
     result = None
+    writer = ThreadPoolExecutor(1, thread_name_prefix="tiling-keep")
     try:
         for piece in plan.pieces:
             for key in piece.outputs:
                 t = plan.tensors[key]
                 if key == plan.result:
                     continue  # made from the first band's output (its shape and type)
-                stores[key] = _Store(t, height // t.scale, width // t.scale, budget)
+                if key not in plan.recomputed:  # else only its statistics are taken
+                    stores[key] = _Store(t, height // t.scale, width // t.scale, budget)
                 if key in z_of:
                     stats[z_of[key]] = _Stats()
             rows = core_rows + 2 * piece.halo
@@ -630,6 +663,7 @@ def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, i
 
                 def keep(outs: list[np.ndarray], piece=piece, start=start, stop=stop, low=low) -> None:
                     nonlocal result
+                    writes = []
                     for key, out in zip(piece.outputs, outs, strict=True):
                         t = plan.tensors[key]
                         first, last = (start - low) // t.scale, (stop - low) // t.scale
@@ -640,10 +674,14 @@ def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, i
                                 shape[t.axis] = height // t.scale
                                 result = np.empty(shape, out.dtype)
                             _rows(result, t.axis, start // t.scale, stop // t.scale)[...] = core
-                        else:
-                            stores[key].write(start // t.scale, core)
+                        elif key in plan.recomputed:
+                            pass
+                        else:  # beside the statistics: the runtime is idle until keep returns
+                            writes.append(writer.submit(stores[key].write, start // t.scale, core))
                         if key in z_of:
                             stats[z_of[key]].add(core)
+                    for done in writes:
+                        done.result()  # the outputs are the runtime's buffers: the next band reuses them
 
                 if single:
                     piece.network.run_into(band, keep, release_memory=True)
@@ -659,6 +697,7 @@ def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, i
     finally:
         for store in stores.values():
             store.close()
+        writer.shutdown()
         budget.close()
         if not single:
             _trim()
