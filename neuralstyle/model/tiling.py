@@ -53,10 +53,11 @@ MIN_BAND_ROWS = 32  # a reflect pad needs more rows than it pads, at every scale
 # Tensors kept between pieces stay in memory up to this many bytes in all (a 2048x2048 photo's
 # fit); the rest go to temporary files (bench/results/fullres.md: spilling costs ~2 GB/s).
 KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
-# A full-size normalisation input made from the photo alone (the first convolution's: 32
-# channels, 5.4 GiB at 45 MP, above the kernel's dirty-page limit here) is computed again by the
-# piece that applies it instead of being spilled; "0" spills it (bench/results/fullres.md).
-RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "1") != "0"
+# "1": a full-size normalisation input made from the photo alone (the first convolution's: 32
+# channels, 5.4 GiB at 45 MP) is computed again by the piece that applies it instead of being
+# spilled. Measured at 45 MP (bench/results/fullres.md): recomputing that 9x9 convolution cost
+# more than spilling its output, so it is spilled (the default); the bench measures both.
+RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "0") == "1"
 SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder)
 # A probe size whose multiples cannot be mistaken for channel counts: finds each tensor's row axis.
 _PROBE_H, _PROBE_W = 4 * 23, 4 * 29
