@@ -17,8 +17,11 @@ true borders, so the network's own reflect padding stays as it is there; top and
 start at the photo's true borders too, and an interior band's padded rows lie in its halo and are
 cut off. What must survive between
 pieces (each ``z``, and a residual stream that skips one) is kept whole: in memory when small, else
-spilled to an unlinked temporary file read back band by band (``SPILL_ENV``), so resident memory
-stays at a few bands whatever the photo.
+spilled to the run's one unlinked temporary file (``SPILL_ENV``), read back band by band, a closed
+tensor's bytes rewritten by the next ones; so resident memory stays at a few bands whatever the
+photo. Spill or recompute was measured (bench/results/fullres.md): recomputing the one tensor
+that could be (the first convolution's output, from the photo) cost more than spilling it, so
+everything is spilled (``RECOMPUTE`` keeps the alternative, bit for bit the same picture).
 
 A photo of at most ``TILE_PIXELS`` is one band, run by the same ``run_tiled`` with a plan of one
 piece: the whole network, uncut, on a static compile of its size (``runtime.Network``). One code
@@ -28,8 +31,9 @@ path; the cut costs only where a photo needs it (README, "Full resolution": at 2
 Where the time of a tiled run goes, and what keeps it down: every band of a piece has one input
 size (``window``), so the piece's buffers are made once per photo, not per band; band inputs are
 read into buffers reused band after band; outputs are copied once, from the runtime's buffers
-into what keeps them; kept tensors stay in memory up to ``KEEP_BYTES`` in all, their buffers
-handed on to the next ones (fresh pages cost a fault per 4 KiB); statistics are vectorised.
+into what keeps them (by a second thread, beside the statistics: the runtime waits for both);
+kept tensors stay in memory up to ``KEEP_BYTES`` in all, their buffers handed on to the next
+ones (fresh pages cost a fault per 4 KiB); statistics are vectorised.
 """
 
 from __future__ import annotations
