@@ -20,7 +20,7 @@ pieces (each ``z``, and a residual stream that skips one) is kept whole: in memo
 spilled to the run's one unlinked temporary file (``SPILL_ENV``), read back band by band, a closed
 tensor's bytes rewritten by the next ones; so resident memory stays at a few bands whatever the
 photo. Spill or recompute was measured (bench/results/fullres.md): recomputing the one tensor
-that could be (the first convolution's output, from the photo) cost more than spilling it, so
+that could be (the first convolution's output, from the photo) never beat spilling it, so
 everything is spilled (``RECOMPUTE`` keeps the alternative, bit for bit the same picture).
 
 A photo of at most ``TILE_PIXELS`` is one band, run by the same ``run_tiled`` with a plan of one
@@ -59,8 +59,9 @@ MIN_BAND_ROWS = 32  # a reflect pad needs more rows than it pads, at every scale
 KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
 # "1": a full-size normalisation input made from the photo alone (the first convolution's: 32
 # channels, 5.4 GiB at 45 MP) is computed again by the piece that applies it instead of being
-# spilled. Measured at 45 MP (bench/results/fullres.md): recomputing that 9x9 convolution cost
-# more than spilling its output, so it is spilled (the default); the bench measures both.
+# spilled. Measured at 45 MP (bench/results/fullres.md): recomputing that 9x9 convolution never
+# beat spilling its output (169 vs 108 s in one pair, a tie in another), so it is spilled (the
+# default); the bench measures both.
 RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "0") == "1"
 SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder)
 # A probe size whose multiples cannot be mistaken for channel counts: finds each tensor's row axis.
