@@ -140,7 +140,13 @@ class _Static:
         self.idle.put(request)
         with self._lock:
             self._active -= 1
-            if self.release and self._active == 0:
+            release = self.release and self._active == 0
+        if release:  # off the caller's time (~0.09 s at 2048 px): the answer is ready already
+            threading.Thread(target=self._release, daemon=True).start()
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._active == 0:
                 self.compiled.release_memory()  # no run of this size can start meanwhile
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -17,8 +17,11 @@ true borders, so the network's own reflect padding stays as it is there; top and
 start at the photo's true borders too, and an interior band's padded rows lie in its halo and are
 cut off. What must survive between
 pieces (each ``z``, and a residual stream that skips one) is kept whole: in memory when small, else
-spilled to an unlinked temporary file read back band by band (``SPILL_ENV``), so resident memory
-stays at a few bands whatever the photo.
+spilled to the run's one unlinked temporary file (``SPILL_ENV``), read back band by band, a closed
+tensor's bytes rewritten by the next ones; so resident memory stays at a few bands whatever the
+photo. Spill or recompute was measured (bench/results/fullres.md): recomputing the one tensor
+that could be (the first convolution's output, from the photo) never beat spilling it, so
+everything is spilled (``RECOMPUTE`` keeps the alternative, bit for bit the same picture).
 
 A photo of at most ``TILE_PIXELS`` is one band, run by the same ``run_tiled`` with a plan of one
 piece: the whole network, uncut, on a static compile of its size (``runtime.Network``). One code
@@ -28,8 +31,9 @@ path; the cut costs only where a photo needs it (README, "Full resolution": at 2
 Where the time of a tiled run goes, and what keeps it down: every band of a piece has one input
 size (``window``), so the piece's buffers are made once per photo, not per band; band inputs are
 read into buffers reused band after band; outputs are copied once, from the runtime's buffers
-into what keeps them; kept tensors stay in memory up to ``KEEP_BYTES`` in all, their buffers
-handed on to the next ones (fresh pages cost a fault per 4 KiB); statistics are vectorised.
+into what keeps them (by a second thread, beside the statistics: the runtime waits for both);
+kept tensors stay in memory up to ``KEEP_BYTES`` in all, their buffers handed on to the next
+ones (fresh pages cost a fault per 4 KiB); statistics are vectorised.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import functools
 import os
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +57,12 @@ MIN_BAND_ROWS = 32  # a reflect pad needs more rows than it pads, at every scale
 # Tensors kept between pieces stay in memory up to this many bytes in all (a 2048x2048 photo's
 # fit); the rest go to temporary files (bench/results/fullres.md: spilling costs ~2 GB/s).
 KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
+# "1": a full-size normalisation input made from the photo alone (the first convolution's: 32
+# channels, 5.4 GiB at 45 MP) is computed again by the piece that applies it instead of being
+# spilled. Measured at 45 MP (bench/results/fullres.md): recomputing that 9x9 convolution never
+# beat spilling its output (169 vs 108 s in one pair, a tie in another), so it is spilled (the
+# default); the bench measures both.
+RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "0") == "1"
 SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder)
 # A probe size whose multiples cannot be mistaken for channel counts: finds each tensor's row axis.
 _PROBE_H, _PROBE_W = 4 * 23, 4 * 29
@@ -105,6 +116,7 @@ class Plan:
     image_axis: int
     result: Key
     last_use: dict[Key, int] = field(default_factory=dict)
+    recomputed: set[Key] = field(default_factory=set)  # made again by their user, not kept
 
 
 def _param_name(key: Key) -> str:
@@ -123,8 +135,13 @@ def _row_axis(shape: list[int]) -> tuple[int, int] | None:
     return hits[0]
 
 
-def split(model, image: str) -> Plan:
-    """Cut ``model`` (an ov.Model with dynamic height and width) at every MVN into pieces."""
+def split(model, image: str, recompute: bool | None = None) -> Plan:
+    """Cut ``model`` (an ov.Model with dynamic height and width) at every MVN into pieces.
+
+    With ``recompute`` (default ``RECOMPUTE``), a normalisation input made by a piece that reads
+    only the graph's inputs (the first convolution, on the photo) is not kept: the piece that
+    applies it computes it again from the photo, its halo widened by that reach."""
+    recompute = RECOMPUTE if recompute is None else recompute
     import openvino as ov
     from openvino import opset13 as ops
 
@@ -193,12 +210,27 @@ def split(model, image: str) -> Plan:
     for key in tensors:
         produced.setdefault(stage[key[0]], []).append(key)
 
+    first_only = {k for k in range(last + 1)}  # pieces fed by graph inputs only
+    for op in ordered:
+        name = op.get_friendly_name()
+        if stage.get(name) is None or op.get_type_name() in ("Parameter", "MVN"):
+            continue
+        for inp in op.inputs():
+            src = inp.get_source_output().get_node()
+            sname = src.get_friendly_name()
+            if stage.get(sname) is not None and src.get_type_name() != "Parameter" and (
+                    src.get_type_name() == "MVN" or stage[sname] != stage[name]):
+                first_only.discard(stage[name])
+    recomputed = {n.z for n in norms.values() if recompute and stage[n.z[0]] in first_only
+                  and tensors[n.z].scale == 1}
+
     pieces = []
     for k in range(last + 1):
         clone = model.clone()
         by_name = {op.get_friendly_name(): op for op in clone.get_ordered_ops()}
         params: dict[str, object] = {}
         param = functools.partial(_parameter, params)
+        also: set[int] = set()  # pieces whose ops this one runs again (a recomputed input)
         for op in clone.get_ordered_ops():
             oname = op.get_friendly_name()
             if stage.get(oname) != k or op.get_type_name() in ("Parameter", "MVN", "Result"):
@@ -212,7 +244,10 @@ def split(model, image: str) -> Plan:
                 if snode.get_type_name() == "MVN":
                     norm = norms[sname]
                     zsrc = snode.input_value(0)
-                    z = param(_param_name(norm.z), zsrc.get_element_type(), zsrc.get_partial_shape())
+                    z = zsrc if norm.z in recomputed else param(
+                        _param_name(norm.z), zsrc.get_element_type(), zsrc.get_partial_shape())
+                    if norm.z in recomputed:
+                        also.add(stage[norm.z[0]])
                     channels = zsrc.get_partial_shape()[1]
                     stat = ov.PartialShape([1, channels, 1, 1])
                     mean = param(f"mean:{sname}", ov.Type.f32, stat)
@@ -234,8 +269,8 @@ def split(model, image: str) -> Plan:
         piece_model = ov.Model(results, reached, f"piece{k}")
         inputs = [p.output(0).get_any_name() for p in reached]
         pieces.append(Piece(k, piece_model, inputs, outs,
-                            _halo(clone, k, stage, probed, by_name)))
-    plan = Plan(pieces, tensors, norms, image, image_axis, result.key)
+                            _halo(clone, {k} | also, stage, probed, by_name)))
+    plan = Plan(pieces, tensors, norms, image, image_axis, result.key, recomputed=recomputed)
     for piece in pieces:
         for name in piece.inputs:
             if name.startswith("t:"):
@@ -271,12 +306,14 @@ def _reachable_params(results) -> list:
     return sorted(found, key=lambda p: p.get_friendly_name())
 
 
-def _halo(clone, k: int, stage: dict, probed: dict, by_name: dict) -> int:
-    """Photo rows a band of piece ``k`` must read beyond its core: its convolutions' reach,
-    rounded up to the coarsest grid any of its tensors lies on (so every band stays aligned)."""
+def _halo(clone, ks: set[int], stage: dict, probed: dict, by_name: dict) -> int:
+    """Photo rows a band of a piece must read beyond its core: the reach of the convolutions of
+    the stages ``ks`` it runs (its own, and one it recomputes), rounded up to the coarsest grid
+    any of its tensors lies on (so every band stays aligned)."""
     reach, grid = 0, 1
+    k = max(ks)
     for name, s in stage.items():
-        if s != k or name not in by_name:
+        if s not in ks or name not in by_name:
             continue
         op = probed[name]
         for port in range(op.get_output_size()):
@@ -332,13 +369,15 @@ class _Store:
         self.budget = budget
         self.nbytes = self.channels * rows * columns * 4
         self.buffer = budget.take(self.nbytes)
+        self.base = 0
         if self.buffer is not None:
             self.memory = self.buffer.reshape(1, self.channels, rows, columns)
         else:
-            self.file = tempfile.TemporaryFile(dir=os.environ.get(SPILL_ENV) or None)
+            self.file = budget.spill_file()
+            self.base = budget.spill.take(self.nbytes)
 
     def _offset(self, channel: int, row: int) -> int:
-        return (channel * self.rows + row) * self.columns * 4
+        return self.base + (channel * self.rows + row) * self.columns * 4
 
     def write(self, start: int, band: np.ndarray) -> None:
         """Rows ``start..`` from a band [1, C, rows, W] (a view of the runtime's buffer)."""
@@ -371,20 +410,75 @@ class _Store:
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            self.budget.spill.give(self.base, self.nbytes)  # the next tensors rewrite its pages
         if self.buffer is not None:
             self.budget.give(self.buffer)
-        self.memory = self.buffer = None
+        self.memory = self.buffer = self.file = None
+
+
+class _Regions:
+    """Byte ranges of a run's one spill file: a closed tensor's range is handed to the next ones
+    (first fit), new ranges are added at the end with ``posix_fallocate``. Why one file, reused:
+    on this ext4 disk, writing new pages of a file ran at ~0.2 GiB/s (block allocation), into
+    fallocated ones at ~1.7, over pages written before at ~3.5 (bench/results/fullres.md)."""
+
+    def __init__(self) -> None:
+        self.end = 0
+        self.free: list[tuple[int, int]] = []  # (offset, size), sorted, merged
+        self.fileno = -1
+
+    def take(self, nbytes: int) -> int:
+        for i, (offset, size) in enumerate(self.free):
+            if size >= nbytes:
+                rest = (offset + nbytes, size - nbytes)
+                self.free[i:i + 1] = [rest] if rest[1] else []
+                return offset
+        if self.free and self.free[-1][0] + self.free[-1][1] == self.end:
+            offset, _ = self.free.pop()  # the free tail grows instead of a new range after it
+        else:
+            offset = self.end
+        self.end = offset + nbytes
+        try:
+            os.posix_fallocate(self.fileno, offset, nbytes)
+        except OSError:
+            pass  # a filesystem without it: written as it comes
+        return offset
+
+    def give(self, offset: int, nbytes: int) -> None:
+        self.free.append((offset, nbytes))
+        self.free.sort()
+        merged: list[tuple[int, int]] = []
+        for start, size in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], merged[-1][1] + size)
+            else:
+                merged.append((start, size))
+        self.free = merged
 
 
 class _Budget:
     """Bytes of kept tensors a run may hold in memory (the rest spill): ``KEEP_BYTES``; and the
     buffers of tensors no longer needed, handed to the next ones (fresh memory costs a page
-    fault per 4 KiB on first touch: ~1 s of a 2048 px run before they were reused)."""
+    fault per 4 KiB on first touch: ~1 s of a 2048 px run before they were reused). The spill
+    file (one per run, unlinked, closed with the run) and its ranges live here too."""
 
     def __init__(self, limit: int) -> None:
         self.left = limit
         self.free: list[np.ndarray] = []
+        self.file = None
+        self.spill = _Regions()
+
+    def spill_file(self):
+        """The run's spill file, made on first need (``SPILL_ENV``, else the temporary folder)."""
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(dir=os.environ.get(SPILL_ENV) or None)
+            self.spill.fileno = self.file.fileno()
+        return self.file
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
     def take(self, nbytes: int) -> np.ndarray | None:
         """A float32 buffer of ``nbytes`` (a reused one where one fits), or None: over budget."""
@@ -538,13 +632,15 @@ def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, i
     budget = _Budget(KEEP_BYTES)
     single = len(plan.pieces) == 1  # the whole network: a static compile up to 1 MP, kept
     result = None
+    writer = ThreadPoolExecutor(1, thread_name_prefix="tiling-keep")
     try:
         for piece in plan.pieces:
             for key in piece.outputs:
                 t = plan.tensors[key]
                 if key == plan.result:
                     continue  # made from the first band's output (its shape and type)
-                stores[key] = _Store(t, height // t.scale, width // t.scale, budget)
+                if key not in plan.recomputed:  # else only its statistics are taken
+                    stores[key] = _Store(t, height // t.scale, width // t.scale, budget)
                 if key in z_of:
                     stats[z_of[key]] = _Stats()
             rows = core_rows + 2 * piece.halo
@@ -573,6 +669,7 @@ def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, i
 
                 def keep(outs: list[np.ndarray], piece=piece, start=start, stop=stop, low=low) -> None:
                     nonlocal result
+                    writes = []
                     for key, out in zip(piece.outputs, outs, strict=True):
                         t = plan.tensors[key]
                         first, last = (start - low) // t.scale, (stop - low) // t.scale
@@ -583,10 +680,14 @@ def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, i
                                 shape[t.axis] = height // t.scale
                                 result = np.empty(shape, out.dtype)
                             _rows(result, t.axis, start // t.scale, stop // t.scale)[...] = core
-                        else:
-                            stores[key].write(start // t.scale, core)
+                        elif key in plan.recomputed:
+                            pass
+                        else:  # beside the statistics: the runtime is idle until keep returns
+                            writes.append(writer.submit(stores[key].write, start // t.scale, core))
                         if key in z_of:
                             stats[z_of[key]].add(core)
+                    for done in writes:
+                        done.result()  # the outputs are the runtime's buffers: the next band reuses them
 
                 if single:
                     piece.network.run_into(band, keep, release_memory=True)
@@ -602,6 +703,8 @@ def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, i
     finally:
         for store in stores.values():
             store.close()
+        writer.shutdown()
+        budget.close()
         if not single:
             _trim()
     return result

@@ -153,6 +153,30 @@ def test_spilled_bands_give_the_same_bits_and_leave_no_file(engine, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_recomputing_the_first_convolution_gives_the_spilled_bits(engine, monkeypatch,
+                                                                  tmp_path) -> None:
+    """The measured alternative to spilling (``STYLIZE_RECOMPUTE=1``: the piece after the first
+    normalisation runs the first convolution again on its rows of the photo): the same array."""
+    monkeypatch.setattr(tiling, "KEEP_BYTES", 0)
+    monkeypatch.setenv(tiling.SPILL_ENV, str(tmp_path))
+    whole = engine.exact[None].whole
+    rgb = family(seed=12, count=1)[0]
+    x = np.ascontiguousarray(pad_to_multiple(rgb, SIZE_MULTIPLE)[None])
+    feeds = {"image": x, **style_feeds(engine, "multistyle")}
+    tile_pixels = x.shape[1] * x.shape[2] // 4
+    outs = []
+    for recompute in (False, True):
+        plan = tiling.split(whole.model, "image", recompute=recompute)
+        assert bool(plan.recomputed) == recompute
+        tiled = tiling.TiledNetwork(whole, tile_pixels=tile_pixels)
+        for piece in plan.pieces:
+            piece.network = whole.compile_piece(piece.model)
+        tiled._plan = plan
+        outs.append(tiled.run(feeds))
+    assert np.array_equal(outs[0], outs[1])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_memory_is_a_few_bands_not_the_photo(engine, monkeypatch, tmp_path) -> None:
     """A 3 MP photo in 12 bands, every kept tensor spilled (as at 45 MP): the arrays alive at
     once stay far below one full-size activation (32 channels of float32: what a one-piece run
