@@ -1,11 +1,14 @@
 """Stylize a clip: decode -> flow -> the served model -> temporal blend -> encode, streaming.
 
 The one way to stylize a video, whatever runs the model (an in-process model URI, a server URL, a
-container): the executors' :class:`~neuralstyle.run.inference.Predictor` gets one frame per request
-(as JPEG quality 95), two requests in flight so the network keeps both cores busy while this thread
-blends and encodes; a decoder thread reads ahead and computes the optical flow. Memory holds a few
-frames, never the clip. A painting (``style_image``) is sent with every frame, but the model turns it
-into its style vector once (cached by the painting's sha256).
+container): the executors' :class:`~neuralstyle.run.inference.Predictor` gets one frame per
+request, two requests in flight so the network keeps both cores busy while this thread blends and
+encodes; a decoder thread reads ahead (up to ``READ_AHEAD_BYTES``) and computes the optical flow.
+An in-process model gets each frame as RGB pixels and answers pixels (its ``stylize_pixels``: the
+pixels its ``predict`` gives for a lossless file of the frame, no codec either way), and starts
+loading before the first frame is decoded; a server gets JPEG quality 95 both ways. Memory holds
+a bounded number of frames, never the clip. A painting (``style_image``) is sent with every frame,
+but the model turns it into its style vector once (cached by the painting's sha256).
 """
 
 from __future__ import annotations
