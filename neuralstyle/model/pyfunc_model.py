@@ -192,10 +192,31 @@ def stylize_row(
     engine: Engine, image_b64: str, style_spec: Any, params: Params, what: str,
     style_image: Any = None,
 ) -> dict:
-    """One request row: decode, check, resize, stylize (at ``paint_size``, then guided up to the
-    output size, when asked), blend, encode."""
+    """One request row: decode, check, resize, stylize (``stylize_pixels``), encode."""
     style = resolve_style(engine, style_spec, style_image, what.removeprefix("image "))
     pixels = imaging.decode_pixels(imaging.b64decode(image_b64, what), what, params.max_size)
+    out, row = _stylize(engine, pixels, style, params, what)
+    encoded = imaging.encode_image(out, params.format, params.quality)
+    return {"image": base64.b64encode(encoded).decode("ascii"), **row}
+
+
+def stylize_pixels(
+    engine: Engine, pixels: np.ndarray, style_spec: Any, params: Params, what: str,
+    style_image: Any = None,
+) -> tuple[np.ndarray, dict]:
+    """Decoded RGB uint8 pixels -> stylized RGB uint8 and the row's other columns: what
+    ``stylize_row`` gives for a lossless file of the same pixels, without encoding either way
+    (an in-process caller's video frames: no JPEG noise, no codec time)."""
+    style = resolve_style(engine, style_spec, style_image, what.removeprefix("image "))
+    pixels = imaging.check_pixels(pixels, what, params.max_size)
+    out, row = _stylize(engine, pixels, style, params, what)
+    return imaging.to_uint8(out), row
+
+
+def _stylize(engine: Engine, pixels: np.ndarray, style: Resolved, params: Params,
+             what: str) -> tuple[np.ndarray, dict]:
+    """Checked, fitted pixels -> float RGB in 0..1 (at ``paint_size``, then guided up to the
+    output size, when asked; colours kept; strength blended) and the row's other columns."""
     blend_pixels = params.strength < 1.0 and style.style_vector is None
     # The photo as float only where something reads it (12 bytes a pixel: 540 MB at 45 MP).
     needs_original = params.preserve_color or params.strength < 1.0
@@ -214,10 +235,8 @@ def stylize_row(
         out = imaging.preserve_colors(out, original)
     if blend_pixels:
         out = params.strength * out + (1.0 - params.strength) * original
-    encoded = imaging.encode_image(out, params.format, params.quality)
     stats.record_row(style_kind(style), ran, int(out.shape[1]), int(out.shape[0]))
-    return {
-        "image": base64.b64encode(encoded).decode("ascii"),
+    return out, {
         "width": int(out.shape[1]),
         "height": int(out.shape[0]),
         "style": style.label,
@@ -276,3 +295,15 @@ class StyleTransferModel(mlflow.pyfunc.PythonModel):
                 rows.append(stylize_row(self.engine, image, style, parsed, what=f"image (row {i})",
                                         style_image=style_image))
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+    def stylize_pixels(
+        self, pixels: np.ndarray, style: Any, params: dict[str, Any] | None = None,
+        style_image: str | None = None, what: str = "image",
+    ) -> tuple[np.ndarray, dict]:
+        """One photo as RGB uint8 [H, W, 3] in, stylized RGB uint8 and the row's other columns
+        (width, height, style, model, precision) out: ``predict`` for an in-process caller that
+        already holds pixels (a video's frames), the same pixels as ``predict`` on a PNG of
+        them. ``style_image``: a painting as base64, as the column."""
+        parsed = Params.parse(params)
+        with stats.photo_slot(self.slots):
+            return stylize_pixels(self.engine, pixels, style, parsed, what, style_image)

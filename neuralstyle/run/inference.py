@@ -7,13 +7,16 @@ only in the :class:`Predictor` they pass.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
 from neuralstyle import config
@@ -28,6 +31,9 @@ class Predictor(Protocol):
         ...
 
 
+# The in-process model's raw path: (pixels, style, params, style_image=, what=) -> (RGB uint8,
+# the row's other columns); ``neuralstyle.model.pyfunc_model.StyleTransferModel.stylize_pixels``.
+PixelStylizer = Callable[..., tuple[np.ndarray, dict[str, Any]]]
 _LOADING = threading.Lock()
 
 
@@ -59,6 +65,21 @@ class LocalPredictor:
     def predict(self, frame: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         model = _load_model(self.model_uri, self.tracking_uri)
         return model.predict(frame, params=params)
+
+    def load_in_background(self) -> None:
+        """Start loading (and compiling) the model in a thread, so a caller with other work to
+        do first (a clip's decoding and flow) overlaps it; ``predict`` then waits for it."""
+        threading.Thread(target=self._load_quietly, name="model-load", daemon=True).start()
+
+    def _load_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # not cached: the first predict raises it again
+            _load_model(self.model_uri, self.tracking_uri)
+
+    def pixel_stylizer(self) -> PixelStylizer | None:
+        """The loaded model's ``stylize_pixels`` (RGB uint8 in and out, no codec either way), or
+        None for a model version packaged before it existed (then ``predict`` serves)."""
+        python_model = _load_model(self.model_uri, self.tracking_uri).unwrap_python_model()
+        return getattr(python_model, "stylize_pixels", None)
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,23 @@
 """Stylize a clip: decode -> flow -> the served model -> temporal blend -> encode, streaming.
 
 The one way to stylize a video, whatever runs the model (an in-process model URI, a server URL, a
-container): the executors' :class:`~neuralstyle.run.inference.Predictor` gets one frame per request
-(as JPEG quality 95), two requests in flight so the network keeps both cores busy while this thread
-blends and encodes; a decoder thread reads ahead and computes the optical flow. Memory holds a few
-frames, never the clip. A painting (``style_image``) is sent with every frame, but the model turns it
-into its style vector once (cached by the painting's sha256).
+container): the executors' :class:`~neuralstyle.run.inference.Predictor` gets one frame per
+request, two requests in flight so the network keeps both cores busy while this thread blends and
+encodes; a decoder thread reads ahead (up to ``READ_AHEAD_BYTES``) and computes the optical flow.
+An in-process model gets each frame as RGB pixels and answers pixels (its ``stylize_pixels``: the
+pixels its ``predict`` gives for a lossless file of the frame, no codec either way), and starts
+loading before the first frame is decoded; a server gets JPEG quality 95 both ways. Memory holds
+a bounded number of frames, never the clip. A painting (``style_image``) is sent with every frame,
+but the model turns it into its style vector once (cached by the painting's sha256).
 """
 
 from __future__ import annotations
 
+import base64
 import collections
 import concurrent.futures
 import contextlib
 import hashlib
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,16 +28,17 @@ from typing import Any
 import numpy as np
 
 from neuralstyle import config
-from neuralstyle.model.errors import StyleInputError
-from neuralstyle.run.inference import Predictor, read_image_file, stylize_bytes
+from neuralstyle.model.errors import StyleInputError, is_input_error
+from neuralstyle.run.inference import PixelStylizer, Predictor, read_image_file, stylize_bytes
 from neuralstyle.video import media, segments
 from neuralstyle.video.temporal import DEFAULT_TEMPORAL, Blended, TemporalBlender
 
-FRAME_QUALITY = 95  # frames travel to the model and back as JPEG at this quality
+FRAME_QUALITY = 95  # frames travel to a server and back as JPEG at this quality
 IN_FLIGHT = 2  # requests at once (the model stylizes STYLIZE_PARALLEL_PHOTOS=2 at a time)
-# Decoded frames (with their flows, ~5 MB each at 640x360) waiting for the network: enough for
-# the reader to keep working on the second core while the first request loads the model.
-READ_AHEAD = 24
+# Decoded frames with their flows waiting for the network, bounded by bytes, not a count: ~4.4 MB
+# a frame at 640x360 (~58 frames: the reader works ahead on the second core while the model
+# loads and compiles), ~39 MB at 1920x1080 (~6 frames: a 1080p clip stays in bounded memory).
+READ_AHEAD_BYTES = 256 * 1024 * 1024
 Progress = Callable[[int, int], None]
 FrameHook = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]
 
@@ -104,28 +108,76 @@ def decode_jpeg(data: bytes, size: tuple[int, int]) -> np.ndarray:
 _DONE = object()
 
 
+class _ByteQueue:
+    """A FIFO between the reader thread and the frame loop, bounded by the bytes it holds (one
+    item is always let in, however large); ``close`` drops what is held and frees a waiting
+    ``put``."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.held = 0
+        self.items: collections.deque[tuple[Any, int]] = collections.deque()
+        self.closed = False
+        self.changed = threading.Condition()
+
+    def put(self, item: Any, size: int) -> bool:
+        """Queue ``item`` once it fits; False when the queue was closed meanwhile."""
+        with self.changed:
+            while self.held and self.held + size > self.budget and not self.closed:
+                self.changed.wait()
+            if self.closed:
+                return False
+            self.items.append((item, size))
+            self.held += size
+            self.changed.notify_all()
+            return True
+
+    def get(self) -> Any:
+        with self.changed:
+            while not self.items:
+                self.changed.wait()
+            item, size = self.items.popleft()
+            self.held -= size
+            self.changed.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self.changed:
+            self.closed = True
+            self.items.clear()
+            self.held = 0
+            self.changed.notify_all()
+
+
+def _nbytes(item: Any) -> int:
+    """The memory a queued item holds: a frame with its flows, or an audio packet."""
+    if not isinstance(item, tuple):
+        return int(getattr(item, "size", 0) or 0) + 64
+    _, small, flows = item
+    return small.nbytes + sum(flow.nbytes for flow in flows or ())
+
+
 def _read_ahead(video: str | Path, size: tuple[int, int], blender: TemporalBlender,
                 what: str, **window: Any) -> Iterator[Any]:
-    """Decoded, resized frames with their flows (and audio packets), from a reader thread.
+    """Decoded, resized frames with their flows (and audio packets), from a reader thread that
+    works up to ``READ_AHEAD_BYTES`` ahead.
 
     ``window`` (``start_pts``, ``stop_pts``, ``audio``) goes to ``media.read_clip``.
     """
-    items: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
-    stop = threading.Event()
+    items = _ByteQueue(READ_AHEAD_BYTES)
 
     def produce() -> None:
         try:
             for item in media.read_clip(video, what, **window):
-                if stop.is_set():
-                    return
                 if isinstance(item, media.Frame):
                     small = _resize(item.rgb, size)
                     item.rgb = small  # the full-size frame is not needed past here
                     item = (item, small, blender.flows(small))
-                items.put(item)
-            items.put(_DONE)
+                if not items.put(item, _nbytes(item)):
+                    return
+            items.put(_DONE, 0)
         except BaseException as exc:  # handed to the consumer, raised there
-            items.put(exc)
+            items.put(exc, 0)
 
     thread = threading.Thread(target=produce, name="video-decode", daemon=True)
     thread.start()
@@ -138,12 +190,8 @@ def _read_ahead(video: str | Path, size: tuple[int, int], blender: TemporalBlend
                 raise item
             yield item
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
+        items.close()  # frees a producer waiting for room; it stops at its next frame
+        thread.join()
 
 
 class _Job:
@@ -167,19 +215,51 @@ class _Job:
                         "quality": FRAME_QUALITY}
         self.painting = (read_image_file(style_image, "style_image")
                          if style_image is not None else None)
+        self._painting_b64 = (base64.b64encode(self.painting).decode("ascii")
+                              if self.painting is not None else None)
+        self._pixels: PixelStylizer | None | bool = False  # False: not asked yet
         self.video, self.style, self.predictor = video, style, predictor
         self.style_image, self.temporal, self.flow_preset = style_image, temporal, flow_preset
         self.label = f"{self.what} {video}"
         self.resolved = {"style": style, "model": "", "precision": ""}
 
     def run(self, index: int, small: np.ndarray) -> np.ndarray:
-        """One frame through the model (a request thread)."""
-        encoded, row = stylize_bytes(encode_jpeg(small), self.style, self.predictor, self.request,
-                                     what=f"{self.label} frame {index}", style_image=self.painting,
-                                     style_image_what=f"style_image {self.style_image}")
+        """One frame through the model (a request thread): as RGB pixels both ways when the
+        model runs in this process, else as JPEG (a server, a container)."""
+        what = f"{self.label} frame {index}"
+        stylizer = self._pixel_stylizer()
+        if stylizer is not None:
+            stylized, row = self._run_pixels(stylizer, small, what)
+        else:
+            encoded, row = stylize_bytes(encode_jpeg(small), self.style, self.predictor,
+                                         self.request, what=what, style_image=self.painting,
+                                         style_image_what=f"style_image {self.style_image}")
+            stylized = decode_jpeg(encoded, self.size)
         self.resolved.update(style=str(row["style"]), model=str(row.get("model", "") or ""),
                              precision=str(row.get("precision", "") or ""))
-        return decode_jpeg(encoded, self.size)
+        return stylized
+
+    def _pixel_stylizer(self) -> PixelStylizer | None:
+        """The in-process model's raw path (asked once; waits for the model to load)."""
+        if self._pixels is False:
+            ask = getattr(self.predictor, "pixel_stylizer", None)
+            self._pixels = ask() if ask is not None else None
+        return self._pixels  # type: ignore[return-value]
+
+    def _run_pixels(self, stylizer: PixelStylizer, small: np.ndarray,
+                    what: str) -> tuple[np.ndarray, dict[str, Any]]:
+        try:
+            stylized, row = stylizer(small, self.style or "", self.request,
+                                     style_image=self._painting_b64, what=what)
+        except Exception as exc:
+            if not is_input_error(exc):
+                raise
+            # Name the painting's file, as the JPEG path does (the model names the frame).
+            message = exc.message.replace(f"style_image {what}", f"style_image {self.style_image}")
+            raise StyleInputError(message) from None
+        if (stylized.shape[1], stylized.shape[0]) != self.size:
+            stylized = _resize(stylized, self.size)
+        return stylized, row
 
 
 @dataclass
@@ -258,6 +338,9 @@ def stylize_video(
     at ``output``.
     """
     started = time.perf_counter()
+    load = getattr(predictor, "load_in_background", None)
+    if load is not None:  # an in-process model loads while the clip decodes and flows
+        load()
     job = _Job(video, output, style, predictor, params, temporal, flow_preset, style_image)
     pieces = (segments.plan(media.frame_timestamps(video, job.what), segment_frames)
               if segment_frames > 0 else [])

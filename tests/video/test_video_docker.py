@@ -40,9 +40,10 @@ def test_the_docker_executor_gives_the_local_executors_clip(docker_client, regis
     assert len(local) == len(docker) == FRAMES
     diffs = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(local, docker, strict=True)]
     print(f"docker vs local executor, mean |diff| per frame: worst {max(diffs):.3f} (of 255)")
-    # The stylized and blended frames are identical (the same graph at exact); what differs is
-    # x264's own rate control, which is not bit-reproducible from run to run once the temporal
-    # blend runs beside it (two local runs differ by 0.3-0.6 levels): a wrong style or params
-    # would differ by tens of levels.
+    # The same graph at exact; what differs is that the local executor hands the model pixels
+    # while the container gets and answers JPEG q95 (test_video_server.py: the JPEG path itself
+    # gives the served clip), and x264's own rate control, which is not bit-reproducible from
+    # run to run once the temporal blend runs beside it (two local runs differ by 0.3-0.6
+    # levels): a wrong style or params would differ by tens of levels.
     assert max(diffs) < 3.0
     assert audio_info(outputs["docker"])[:2] == audio_info(clip)[:2]
