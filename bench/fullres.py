@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from serve_latency import add_model_flags  # noqa: E402
 
 from neuralstyle import config  # noqa: E402
+from neuralstyle.builder.samples import mosaic  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "fullres.md"
 STYLE = "7"
@@ -79,32 +80,6 @@ def size_for(megapixels: float) -> tuple[int, int]:
         return CAMERA
     width = int(round((megapixels * 1e6 * 1.5) ** 0.5 / 8)) * 8
     return width, width * 2 // 3
-
-
-def mosaic(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A seeded mosaic of the bundled photos, each scaled 0.6-1.6x and maybe mirrored."""
-    from PIL import Image
-
-    from neuralstyle.builder.samples import LARGE_PHOTO, SAMPLES, sample_rgb
-
-    rng = np.random.default_rng(seed)
-    photos = [Image.fromarray(sample_rgb(name)) for name in (*SAMPLES, LARGE_PHOTO)]
-    canvas = Image.new("RGB", (width, height))
-    y = 0
-    while y < height:
-        x, row_height = 0, 0
-        while x < width:
-            img = photos[int(rng.integers(len(photos)))]
-            scale = float(rng.uniform(0.6, 1.6))
-            img = img.resize((max(32, int(img.width * scale)), max(32, int(img.height * scale))),
-                             Image.Resampling.BILINEAR)
-            if rng.random() < 0.5:
-                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            canvas.paste(img, (x, y))
-            x += img.width
-            row_height = max(row_height, img.height)
-        y += row_height
-    return np.asarray(canvas)
 
 
 def jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:

@@ -100,15 +100,7 @@ def decode_pixels(data: bytes, what: str, max_size: int = 0, square: int = 0) ->
             f"{what} is not a JPEG/PNG/WebP image ({_describe(data)})"
         ) from None
     width, height = img.size
-    if width * height > max_pixels():
-        raise StyleInputError(
-            f"{what} is too large: {width}x{height} = {width * height} pixels exceeds the limit of "
-            f"{max_pixels()} (a decompression bomb guard)"
-        )
-    if min(width, height) < MIN_SIDE:
-        raise StyleInputError(
-            f"{what} is too small: {width}x{height}, both sides must be at least {MIN_SIDE} px"
-        )
+    check_size(width, height, what)
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:
@@ -123,6 +115,19 @@ def decode_pixels(data: bytes, what: str, max_size: int = 0, square: int = 0) ->
     else:  # transparency, 16-bit: composited / scaled in float, then 8-bit like the rest
         img = Image.fromarray(to_uint8(to_rgb_array(img)))
     return _fitted(img, what, max_size)
+
+
+def check_size(width: int, height: int, what: str) -> None:
+    """The pixel-count (decompression bomb) and smallest-side limits, one message each."""
+    if width * height > max_pixels():
+        raise StyleInputError(
+            f"{what} is too large: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{max_pixels()} (a decompression bomb guard)"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise StyleInputError(
+            f"{what} is too small: {width}x{height}, both sides must be at least {MIN_SIDE} px"
+        )
 
 
 def _fitted(img: Image.Image, what: str, max_size: int) -> np.ndarray:
@@ -140,15 +145,7 @@ def check_pixels(pixels: np.ndarray, what: str, max_size: int = 0) -> np.ndarray
         raise StyleInputError(f"{what} must be RGB uint8 [H, W, 3] pixels, got "
                               f"{pixels.dtype} {list(pixels.shape)}")
     height, width = pixels.shape[:2]
-    if width * height > max_pixels():
-        raise StyleInputError(
-            f"{what} is too large: {width}x{height} = {width * height} pixels exceeds the limit of "
-            f"{max_pixels()} (a decompression bomb guard)"
-        )
-    if min(width, height) < MIN_SIDE:
-        raise StyleInputError(
-            f"{what} is too small: {width}x{height}, both sides must be at least {MIN_SIDE} px"
-        )
+    check_size(width, height, what)
     if fitted_size(width, height, max_size, what) is None:
         return pixels
     return _fitted(Image.fromarray(pixels), what, max_size)
