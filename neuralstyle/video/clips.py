@@ -150,11 +150,12 @@ class _ByteQueue:
 
 
 def _nbytes(item: Any) -> int:
-    """The memory a queued item holds: a frame with its flows, or an audio packet."""
+    """The memory a queued item holds: a frame with its motion (temporal.Motion), or an audio packet."""
     if not isinstance(item, tuple):
         return int(getattr(item, "size", 0) or 0) + 64
-    _, small, flows = item
-    return small.nbytes + sum(flow.nbytes for flow in flows or ())
+    _, small, motion = item  # temporal.Motion or None
+    arrays = (getattr(motion, name, None) for name in ("back", "carried", "held"))
+    return small.nbytes + sum(array.nbytes for array in arrays if array is not None)
 
 
 def _read_ahead(video: str | Path, size: tuple[int, int], blender: TemporalBlender,
