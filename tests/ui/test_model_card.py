@@ -114,7 +114,11 @@ def test_the_default_catalogs_page_keeps_its_styles_table_with_an_evaluation() -
     found the styles table replaced by a pointer once the evaluation section landed."""
     import json
 
-    catalog = Catalog(aliases=json.loads(open("styles.json").read())["aliases"])
+    # As the browser test's registry (tests/conftest.py): a named painting from a temp folder.
+    stain = {"vector": [0.0] * 100, "sha256": "ab" * 32,
+             "source": "/tmp/pytest-of-someone-long/pytest-1234/registry0/stain.png"}
+    catalog = Catalog(aliases=json.loads(open("styles.json").read())["aliases"],
+                      paintings={"stain": stain})
     metrics = {**GOOD, **{f"fast_psnr_db.style-{i:02d}": 35.0 + i for i in range(26)},
                **{f"fast_mean_levels.style-{i:02d}": 1.6 for i in range(26)}}
     text = model_card.version_description(
@@ -127,6 +131,9 @@ def test_the_default_catalogs_page_keeps_its_styles_table_with_an_evaluation() -
     assert len(text) <= model_card.DESCRIPTION_LIMIT, len(text)
     assert "| `7` | style-07 | `favourite` | built-in |" in text
     assert "| `warm-blend` | warm-blend |  | blend 3:0.5,12:0.5 |" in text
+    assert "| `stain` | stain |  | named painting, stain.png |" in text
+    # Room left for a longer verdict, a few more aliases or paintings.
+    assert len(text) <= model_card.DESCRIPTION_LIMIT - 150, len(text)
     assert "## Evaluation" in text and "forced to champion" in text
     assert "cut at MLflow" not in text
 
