@@ -108,7 +108,24 @@ def _core():
     """One OpenVINO Core per process (it owns the plugin and its thread pool)."""
     import openvino as ov
 
-    return ov.Core()
+    core = ov.Core()
+    _warm_numpy_bindings()
+    return core
+
+
+def _warm_numpy_bindings() -> None:
+    """Make OpenVINO's first NumPy conversion here, in one thread, before any request.
+
+    Two threads whose first ``infer`` in a fresh process comes at the same moment can deadlock
+    forever: one initialises pybind11's NumPy API inside a C++ static guard and waits for the
+    GIL, the other holds the GIL and waits on the guard (py-spy on a hung ``mlflow models serve``
+    given a clip's first two frames at once). In a repro, 6 of 30 fresh processes hung, none of 30
+    after this warm-up: tests/model/test_runtime.py.
+    """
+    import numpy as np
+    import openvino as ov
+
+    ov.Tensor(np.zeros((1,), np.float32)).get_element_type().to_dtype()
 
 
 Shapes = tuple[tuple[str, tuple[int, ...]], ...]

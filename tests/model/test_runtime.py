@@ -107,3 +107,45 @@ def test_a_forked_child_runs_without_compiling(exact, tmp_path) -> None:
     new = in_a_fork(exact, 68, 100, tmp_path / "new.npy")
     assert np.array_equal(known, exact.run(feeds(64, 96))[0])
     assert np.abs(new[0] - oracle_float(feeds(68, 100)["image"][0], "7")).max() < 1e-4
+
+
+FIRST_INFER_AT_ONCE = """
+import sys, threading
+import numpy as np
+from openvino import opset13 as ops
+import openvino as ov
+from neuralstyle.model import runtime
+
+x = ops.parameter([1, 3, 64, 64], ov.Type.f32)
+compiled = runtime._core().compile_model(ov.Model([ops.relu(x)], [x]), "CPU")
+requests = [compiled.create_infer_request() for _ in range(2)]
+barrier = threading.Barrier(2)
+
+def first(request):
+    barrier.wait()
+    request.infer({0: np.zeros((1, 3, 64, 64), np.float32)}, share_inputs=True)
+
+threads = [threading.Thread(target=first, args=(r,)) for r in requests]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("answered")
+"""
+
+
+def test_two_first_requests_at_once_in_a_fresh_process_never_hang() -> None:
+    """A fresh server given two photos at once hung forever, 6 times in 30 without the warm-up
+    in ``runtime._core`` (pybind11's NumPy API initialised under a C++ static guard by one thread
+    while the other held the GIL); 16 fresh processes here would all answer with it."""
+    import subprocess
+    import sys
+
+    hung = 0
+    for _ in range(16):
+        try:
+            done = subprocess.run([sys.executable, "-c", FIRST_INFER_AT_ONCE], capture_output=True,
+                                  text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            hung += 1
+            continue
+        assert done.returncode == 0 and "answered" in done.stdout, done.stderr[-2000:]
+    assert hung == 0, f"{hung} of 16 fresh processes hung on their first two requests at once"
