@@ -72,7 +72,8 @@ class Engine:
         Both compile before the server answers /ping (bench/RESULTS.md: +0.07 s with the blob
         cache, +0.2 s cold). Not in a background thread: a compile running beside the first
         requests' inference is a concurrency OpenVINO gains nothing from, and a server whose load
-        test hung (every request, 120 s) had exactly that at start. Fast is decided by the
+        test hung (every request, 120 s) had exactly that at start (the hang itself was most
+        likely the first-conversion deadlock that ``runtime._core`` now prevents). Fast is decided by the
         version too: one packaged where bf16 was not checked runs fp32 on a bf16 CPU as well.
         """
         self.exact = self._compile("exact")
