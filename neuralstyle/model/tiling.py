@@ -19,9 +19,10 @@ cut off. What must survive between
 pieces (each ``z``, and a residual stream that skips one) is kept whole: in memory when small, else
 spilled to the run's one unlinked temporary file (``SPILL_ENV``), read back band by band, a closed
 tensor's bytes rewritten by the next ones; so resident memory stays at a few bands whatever the
-photo. Spill or recompute was measured (bench/results/fullres.md): recomputing the one tensor
-that could be (the first convolution's output, from the photo) never beat spilling it, so
-everything is spilled (``RECOMPUTE`` keeps the alternative, bit for bit the same picture).
+photo. Spill or recompute was measured (bench/results/fullres.md): the one tensor that can be
+recomputed from the photo (the first convolution's output, the largest) is computed again by the
+piece that needs it, everything else is spilled (``RECOMPUTE``; spilling it too gives the same
+bits).
 
 A photo of at most ``TILE_PIXELS`` is one band, run by the same ``run_tiled`` with a plan of one
 piece: the whole network, uncut, on a static compile of its size (``runtime.Network``). One code
@@ -57,12 +58,13 @@ MIN_BAND_ROWS = 32  # a reflect pad needs more rows than it pads, at every scale
 # Tensors kept between pieces stay in memory up to this many bytes in all (a 2048x2048 photo's
 # fit); the rest go to temporary files (bench/results/fullres.md: spilling costs ~2 GB/s).
 KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
-# "1": a full-size normalisation input made from the photo alone (the first convolution's: 32
-# channels, 5.4 GiB at 45 MP) is computed again by the piece that applies it instead of being
-# spilled. Measured at 45 MP (bench/results/fullres.md): recomputing that 9x9 convolution never
-# beat spilling its output (169 vs 108 s in one pair, a tie in another), so it is spilled (the
-# default); the bench measures both.
-RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "0") == "1"
+# On (the default; "0" turns it off): a full-size normalisation input made from the photo alone
+# (the first convolution's: 32 channels, 5.4 GiB at 45 MP) is computed again by the piece that
+# applies it instead of being spilled. Measured at 45 MP exact (bench/results/fullres.md), first
+# runs of fresh processes: on a quiet machine recomputing took 39.1 and 36.6 s against 47.9 and
+# 46.9 s spilling, and wrote 1.5 GiB to the disk against 16.6; on a machine shared by three other
+# sessions (load ~9) it lost once (169 vs 108 s) and tied once (112 s).
+RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "1") != "0"
 SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder)
 # A probe size whose multiples cannot be mistaken for channel counts: finds each tensor's row axis.
 _PROBE_H, _PROBE_W = 4 * 23, 4 * 29

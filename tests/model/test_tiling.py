@@ -155,8 +155,9 @@ def test_spilled_bands_give_the_same_bits_and_leave_no_file(engine, tmp_path, mo
 
 def test_recomputing_the_first_convolution_gives_the_spilled_bits(engine, monkeypatch,
                                                                   tmp_path) -> None:
-    """The measured alternative to spilling (``STYLIZE_RECOMPUTE=1``: the piece after the first
-    normalisation runs the first convolution again on its rows of the photo): the same array."""
+    """The default (``tiling.RECOMPUTE``: the piece after the first normalisation runs the first
+    convolution again on its rows of the photo) and its measured alternative (``STYLIZE_RECOMPUTE=0``:
+    that output spilled too): the same array."""
     monkeypatch.setattr(tiling, "KEEP_BYTES", 0)
     monkeypatch.setenv(tiling.SPILL_ENV, str(tmp_path))
     whole = engine.exact[None].whole
