@@ -62,7 +62,7 @@ KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
 # (the first convolution's: 32 channels, 5.4 GiB at 45 MP) is computed again by the piece that
 # applies it instead of being spilled. Measured at 45 MP exact (bench/results/fullres.md), first
 # runs of fresh processes: on a quiet machine recomputing took 39.1 and 36.6 s against 47.9 and
-# 46.9 s spilling, and wrote 1.5 GiB to the disk against 16.6; on a machine shared by three other
+# 46.9 s spilling, and wrote 1.5 GiB per photo to the disk against 8.3-8.7; on a machine shared by three other
 # sessions (load ~9) it lost once (169 vs 108 s) and tied once (112 s).
 RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "1") != "0"
 SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder)
