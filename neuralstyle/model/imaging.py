@@ -209,7 +209,10 @@ def fitted_size(width: int, height: int, max_size: int, what: str,
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
     """0..1 float -> 0..255 uint8 with rounding (not truncation); a few rows at a time, so a
-    45 MP result never has float temporaries of its own size (the same values either way)."""
+    45 MP result never has float temporaries of its own size (the same values either way).
+    Pixels already 8-bit (a run that converted as it went, ``Engine.run``) pass through."""
+    if rgb.dtype == np.uint8:
+        return np.ascontiguousarray(rgb)  # a crop of a padded result: copied, as before
     out = np.empty(rgb.shape, np.uint8)
     step = max(1, (1 << 20) // max(1, int(np.prod(rgb.shape[1:]))))
     for start in range(0, rgb.shape[0], step):

@@ -105,8 +105,11 @@ class Engine:
             raise self._no_arbitrary()
         return (self.fast if fast else self.exact)[style.network_key]
 
-    def run(self, pixels: np.ndarray, style: Resolved, precision: str = "exact") -> tuple[np.ndarray, str]:
-        """Stylize uint8 RGB [H, W, 3]; returns float RGB [H, W, 3] in 0..1 and what ran.
+    def run(self, pixels: np.ndarray, style: Resolved, precision: str = "exact",
+            eight_bit: bool = False) -> tuple[np.ndarray, str]:
+        """Stylize uint8 RGB [H, W, 3]; returns float RGB [H, W, 3] in 0..1 (with ``eight_bit``:
+        uint8, rounded band by band as the bands come, for a caller that only encodes) and
+        what ran.
 
         The networks halve the image twice and double it twice, so a side that is not a
         multiple of 4 is reflect-padded up to one (bottom and right, as the original pipeline
@@ -118,7 +121,8 @@ class Engine:
         height, width = pixels.shape[:2]
         x = np.ascontiguousarray(pad_to_multiple(pixels, SIZE_MULTIPLE)[None], dtype=np.uint8)
         network = self.network_for(style, precision)
-        out = network.run({"image": x, **style.feeds()})
+        convert = _eight_bit if eight_bit else None
+        out = network.run({"image": x, **style.feeds()}, convert)
         return out[0, :height, :width], network.precision
 
     def style_vector(self, square: np.ndarray) -> np.ndarray:
@@ -216,8 +220,9 @@ def stylize_pixels(
 
 def _stylize(engine: Engine, pixels: np.ndarray, style: Resolved, params: Params,
              what: str) -> tuple[np.ndarray, dict]:
-    """Checked, fitted pixels -> float RGB in 0..1 (at ``paint_size``, then guided up to the
-    output size, when asked; colours kept; strength blended) and the row's other columns."""
+    """Checked, fitted pixels -> RGB (at ``paint_size``, then guided up to the output size, when
+    asked; colours kept; strength blended) and the row's other columns. The RGB is float in 0..1,
+    or already uint8 where nothing after the network reads it (the same bytes either way)."""
     blend_pixels = params.strength < 1.0 and style.style_vector is None
     # The photo as float only where something reads it (12 bytes a pixel: 540 MB at 45 MP).
     needs_original = params.preserve_color or params.strength < 1.0
@@ -226,7 +231,9 @@ def _stylize(engine: Engine, pixels: np.ndarray, style: Resolved, params: Params
         style = painting.with_strength(style, original, params.strength, engine.style_vector)
     painted = guided.paint_pixels(pixels, params.paint_size, what)  # None: at the output size
     if painted is None:
-        out, ran = engine.run(pixels, style, params.precision)
+        # Straight to 8-bit when nothing reads the float result (at 45 MP it alone is 545 MB).
+        eight_bit = not params.preserve_color and not blend_pixels
+        out, ran = engine.run(pixels, style, params.precision, eight_bit)
     else:  # strokes of the paint size, edges of the photo at the output size
         small, ran = engine.run(painted, style, params.precision)
         out = guided.upsample(small, painted, pixels)
@@ -244,6 +251,11 @@ def _stylize(engine: Engine, pixels: np.ndarray, style: Resolved, params: Params
         "model": engine.fingerprint,
         "precision": ran,
     }
+
+
+def _eight_bit(band: np.ndarray) -> np.ndarray:
+    """A band of the network's output [1, rows, W, 3] in 0..1 -> uint8, rounded as ``to_uint8``."""
+    return imaging.to_uint8(band[0])[None]
 
 
 def style_kind(style: Resolved) -> str:

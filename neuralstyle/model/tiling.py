@@ -43,6 +43,7 @@ import functools
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -72,6 +73,7 @@ _SPATIAL = {"Convolution", "GroupConvolution"}
 _REFUSED = {"MaxPool", "AvgPool", "ReduceMean", "ReduceSum", "Transpose2", "DeformableConvolution"}
 
 Key = tuple[str, int]  # (op friendly name, output port): one tensor of the full graph
+Convert = Callable[[np.ndarray], np.ndarray]  # elementwise, applied to the output band by band
 
 
 @dataclass
@@ -591,19 +593,22 @@ class TiledNetwork:
                                     {key: tensor}, {}, self.image, image_axis, key)
         return self._single
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """The network's first output for ``feeds``; photos above ``tile_pixels`` in bands."""
+    def run(self, feeds: dict[str, np.ndarray], convert: Convert | None = None) -> np.ndarray:
+        """The network's first output for ``feeds``; photos above ``tile_pixels`` in bands.
+        ``convert`` (elementwise, e.g. to 8-bit) is applied band by band as the output is
+        assembled, so the unconverted output never exists whole (545 MB as float at 45 MP)."""
         x = feeds[self.image]
         axis = 1 if x.shape[-1] == 3 else 2
         height, width = x.shape[axis], x.shape[axis + 1]
         cores = bands(height, width, self.tile_pixels, self.band_pixels)
         if len(cores) == 1:
-            return run_tiled(self.single(), feeds, cores, height, width)
+            return run_tiled(self.single(), feeds, cores, height, width, convert)
         if self._plan is None and os.getpid() != self._pid:
             # A forked child (luigi's workers) cannot compile (runtime.Network): the whole network
             # runs at once, as before tiling; the same picture, not the bounded memory.
-            return self.whole.run(feeds, release_memory=True)[0]
-        return run_tiled(self.plan(), feeds, cores, height, width)
+            out = self.whole.run(feeds, release_memory=True)[0]
+            return out if convert is None else convert(out)
+        return run_tiled(self.plan(), feeds, cores, height, width, convert)
 
 
 def window(start: int, stop: int, halo: int, height: int, rows: int) -> tuple[int, int]:
@@ -617,8 +622,9 @@ def window(start: int, stop: int, halo: int, height: int, rows: int) -> tuple[in
 
 
 def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, int]],
-              height: int, width: int) -> np.ndarray:
-    """Every piece over every band, in order; the output assembled from the band cores.
+              height: int, width: int, convert: Convert | None = None) -> np.ndarray:
+    """Every piece over every band, in order; the output assembled from the band cores (each
+    passed through ``convert`` first, where given).
 
     Each piece runs one input size (the widest core plus twice its halo, slid inside the photo
     at the top and bottom), so it runs on a static compile whose buffers are made once; band
@@ -677,10 +683,12 @@ def run_tiled(plan: Plan, feeds: dict[str, np.ndarray], cores: list[tuple[int, i
                         first, last = (start - low) // t.scale, (stop - low) // t.scale
                         core = _rows(out, t.axis, first, last)
                         if key == plan.result:
+                            if convert is not None:
+                                core = convert(core)
                             if result is None:
                                 shape = list(out.shape)
                                 shape[t.axis] = height // t.scale
-                                result = np.empty(shape, out.dtype)
+                                result = np.empty(shape, core.dtype)
                             _rows(result, t.axis, start // t.scale, stop // t.scale)[...] = core
                         elif key in plan.recomputed:
                             pass

@@ -134,6 +134,10 @@ class Server:
         """Resident memory of every process in the server's group (the CLI, uvicorn, workers)."""
         return sum(_rss_bytes(pid) for pid in _group_pids(self.process.pid))
 
+    def peak_rss_bytes(self) -> dict[int, int]:
+        """Each live process's own peak resident memory (VmHWM, exact: not sampled), by pid."""
+        return {pid: _peak_bytes(pid) for pid in _group_pids(self.process.pid)}
+
     def stop(self) -> None:
         """SIGTERM the whole group, SIGKILL it after a grace period; safe to call twice."""
         pgid = self.process.pid  # start_new_session=True: the leader's pid is the group id
@@ -173,6 +177,16 @@ def _rss_bytes(pid: int) -> int:
     except (OSError, IndexError, ValueError):
         return 0
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_bytes(pid: int) -> int:
+    """Peak resident set size (VmHWM) of one process, 0 if it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    found = [line.split()[1] for line in lines if line.startswith("VmHWM:")]
+    return int(found[0]) * 1024 if found else 0
 
 
 def start_server(
