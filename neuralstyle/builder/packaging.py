@@ -329,6 +329,9 @@ def log_and_register(client, staged: Staged, model_name: str, alias: str, force:
             signature=signature(),
             input_example=input_example(),
             pip_requirements=serving_requirements(),
+            # What load_model(model_config=...) may override: {"streams": n} for a caller that
+            # keeps n requests in flight (a clip in-process: LocalPredictor.with_streams).
+            model_config={"streams": 0},
         )
         tags = {
             "weight_sha256": weights.MULTISTYLE26.sha256,

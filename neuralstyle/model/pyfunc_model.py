@@ -46,8 +46,10 @@ class Engine:
     by :func:`neuralstyle.model.runtime.compile_network`: one runtime, the same two precisions.
     """
 
-    def __init__(self, root: str | Path, cache_dir: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None,
+                 streams: int = 0) -> None:
         root = Path(root)
+        self.streams = streams  # runtime.compile_network: >1 for a caller with frames in flight
         self.catalog = Catalog.load(root / "catalog.json")
         identity = root / IDENTITY_FILE  # absent in versions packaged before lineage existed
         self.fingerprint = json.loads(identity.read_text())["fingerprint"] if identity.is_file() else ""
@@ -83,7 +85,8 @@ class Engine:
         """Each network, run in bands above ``tiling.TILE_PIXELS`` (one piece below)."""
         return {
             name: tiling.TiledNetwork(runtime.compile_network(
-                self.root / file, precision, self.cache_dir, _threads(), pixels_input="image"))
+                self.root / file, precision, self.cache_dir, _threads(), pixels_input="image",
+                streams=self.streams))
             for name, file in self.files.items()
         }
 
@@ -279,7 +282,11 @@ class StyleTransferModel(mlflow.pyfunc.PythonModel):
     "The model contract")."""
 
     def load_context(self, context) -> None:
-        self.engine = Engine(context.artifacts[ARTIFACT_KEY])
+        # model_config {"streams": n} (mlflow.pyfunc.load_model): n requests at once, the cores
+        # split between them; what an in-process clip asks for (neuralstyle.video.clips).
+        settings = getattr(context, "model_config", None) or {}
+        self.engine = Engine(context.artifacts[ARTIFACT_KEY],
+                             streams=int(settings.get("streams", 0) or 0))
         # The server runs predict in up to min(32, cpus + 4) threads at once; a decoded photo
         # near Pillow's limit alone peaks near 2 GB, so only a few are in memory at a time.
         self.slots = threading.BoundedSemaphore(parallel_photos())

@@ -37,34 +37,56 @@ PixelStylizer = Callable[..., tuple[np.ndarray, dict[str, Any]]]
 _LOADING = threading.Lock()
 
 
-def _load_model(model_uri: str, tracking_uri: str):
-    """The loaded model, once per process: a lock, because threads asking at once (a clip's
-    request threads) would otherwise each load and compile it (lru_cache does not wait)."""
+def _load_model(model_uri: str, tracking_uri: str, streams: int = 0):
+    """The loaded model, once per process (and ``streams``): a lock, because threads asking at
+    once (a clip's request threads) would otherwise each load and compile it (lru_cache does not
+    wait)."""
     with _LOADING:
-        return _load_model_once(model_uri, tracking_uri)
+        return _load_model_once(model_uri, tracking_uri, streams)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_model_once(model_uri: str, tracking_uri: str):
+def _load_model_once(model_uri: str, tracking_uri: str, streams: int):
     import mlflow
 
     with config.mlflow_scope(tracking_uri):
         # suppress_warnings: skips MLflow's scan of every installed distribution against the
         # model's requirements (1-2.5 s of each CLI start, measured in bench/video.py's runs);
         # this process is the environment the model was packaged from (README, "Video").
-        return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
+        settings = {"streams": streams} if streams and _takes_streams(model_uri) else None
+        return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True, model_config=settings)
+
+
+def _takes_streams(model_uri: str) -> bool:
+    """Whether the version was packaged to take ``model_config={"streams": n}`` (its MLmodel says
+    so; an older one runs one request at a time, and MLflow would warn that it ignored it)."""
+    from mlflow.models import Model
+    from mlflow.models.model import MODEL_CONFIG
+
+    flavor = Model.load(model_uri).flavors.get("python_function", {})
+    return "streams" in (flavor.get(MODEL_CONFIG) or {})
 
 
 class LocalPredictor:
     """The registered model loaded in this process (cached per URI: loading costs ~1 s)."""
 
-    def __init__(self, model_uri: str = config.DEFAULT_MODEL_URI, tracking_uri: str | None = None):
+    def __init__(self, model_uri: str = config.DEFAULT_MODEL_URI, tracking_uri: str | None = None,
+                 streams: int = 0):
         self.model_uri = model_uri
         self.tracking_uri = config.tracking_uri(tracking_uri)
+        self.streams = streams  # >1: that many requests run at once (runtime.compile_network)
+
+    def with_streams(self, streams: int) -> LocalPredictor:
+        """The same model loaded to run ``streams`` requests at once, the cores split between
+        them: for a caller that keeps that many in flight (a clip's frames). Loaded and compiled
+        on its own: a process that stylizes photos and clips holds both."""
+        return LocalPredictor(self.model_uri, self.tracking_uri, streams)
+
+    def _model(self):
+        return _load_model(self.model_uri, self.tracking_uri, self.streams)
 
     def predict(self, frame: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        model = _load_model(self.model_uri, self.tracking_uri)
-        return model.predict(frame, params=params)
+        return self._model().predict(frame, params=params)
 
     def load_in_background(self) -> None:
         """Start loading (and compiling) the model in a thread, so a caller with other work to
@@ -73,12 +95,12 @@ class LocalPredictor:
 
     def _load_quietly(self) -> None:
         with contextlib.suppress(Exception):  # not cached: the first predict raises it again
-            _load_model(self.model_uri, self.tracking_uri)
+            self._model()
 
     def pixel_stylizer(self) -> PixelStylizer | None:
         """The loaded model's ``stylize_pixels`` (RGB uint8 in and out, no codec either way), or
         None for a model version packaged before it existed (then ``predict`` serves)."""
-        python_model = _load_model(self.model_uri, self.tracking_uri).unwrap_python_model()
+        python_model = self._model().unwrap_python_model()
         return getattr(python_model, "stylize_pixels", None)
 
 

@@ -6,7 +6,8 @@ request, two requests in flight so the network keeps both cores busy while this 
 encodes; a decoder thread reads ahead (up to ``READ_AHEAD_BYTES``) and computes the optical flow.
 An in-process model gets each frame as RGB pixels and answers pixels (its ``stylize_pixels``: the
 pixels its ``predict`` gives for a lossless file of the frame, no codec either way), and starts
-loading before the first frame is decoded; a server gets JPEG quality 95 both ways. Memory holds
+loading before the first frame is decoded, compiled to run the frames in flight at once (a core
+each: ``LocalPredictor.with_streams``); a server gets JPEG quality 95 both ways. Memory holds
 a bounded number of frames, never the clip. A painting (``style_image``) is sent with every frame,
 but the model turns it into its style vector once (cached by the painting's sha256).
 """
@@ -219,7 +220,10 @@ class _Job:
         self._painting_b64 = (base64.b64encode(self.painting).decode("ascii")
                               if self.painting is not None else None)
         self._pixels: PixelStylizer | None | bool = False  # False: not asked yet
-        self.video, self.style, self.predictor = video, style, predictor
+        # An in-process model runs the frames in flight at once, a core each (with_streams).
+        with_streams = getattr(predictor, "with_streams", None)
+        self.predictor = with_streams(IN_FLIGHT) if with_streams is not None else predictor
+        self.video, self.style = video, style
         self.style_image, self.temporal, self.flow_preset = style_image, temporal, flow_preset
         self.label = f"{self.what} {video}"
         self.resolved = {"style": style, "model": "", "precision": ""}
@@ -338,11 +342,39 @@ def stylize_video(
     (benchmarks and tests). Bad input raises StyleInputError naming the file, and leaves nothing
     at ``output``.
     """
+    with _opencv_threads(1):
+        return _stylize_video(video, output, style, predictor, params, temporal=temporal,
+                              flow_preset=flow_preset, segment_frames=segment_frames,
+                              style_image=style_image, style_image_uri=style_image_uri,
+                              input_uri=input_uri, model_uri=model_uri, tracking_uri=tracking_uri,
+                              progress=progress, on_frame=on_frame)
+
+
+@contextlib.contextmanager
+def _opencv_threads(count: int) -> Iterator[None]:
+    """OpenCV's own thread pool at ``count`` while a clip runs, as it was after."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(count)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _stylize_video(
+    video: str | Path, output: str | Path, style: str, predictor: Predictor,
+    params: dict[str, Any] | None, *, temporal: float, flow_preset: str, segment_frames: int,
+    style_image: str | Path | None, style_image_uri: str | None, input_uri: str | None,
+    model_uri: str | None, tracking_uri: str | None, progress: Progress | None,
+    on_frame: FrameHook | None,
+) -> VideoResult:
     started = time.perf_counter()
-    load = getattr(predictor, "load_in_background", None)
+    job = _Job(video, output, style, predictor, params, temporal, flow_preset, style_image)
+    load = getattr(job.predictor, "load_in_background", None)
     if load is not None:  # an in-process model loads while the clip decodes and flows
         load()
-    job = _Job(video, output, style, predictor, params, temporal, flow_preset, style_image)
     pieces = (segments.plan(media.frame_timestamps(video, job.what), segment_frames)
               if segment_frames > 0 else [])
     if len(pieces) > 1:

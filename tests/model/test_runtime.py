@@ -56,6 +56,32 @@ def test_the_same_photo_gives_the_same_bits_whatever_ran_before(exact) -> None:
     assert np.array_equal(first, again) and np.array_equal(first, elsewhere)
 
 
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+def test_two_streams_run_two_frames_at_once_within_the_bounds(model, precision) -> None:
+    """``streams=2`` (a clip's in-process model, ``LocalPredictor.with_streams``): two requests
+    run at once, a core each. One thread per request may pick other kernels than two, so not the
+    same bits (README, "Video"): exact stays within half a level of the one-stream compile (a
+    rounding flips at most one level), fast within the fast bound's mean; every frame gets the same bits run after run. The packaged
+    network (the peer's ONNX file gave the same bits both ways; the packaged one does not)."""
+    packaged = model.unwrap_python_model().engine.root / "multistyle26.onnx"
+    one = runtime.compile_network(packaged, precision, pixels_input="image")
+    two = runtime.compile_network(packaged, precision, pixels_input="image", streams=2)
+    assert int(two.compiled.get_property("NUM_STREAMS")) == 2
+    frames = [feeds(h, w, style) for h, w, style in
+              ((112, 160, "7"), (144, 228, "19"), (200, 300, "3"), (112, 160, "7"))]
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda x: two.run(x)[0], frames))
+    assert np.array_equal(got[0], got[3])
+    for x, out in zip(frames, got, strict=True):
+        diff = np.abs(out - one.run(x)[0])
+        print(f"{precision} {x['image'].shape[1:3]}: two streams vs one, max {diff.max() * 255:.3f}"
+              f" mean {diff.mean() * 255:.4f} levels")
+        if precision == "exact":
+            assert diff.max() * 255 < 0.5  # at most one level apart once rounded to 8 bits
+        else:
+            assert diff.mean() * 255 <= 1.5  # FAST_MAX_MEAN_LEVELS
+
+
 def test_static_compiles_are_bounded_and_large_runs_stay_dynamic(monkeypatch) -> None:
     network = fresh()
     for side in range(36, 36 + 4 * (runtime.STATIC_SHAPES + 2), 4):

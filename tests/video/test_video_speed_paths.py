@@ -86,18 +86,24 @@ def test_raw_pixels_equal_the_models_predict_on_a_png(predictor, model) -> None:
 def test_a_clip_in_process_is_stylized_from_its_own_pixels(predictor, model,
                                                             tmp_path: Path) -> None:
     """Each frame the pipeline blends is the model's answer for exactly the decoded, resized
-    frame (a lossless PNG of it through ``predict``), not a JPEG of it."""
+    frame (a lossless PNG of it through ``predict`` of the clip's model), not a JPEG of it; the
+    clip's model runs its frames in flight at once (two streams), the photo model one at a time."""
     clip = write_clip(tmp_path / "pan.mp4", synthetic_frames(
         sample_rgb("coffee"), Motion(dx=3, dy=1), 5, (226, 142)))
     seen: list[tuple[np.ndarray, np.ndarray]] = []
     result = stylize_video(clip, tmp_path / "pan-7.mp4", "7", predictor, {"max_size": 226},
                            on_frame=lambda i, small, stylized, out: seen.append((small, stylized)))
     assert result.frames == 5 == len(seen)
+    for_clips = predictor.with_streams(clips.IN_FLIGHT)
     worst = max(int(np.abs(stylized.astype(int)
-                           - _predict_png(model, small, "7", {"max_size": 226})).max())
+                           - _predict_png(for_clips, small, "7", {"max_size": 226})).max())
                 for small, stylized in seen)
     print(f"{len(seen)} frames at {result.width}x{result.height}: worst max diff {worst}")
     assert worst == 0
+    clip_model = for_clips.pixel_stylizer().__self__.engine
+    photo_model = model.unwrap_python_model().engine
+    assert (clip_model.streams, photo_model.streams) == (clips.IN_FLIGHT, 0)
+    assert int(clip_model.exact[None].whole.compiled.get_property("NUM_STREAMS")) == 2
 
 
 def test_a_bad_painting_in_process_names_the_file(predictor, tmp_path: Path) -> None:
