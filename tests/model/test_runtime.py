@@ -61,8 +61,9 @@ def test_two_streams_run_two_frames_at_once_within_the_bounds(model, precision) 
     """``streams=2`` (a clip's in-process model, ``LocalPredictor.with_streams``): two requests
     run at once, a core each. One thread per request may pick other kernels than two, so not the
     same bits (README, "Video"): exact stays within half a level of the one-stream compile (a
-    rounding flips at most one level), fast within the fast bound's mean; every frame gets the same bits run after run. The packaged
-    network (the peer's ONNX file gave the same bits both ways; the packaged one does not)."""
+    rounding flips at most one level), fast within the fast bound's mean; every frame gets the
+    same bits run after run. The packaged network (the peer's ONNX file gave the same bits both
+    ways; the packaged one does not)."""
     packaged = model.unwrap_python_model().engine.root / "multistyle26.onnx"
     one = runtime.compile_network(packaged, precision, pixels_input="image")
     two = runtime.compile_network(packaged, precision, pixels_input="image", streams=2)
