@@ -92,10 +92,9 @@ def jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    from neuralstyle.run.serving import peak_rss_bytes
+
+    return peak_rss_bytes(os.getpid()) / 2**20
 
 
 def cpu_seconds() -> float:

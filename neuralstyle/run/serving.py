@@ -136,7 +136,7 @@ class Server:
 
     def peak_rss_bytes(self) -> dict[int, int]:
         """Each live process's own peak resident memory (VmHWM, exact: not sampled), by pid."""
-        return {pid: _peak_bytes(pid) for pid in _group_pids(self.process.pid)}
+        return {pid: peak_rss_bytes(pid) for pid in _group_pids(self.process.pid)}
 
     def stop(self) -> None:
         """SIGTERM the whole group, SIGKILL it after a grace period; safe to call twice."""
@@ -179,8 +179,8 @@ def _rss_bytes(pid: int) -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def _peak_bytes(pid: int) -> int:
-    """Peak resident set size (VmHWM) of one process, 0 if it is gone."""
+def peak_rss_bytes(pid: int) -> int:
+    """Peak resident set size (VmHWM) of one process, 0 if it is gone (benchmarks read theirs)."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
