@@ -51,9 +51,13 @@ STATIC_SHAPES = 4  # static compiles kept per network (least recently used goes 
 # An RGB 2048x2048 photo: larger inputs stay dynamic. A static run at 2048 px took 0.62x the
 # dynamic one's CPU time (0.54x wall, one interleaved run); the one-piece run stops there (tiling).
 STATIC_MAX_ELEMENTS = 3 * 2048 * 2048
-# Above an RGB 1024x1024 photo a static compile hands its buffers back after each run (~0.75 GB
-# at 2048 px; made again by the next run, which costs little beside the run itself).
+# Above an RGB 1024x1024 photo a static compile's buffers (~1.1 GB at 2048 px) are not kept for
+# good: one such compile in the process holds them while runs of its size keep coming, and hands
+# them back HOLD_S after its last run, when another large size starts, or before a tiled run
+# (``release_held``). Made again on every run, they cost a page fault per 4 KiB: 2048 px exact
+# took 1.84 s a run releasing after each, 1.56 s holding (medians of 5, AMD EPYC 2 cores).
 STATIC_KEEP_ELEMENTS = 3 * 1024 * 1024
+HOLD_S = float(os.environ.get("STYLIZE_HOLD_S", "10"))
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +145,13 @@ class _Static:
         self.failed = False
         self.done = threading.Event()
         self.idle: queue.SimpleQueue = queue.SimpleQueue()
-        self.release = release  # hand the buffers back after each run (a large size)
+        self.release = release  # a large size: its buffers are held a while, not kept (_Held)
         self._lock = threading.Lock()
         self._active = 0
 
     def _request(self):
+        if self.release:
+            _HELD.take(self)  # the large compile held before this one hands its buffers back
         with self._lock:
             self._active += 1
         try:
@@ -157,11 +163,13 @@ class _Static:
         self.idle.put(request)
         with self._lock:
             self._active -= 1
-            release = self.release and self._active == 0
-        if release:  # off the caller's time (~0.09 s at 2048 px): the answer is ready already
-            threading.Thread(target=self._release, daemon=True).start()
+            idle = self.release and self._active == 0
+        if idle and not _HELD.hold(self):  # another large size took over meanwhile
+            # off the caller's time (~0.09 s at 2048 px): the answer is ready already
+            threading.Thread(target=self.release_now, daemon=True).start()
 
-    def _release(self) -> None:
+    def release_now(self) -> None:
+        """Hand the buffers back, unless a run of this size is in flight (it releases after)."""
         with self._lock:
             if self._active == 0:
                 self.compiled.release_memory()  # no run of this size can start meanwhile
@@ -177,6 +185,66 @@ class _Static:
             return consume([np.asarray(results[port]) for port in self.compiled.outputs])
         finally:
             self._done(request)
+
+
+class _Held:
+    """The one large static compile (``STATIC_KEEP_ELEMENTS``) allowed to keep its buffers
+    between runs in this process, and the timer that hands them back ``HOLD_S`` after its last."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entry: _Static | None = None
+        self._timer: threading.Timer | None = None
+
+    def take(self, entry: _Static) -> None:
+        """``entry`` starts a run: it becomes the holder; the one before releases now."""
+        with self._lock:
+            previous = self._entry if self._entry is not entry else None
+            self._entry = entry
+            self._cancel()
+        if previous is not None:
+            previous.release_now()
+
+    def hold(self, entry: _Static) -> bool:
+        """``entry`` went idle: False if it is no longer the holder (so it releases now), else
+        True and its buffers are handed back ``HOLD_S`` from now unless a run comes first."""
+        with self._lock:
+            if self._entry is not entry:
+                return False
+            self._cancel()
+            self._timer = threading.Timer(HOLD_S, self._expire, args=(entry,))
+            self._timer.daemon = True
+            self._timer.start()
+            return True
+
+    def release(self) -> None:
+        """The holder, if any, hands its buffers back now (a tiled run is about to start)."""
+        with self._lock:
+            entry, self._entry = self._entry, None
+            self._cancel()
+        if entry is not None:
+            entry.release_now()
+
+    def _expire(self, entry: _Static) -> None:
+        with self._lock:
+            if self._entry is not entry:
+                return
+            self._entry = self._timer = None
+        entry.release_now()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+_HELD = _Held()
+
+
+def release_held() -> None:
+    """Hand back the buffers a large static compile holds between runs (``HOLD_S``): called
+    before a tiled run, which must stay within its own memory bound."""
+    _HELD.release()
 
 
 class Request:
@@ -254,8 +322,9 @@ class Network:
 
         OpenVINO keeps the intermediate buffers of the largest input it has seen (~1.5 GB after
         one 2048 px run of both precisions); ``release_memory`` hands them back after this run
-        when no other run is in flight (the next run allocates what it needs again). Sizes that
-        get a static compile are at most 1024x1024: callers release above that.
+        when no other run is in flight (the next run allocates what it needs again). A size with
+        a static compile decides for itself: kept up to 1 MP, held for a while above
+        (``HOLD_S``).
         """
         static = self._static_for(feeds) if self._specialize else None
         if static is not None:

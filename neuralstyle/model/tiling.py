@@ -49,9 +49,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from neuralstyle.model import runtime
+
 # A photo of at most this many pixels runs in one piece (its own static compile, fastest; ~1.1 GB
-# of buffers at 2048x2048, handed back after the run); larger ones in bands of about BAND_PIXELS
-# each. A piece's buffers go with BAND_PIXELS, one piece at a time (bench/results/fullres.md).
+# of buffers at 2048x2048, held while runs of its size come: runtime.HOLD_S); larger ones in
+# bands of about BAND_PIXELS each. A piece's buffers go with BAND_PIXELS, one piece at a time (bench/results/fullres.md).
 TILE_PIXELS = 2048 * 2048
 BAND_PIXELS = int(os.environ.get("STYLIZE_BAND_PIXELS", 512 * 1024))
 GRID = 4  # tile origins and sides are multiples of this: two stride-2 convolutions
@@ -603,6 +605,7 @@ class TiledNetwork:
         cores = bands(height, width, self.tile_pixels, self.band_pixels)
         if len(cores) == 1:
             return run_tiled(self.single(), feeds, cores, height, width, convert)
+        runtime.release_held()  # a one-piece size's held buffers go before the bands' come
         if self._plan is None and os.getpid() != self._pid:
             # A forked child (luigi's workers) cannot compile (runtime.Network): the whole network
             # runs at once, as before tiling; the same picture, not the bounded memory.

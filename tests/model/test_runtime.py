@@ -108,6 +108,46 @@ def test_threads_running_a_new_size_together_get_the_same_bits(exact) -> None:
 
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def test_one_large_size_holds_its_buffers_while_its_runs_come_then_hands_them_back(
+        exact, monkeypatch) -> None:
+    """Above 1 MP a static compile keeps its buffers between runs (made again, they cost a page
+    fault per 4 KiB), one such compile at a time, until ``HOLD_S`` passes with no run of its
+    size, another large size runs, or a tiled run starts: the memory comes back each way."""
+    monkeypatch.setattr(runtime, "HOLD_S", 1.5)
+    released: list[runtime._Static] = []
+    real = runtime._Static.release_now
+    monkeypatch.setattr(runtime._Static, "release_now",
+                        lambda entry: (released.append(entry), real(entry))[1])
+    runtime.release_held()  # whatever an earlier test left held
+    released.clear()
+    large = feeds(1024, 1088)  # 1.1 MP: 3 x 1024 x 1088 > STATIC_KEEP_ELEMENTS
+    large["image"] = np.ascontiguousarray(np.tile(sample_rgb("coffee"), (3, 2, 1))[None, :1024, :1088])
+    before = _rss_mb()
+    first = exact.run(large)[0]
+    held = _rss_mb()
+    assert held - before > 200, f"a 1.1 MP run used only {held - before:.0f} MB?"
+    again = exact.run(large)[0]
+    assert released == [] and _rss_mb() > held - 50  # still held between runs
+    np.testing.assert_array_equal(again, first)  # held or made again: the same bits
+    time.sleep(runtime.HOLD_S + 1.0)
+    assert len(released) == 1, "not handed back after HOLD_S without a run"
+    assert _rss_mb() < held - 200, f"RSS {_rss_mb():.0f} MB after release, {held:.0f} held"
+
+    exact.run(large)
+    other = dict(large, image=np.ascontiguousarray(large["image"][:, :1020]))
+    exact.run(other)  # another large size: the first hands its buffers back at once
+    assert len(released) == 2 and released[0] is released[1]
+    runtime.release_held()  # as a tiled run does first (tests/model/test_tiling.py)
+    assert len(released) == 3 and released[2] is not released[0]
+    np.testing.assert_array_equal(exact.run(large)[0], first)
+    runtime.release_held()
+
+
 def in_a_fork(network: runtime.Network, height: int, width: int, path) -> np.ndarray:
     """``network.run`` in a forked child (as luigi's workers run), given 60 s."""
     pid = os.fork()

@@ -269,3 +269,20 @@ def test_a_forked_child_runs_a_large_photo_without_compiling_pieces(engine, tmp_
     assert fresh._plan is None  # the parent made no pieces either
     tiled = fresh.run({"image": x, **extra})
     assert np.abs(levels(child) - levels(tiled)).max() <= 1
+
+
+def test_a_tiled_run_starts_with_no_large_buffers_held(engine, monkeypatch) -> None:
+    """A one-piece size above 1 MP holds its buffers between runs (``runtime.HOLD_S``); a photo
+    run in bands hands them back first, so its memory bound holds whatever ran before it."""
+    whole = whole_network(engine, None, "multistyle", "exact")
+    extra = style_feeds(engine, "multistyle")
+    released: list = []
+    real = runtime._Static.release_now
+    monkeypatch.setattr(runtime._Static, "release_now",
+                        lambda entry: (released.append(entry), real(entry))[1])
+    large = np.ascontiguousarray(np.tile(sample_rgb("coffee"), (3, 2, 1))[None, :1024, :1088])
+    whole.run({"image": large, **extra})
+    assert released == []  # held
+    rgb = sample_rgb("coffee")[:128, :192]
+    run_both(whole, rgb, extra, tile_pixels=rgb.size // 3 // 3)
+    assert len(released) == 1
