@@ -53,7 +53,8 @@ from neuralstyle.model import runtime
 
 # A photo of at most this many pixels runs in one piece (its own static compile, fastest; ~1.1 GB
 # of buffers at 2048x2048, held while runs of its size come: runtime.HOLD_S); larger ones in
-# bands of about BAND_PIXELS each. A piece's buffers go with BAND_PIXELS, one piece at a time (bench/results/fullres.md).
+# bands of about BAND_PIXELS each. A piece's buffers go with BAND_PIXELS, one piece at a time
+# (bench/results/fullres.md).
 TILE_PIXELS = 2048 * 2048
 BAND_PIXELS = int(os.environ.get("STYLIZE_BAND_PIXELS", 512 * 1024))
 GRID = 4  # tile origins and sides are multiples of this: two stride-2 convolutions
