@@ -58,10 +58,14 @@ class FlowEstimator:
 
 def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample ``image`` at x + flow(x) (bilinear, edges replicated): brings it into flow's frame."""
+    return warp_at(image, sample_map(flow))
+
+
+def warp_at(image: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``warp`` with x + flow(x) made once (``sample_map``) for every image warped along it."""
     import cv2
 
-    return cv2.remap(image, _sample_map(flow), None, cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(image, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,21 +78,22 @@ def _grid(height: int, width: int) -> np.ndarray:
     return grid
 
 
-def _sample_map(flow: np.ndarray) -> np.ndarray:
+def sample_map(flow: np.ndarray) -> np.ndarray:
     """x + flow(x) as one two-channel map (cv2.remap's fastest form)."""
     return _grid(*flow.shape[:2]) + flow
 
 
-def consistent(flow: np.ndarray, back: np.ndarray) -> np.ndarray:
+def consistent(flow: np.ndarray, back: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
     """Forward-backward check: True where following ``flow`` then ``back`` returns home.
 
     |F(x) + B(x + F(x))|^2 <= 0.01 (|F|^2 + |B(x+F)|^2) + 0.5 (Sundaram et al. 2010),
-    and x + F(x) inside the picture.
+    and x + F(x) inside the picture. ``where``: ``sample_map(flow)``, if the caller has it.
     """
-    back_there = warp(back, flow)
+    where = sample_map(flow) if where is None else where
+    back_there = warp_at(back, where)
     loop = flow + back_there
     agree = _norm2(loop) <= 0.01 * (_norm2(flow) + _norm2(back_there)) + 0.5
-    return agree & inside(flow)
+    return agree & _inside_map(where)
 
 
 def _norm2(field: np.ndarray) -> np.ndarray:
@@ -99,26 +104,30 @@ def _norm2(field: np.ndarray) -> np.ndarray:
 
 def inside(flow: np.ndarray) -> np.ndarray:
     """True where x + flow(x) lies in the picture: content entering at an edge has no past."""
-    height, width = flow.shape[:2]
-    xs = np.arange(width, dtype=np.float32)[None, :] + flow[..., 0]
-    ys = np.arange(height, dtype=np.float32)[:, None] + flow[..., 1]
+    return _inside_map(sample_map(flow))
+
+
+def _inside_map(where: np.ndarray) -> np.ndarray:
+    height, width = where.shape[:2]
+    xs, ys = where[..., 0], where[..., 1]
     return (xs >= 0) & (xs <= width - 1) & (ys >= 0) & (ys <= height - 1)
 
 
 @dataclass
 class Motion:
     """What ``flows`` learns from one pair of input frames, for ``blend``: where to sample the
-    previous output (``back``) and how much of it to take, warped (``carried``) and in place
+    previous output (``where``) and how much of it to take, warped (``carried``) and in place
     (``held``), per pixel. None of it depends on the network, so it is computed ahead."""
 
-    back: np.ndarray | None  # (H, W, 2) flow t -> t-1; None at a scene cut
+    where: np.ndarray | None  # (H, W, 2) where frame t's pixels were at t-1: x + flow t -> t-1
+    # (``sample_map``); None at a scene cut
     carried: np.ndarray | None  # (H, W, 1) float32 weight of warp(O_{t-1})
     held: np.ndarray | None  # (H, W, 1) float32 weight of O_{t-1} in place
     trusted: float  # share of pixels where the warp is trusted
 
     @property
     def cut(self) -> bool:
-        return self.back is None
+        return self.where is None
 
 
 @dataclass
@@ -173,8 +182,9 @@ class TemporalBlender:
         if before is None or before_rgb is None:
             return None
         back, forward = self.flow(now, before), self.flow(before, now)
-        mask = consistent(back, forward)
-        diff = cv2.absdiff(frame, warp(before_rgb, back))
+        where = sample_map(back)  # made once: three warps go along it
+        mask = consistent(back, forward, where)
+        diff = cv2.absdiff(frame, warp_at(before_rgb, where))
         colour = np.maximum(np.maximum(diff[..., 0], diff[..., 1]), diff[..., 2])
         mask &= colour <= COLOUR_TOLERANCE * 255
         share = float(mask.mean())
@@ -185,7 +195,7 @@ class TemporalBlender:
         #     = S + k a T (W - S) + (1 - k) (P - S)
         kept = (1.0 - self.hold) * (1.0 - self.hold_untrusted * (1.0 - trust))
         carried = kept * self.carry * trust
-        return Motion(back, carried[..., None], (1.0 - kept)[..., None], share)
+        return Motion(where, carried[..., None], (1.0 - kept)[..., None], share)
 
     def blend(self, frame: np.ndarray, stylized: np.ndarray, flows: Motion | None) -> Blended:
         """The output frame for input ``frame`` whose per-frame stylization is ``stylized``."""
@@ -198,8 +208,8 @@ class TemporalBlender:
             self.previous_out = fresh
             return Blended(stylized, flows.trusted if flows else 0.0,
                            flows is not None and flows.cut)
-        assert flows.back is not None and flows.carried is not None and flows.held is not None
-        out = warp(previous_out, flows.back)
+        assert flows.where is not None and flows.carried is not None and flows.held is not None
+        out = warp_at(previous_out, flows.where)
         out -= fresh
         out *= flows.carried
         held = previous_out - fresh
