@@ -136,8 +136,22 @@ def through_serving_image(photo: Path, args: argparse.Namespace) -> dict:
             row = StyleServerClient(url).predict(
                 frame, params={"max_size": 0, "precision": args.precision}).iloc[0]
             seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak": peak_text(peak, "nginx and the model server's workers"),
+        processes = process_peaks(container)
+    return {"seconds": seconds,
+            "peak": f"{peak_text(peak, 'nginx and the model server together')}; each process's "
+                    f"own peak (VmHWM): {processes}",
             "bytes": base64.b64decode(row["image"])}
+
+
+def process_peaks(container: Any) -> str:
+    """Each process of a running container, by its command's first words, with its own peak
+    resident memory (VmHWM, exact; read through the host pids ``docker top`` gives)."""
+    from neuralstyle.run.serving import peak_rss_bytes
+
+    top = container.top(ps_args="-eo pid,args")
+    rows = [(peak_rss_bytes(int(row[0])) / 2**20, " ".join(row[1].split()[:3])[:60])
+            for row in top.get("Processes") or []]
+    return ", ".join(f"{mb:.0f} MB `{what}`" for mb, what in sorted(rows, reverse=True) if mb)
 
 
 def through_batch_image(photo: Path, folder: Path, args: argparse.Namespace) -> dict:

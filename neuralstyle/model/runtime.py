@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +55,7 @@ STATIC_MAX_ELEMENTS = 3 * 2048 * 2048
 # Above an RGB 1024x1024 photo a static compile's buffers (~1.1 GB at 2048 px) are not kept for
 # good: one such compile in the process holds them while runs of its size keep coming, and hands
 # them back HOLD_S after its last run, when another large size starts, or before a tiled run
-# (``release_held``). Made again on every run, they cost a page fault per 4 KiB: 2048 px exact
+# (``release_static``). Made again on every run, they cost a page fault per 4 KiB: 2048 px exact
 # took 1.84 s a run releasing after each, 1.56 s holding (medians of 5, AMD EPYC 2 cores).
 STATIC_KEEP_ELEMENTS = 3 * 1024 * 1024
 HOLD_S = float(os.environ.get("STYLIZE_HOLD_S", "10"))
@@ -148,6 +149,7 @@ class _Static:
         self.release = release  # a large size: its buffers are held a while, not kept (_Held)
         self._lock = threading.Lock()
         self._active = 0
+        _STATICS.add(self)
 
     def _request(self):
         if self.release:
@@ -239,12 +241,18 @@ class _Held:
 
 
 _HELD = _Held()
+_STATICS: weakref.WeakSet[_Static] = weakref.WeakSet()  # every static compile made here
 
 
-def release_held() -> None:
-    """Hand back the buffers a large static compile holds between runs (``HOLD_S``): called
-    before a tiled run, which must stay within its own memory bound."""
+def release_static() -> None:
+    """Every static compile in the process that no run is using hands its buffers back now: the
+    large one held between runs (``HOLD_S``) and the kept ones up to 1 MP (a served model warms
+    six: ~1 GB). Called before a tiled run, whose memory bound must hold whatever ran before it;
+    the next run of a kept size makes its buffers again (page faults: ~0.1 s at 1024 px)."""
     _HELD.release()
+    for entry in list(_STATICS):
+        if entry.compiled is not None:
+            entry.release_now()
 
 
 class Request:

@@ -606,7 +606,7 @@ class TiledNetwork:
         cores = bands(height, width, self.tile_pixels, self.band_pixels)
         if len(cores) == 1:
             return run_tiled(self.single(), feeds, cores, height, width, convert)
-        runtime.release_held()  # a one-piece size's held buffers go before the bands' come
+        runtime.release_static()  # what one-piece sizes hold goes before the bands come
         if self._plan is None and os.getpid() != self._pid:
             # A forked child (luigi's workers) cannot compile (runtime.Network): the whole network
             # runs at once, as before tiling; the same picture, not the bounded memory.

@@ -1,6 +1,6 @@
 """The model server: MLflow's own scoring app, plus what running it as a service needs.
 
-    python -m neuralstyle.run.server -m models:/style-transfer@champion -h 127.0.0.1 -p 5001
+    python -m neuralstyle.run.server -m models:/style-transfer@champion -H 127.0.0.1 -p 5001
 
 builds the app ``mlflow models serve`` runs (``mlflow.pyfunc.scoring_server.init(model)``: ``/ping``,
 ``/health``, ``/version``, ``/invocations``, untouched) and adds around it, never inside it:

@@ -117,13 +117,14 @@ def test_one_large_size_holds_its_buffers_while_its_runs_come_then_hands_them_ba
         exact, monkeypatch) -> None:
     """Above 1 MP a static compile keeps its buffers between runs (made again, they cost a page
     fault per 4 KiB), one such compile at a time, until ``HOLD_S`` passes with no run of its
-    size, another large size runs, or a tiled run starts: the memory comes back each way."""
+    size, another large size runs, or a tiled run starts (which also takes back the small sizes'
+    kept buffers): the memory comes back each way, and the bits stay the same."""
     monkeypatch.setattr(runtime, "HOLD_S", 1.5)
     released: list[runtime._Static] = []
     real = runtime._Static.release_now
     monkeypatch.setattr(runtime._Static, "release_now",
                         lambda entry: (released.append(entry), real(entry))[1])
-    runtime.release_held()  # whatever an earlier test left held
+    runtime.release_static()  # whatever an earlier test left held
     released.clear()
     large = feeds(1024, 1088)  # 1.1 MP: 3 x 1024 x 1088 > STATIC_KEEP_ELEMENTS
     large["image"] = np.ascontiguousarray(np.tile(sample_rgb("coffee"), (3, 2, 1))[None, :1024, :1088])
@@ -142,10 +143,14 @@ def test_one_large_size_holds_its_buffers_while_its_runs_come_then_hands_them_ba
     other = dict(large, image=np.ascontiguousarray(large["image"][:, :1020]))
     exact.run(other)  # another large size: the first hands its buffers back at once
     assert len(released) == 2 and released[0] is released[1]
-    runtime.release_held()  # as a tiled run does first (tests/model/test_tiling.py)
-    assert len(released) == 3 and released[2] is not released[0]
-    np.testing.assert_array_equal(exact.run(large)[0], first)
-    runtime.release_held()
+    small = feeds(96, 128)
+    kept = exact.run(small)[0]  # a small size keeps its buffers for good...
+    runtime.release_static()  # ...until a tiled run starts (tests/model/test_tiling.py)
+    asked = {id(entry) for entry in released[2:]}  # every static compile: both large, the small
+    assert len(asked) >= 3 and id(released[0]) in asked
+    np.testing.assert_array_equal(exact.run(large)[0], first)  # buffers made again: same bits
+    np.testing.assert_array_equal(exact.run(small)[0], kept)
+    runtime.release_static()
 
 
 def in_a_fork(network: runtime.Network, height: int, width: int, path) -> np.ndarray:
