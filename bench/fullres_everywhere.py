@@ -9,9 +9,11 @@ own size), one precision (``fast`` by default), through:
 * the Luigi task, local executor (``luigi --module tasks Stylize``): the process's peak RSS;
 * Spark (``python -m tasks.run_spark`` on ``local[2]``, its Python workers capped at 6 GB of
   address space): the job's own peak RSS figures (JVM, largest Python worker, all together);
-* the serving image (nginx + ``mlflow models serve`` in Docker): the container's peak memory
-  as ``docker stats`` counts it (usage less inactive page cache), sampled each second;
-* the batch image (``docker run ... stylize.py``): the same.
+* the serving image (nginx + ``neuralstyle.run.server``, MLflow's scoring app with /stylize,
+  /ready and /metrics around it, six photo sizes warmed at start): each process's own peak
+  (VmHWM, read through the host pids ``docker top`` gives), and the container's memory from its
+  cgroup, sampled every ~0.5 s;
+* the batch image (``docker run ... stylize.py``): the container's memory, as above.
 
 Every path must give the same JPEG bytes (one model version, one photo, one set of params).
 The results go to bench/results/fullres-everywhere.md with the CPU and the load average.
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
                       lambda: through_luigi(photo, folder / "luigi.jpg", args, env)),
             "spark": ("Spark (`tasks.run_spark`, local[2])",
                       lambda: through_spark(photo, folder, args, env)),
-            "serving": ("serving image (nginx + `mlflow models serve`)",
+            "serving": ("serving image (nginx + `neuralstyle.run.server`)",
                         lambda: through_serving_image(photo, args)),
             "batch": ("batch image (`docker run ... stylize.py`)",
                       lambda: through_batch_image(photo, folder, args)),
@@ -227,7 +229,12 @@ def main(argv: list[str] | None = None) -> None:
         "| path | seconds | peak memory | result sha256 |", "|---|---|---|---|",
         *[f"| {label} | {row['seconds']:.1f} | {row['peak']} | `{digests[label]}` |"
           for label, row in rows.items()], "",
-        f"Same bytes on every path: **{'yes' if same else 'NO'}**.", ""]
+        f"Same bytes on every path: **{'yes' if same else 'NO'}**.", "",
+        "A container's resident figure is its cgroup's anonymous memory (`total_rss`, or `anon` "
+        "on cgroup v2) sampled every ~0.5 s, so it can miss a short peak; the serving image's "
+        "per-process VmHWM cannot. The page-cache figure is the cgroup's peak usage, which also "
+        "counts the tiled run's spill file and the photo and result files (reclaimable, but a "
+        "`--memory` limit counts it too).", ""]
     Path(args.output).write_text("\n".join(lines))
     print("\n".join(lines))
     if not same:
