@@ -17,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -24,7 +25,7 @@ import queue
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -257,15 +258,19 @@ def release_static() -> None:
 
 class Request:
     """One infer request: ``run_into`` hands ``consume`` views of its output buffers, no copy.
-    With ``share_inputs`` it holds a reference to its last inputs until it is dropped."""
+    With ``share_inputs`` it holds a reference to its last inputs until it is dropped. Its runs
+    count as its network's (``Network.release_memory`` waits for none to be in flight: two
+    photos tiled at once share each piece's compile, and OpenVINO refuses to release a busy one)."""
 
-    def __init__(self, request, compiled) -> None:
+    def __init__(self, request, compiled, network: Network) -> None:
         self._request = request
         self._outputs = compiled.outputs
+        self._network = network
 
     def run_into(self, feeds: dict[str, np.ndarray], consume: Callable[[list[np.ndarray]], T]) -> T:
-        results = self._request.infer(feeds, share_inputs=True, share_outputs=True)
-        return consume([np.asarray(results[port]) for port in self._outputs])
+        with self._network._running():
+            results = self._request.infer(feeds, share_inputs=True, share_outputs=True)
+            return consume([np.asarray(results[port]) for port in self._outputs])
 
 
 class Network:
@@ -308,16 +313,27 @@ class Network:
     def request(self) -> Request:
         """An infer request of its own on the any-size compile, for a caller that runs many
         pieces of one photo (``tiling``); dropping it drops what it held (its last inputs)."""
-        return Request(self.compiled.create_infer_request(), self.compiled)
+        return Request(self.compiled.create_infer_request(), self.compiled, self)
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """A run on the any-size compile is in flight (``release_memory`` skips it meanwhile)."""
+        with self._lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
 
     def release_memory(self) -> None:
         """Hand back the intermediate buffers of every compile that no run is using now."""
         with self._lock:
-            entries = [e.compiled for e in self._static.values() if e.compiled is not None]
+            entries = [e for e in self._static.values() if e.compiled is not None]
             if self._active == 0:
-                entries.append(self.compiled)
-        for compiled in entries:
-            compiled.release_memory()
+                self.compiled.release_memory()  # no run can start while the lock is held
+        for entry in entries:
+            entry.release_now()  # each under its own lock, unless a run of it is in flight
 
     @property
     def static_sizes(self) -> list[Shapes]:

@@ -289,3 +289,22 @@ def test_a_tiled_run_starts_with_no_static_buffers_held(engine) -> None:
     rgb = sample_rgb("coffee")[:128, :192]
     run_both(whole, rgb, extra, tile_pixels=rgb.size // 3 // 3)
     assert _rss_mb() < held - 200, f"RSS {_rss_mb():.0f} MB after a tiled run, {held:.0f} before"
+
+
+def test_two_photos_tiled_at_once_both_come_back_whole(engine) -> None:
+    """Two requests in bands at once (a server runs STYLIZE_PARALLEL_PHOTOS=2) share each piece's
+    compile: the one that finishes a piece first must not release its buffers under the other's
+    run (OpenVINO refuses a busy compile). Both results equal the photo run alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    whole = whole_network(engine, None, "multistyle", "exact")
+    extra = style_feeds(engine, "multistyle")
+    photos = [np.ascontiguousarray(pad_to_multiple(sample_rgb(name)[:160, :240], SIZE_MULTIPLE)[None])
+              for name in ("coffee", "chelsea")]
+    tiled = tiling.TiledNetwork(whole, tile_pixels=photos[0].shape[1] * photos[0].shape[2] // 4)
+    alone = [tiled.run({"image": x, **extra}) for x in photos]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda x: tiled.run({"image": x, **extra}), photos * 2))
+            for got, want in zip(together, alone * 2, strict=True):
+                np.testing.assert_array_equal(got, want)
