@@ -316,8 +316,9 @@ class Network:
         return Request(self.compiled.create_infer_request(), self.compiled, self)
 
     @contextlib.contextmanager
-    def _running(self) -> Iterator[None]:
-        """A run on the any-size compile is in flight (``release_memory`` skips it meanwhile)."""
+    def _running(self, release_after: bool = False) -> Iterator[None]:
+        """A run on the any-size compile is in flight (``release_memory`` skips it meanwhile);
+        with ``release_after``, the last run to finish hands its buffers back."""
         with self._lock:
             self._active += 1
         try:
@@ -325,6 +326,8 @@ class Network:
         finally:
             with self._lock:
                 self._active -= 1
+                if release_after and self._active == 0:
+                    self.compiled.release_memory()  # no run can start while the lock is held
 
     def release_memory(self) -> None:
         """Hand back the intermediate buffers of every compile that no run is using now."""
@@ -357,17 +360,9 @@ class Network:
         if request is None:  # one thread at a time sets up a request (cheap, once per thread)
             with self._lock:
                 request = self._local.request = self.compiled.create_infer_request()
-        with self._lock:
-            self._active += 1
-        try:
+        with self._running(release_after=release_memory):
             results = request.infer(feeds, share_inputs=True, share_outputs=False)
-            outputs = [np.asarray(results[port]) for port in self.compiled.outputs]
-        finally:
-            with self._lock:
-                self._active -= 1
-                if release_memory and self._active == 0:
-                    self.compiled.release_memory()  # no run can start while the lock is held
-        return outputs
+            return [np.asarray(results[port]) for port in self.compiled.outputs]
 
     def run_into(self, feeds: dict[str, np.ndarray], consume: Callable[[list[np.ndarray]], T],
                  release_memory: bool = False) -> T:

@@ -155,8 +155,7 @@ def _nbytes(item: Any) -> int:
     if not isinstance(item, tuple):
         return int(getattr(item, "size", 0) or 0) + 64
     _, small, motion = item  # temporal.Motion or None
-    arrays = (getattr(motion, name, None) for name in ("where", "carried", "held"))
-    return small.nbytes + sum(array.nbytes for array in arrays if array is not None)
+    return small.nbytes + (motion.nbytes if motion is not None else 0)
 
 
 def _read_ahead(video: str | Path, size: tuple[int, int], blender: TemporalBlender,

@@ -129,6 +129,12 @@ class Motion:
     def cut(self) -> bool:
         return self.where is None
 
+    @property
+    def nbytes(self) -> int:
+        """The memory its arrays hold (the read-ahead's budget counts it)."""
+        arrays = (self.where, self.carried, self.held)
+        return sum(array.nbytes for array in arrays if array is not None)
+
 
 @dataclass
 class Blended:

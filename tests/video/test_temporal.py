@@ -118,3 +118,14 @@ def test_zero_is_every_frame_on_its_own(clips) -> None:
     _, frames, alone, _ = clips[2]
     assert all(np.array_equal(o, s) for o, s in zip(blended(frames, alone, 0.0), alone,
                                                     strict=True))
+
+
+def test_a_motion_counts_every_array_it_holds_and_a_cut_holds_none() -> None:
+    """The read-ahead's byte budget reads ``Motion.nbytes``: it must count the sample map and
+    both weights (a rename once left the map out, and the reader went 7 frames ahead, not 4)."""
+    from neuralstyle.video.temporal import Motion
+
+    where = np.zeros((80, 128, 2), np.float32)
+    weight = np.zeros((80, 128, 1), np.float32)
+    assert Motion(where, weight, weight.copy(), 0.5).nbytes == where.nbytes + 2 * weight.nbytes
+    assert Motion(None, None, None, 0.0).nbytes == 0
