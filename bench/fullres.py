@@ -515,7 +515,10 @@ def main(argv: list[str] | None = None) -> None:
               f"Ratio of medians **{ours_med / peer_med:.2f}x**, of bests "
               f"**{min(peer['ours exact']) / min(peer['peer']):.2f}x** (bar: 0.8x); each run's "
               f"ours / the peer run after it: {', '.join(f'{x:.2f}' for x in pairs)} (median "
-              f"{statistics.median(pairs):.2f}).", ""]
+              f"{statistics.median(pairs):.2f}).", "",
+              "Measured by hand, kept across reruns of this bench: `fullres-notes.md` (where a tiled "
+              "run's time goes, recompute or spill interleaved, what was tried for the linear-time "
+              "bar).", ""]
     output.write_text("\n".join(lines))
     print(f"wrote {output} and {plot}")
 

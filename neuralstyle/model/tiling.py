@@ -64,7 +64,7 @@ MIN_BAND_ROWS = 32  # a reflect pad needs more rows than it pads, at every scale
 KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
 # On (the default; "0" turns it off): a full-size normalisation input made from the photo alone
 # (the first convolution's: 32 channels, 5.4 GiB at 45 MP) is computed again by the piece that
-# applies it instead of being spilled. Measured at 45 MP exact (bench/results/fullres.md), first
+# applies it instead of being spilled. Measured at 45 MP exact (bench/results/fullres-notes.md), first
 # runs of fresh processes: on a quiet machine recomputing took 39.1 and 36.6 s against 47.9 and
 # 46.9 s spilling, and wrote 1.5 GiB per photo to the disk against 8.3-8.7; on a machine shared by three other
 # sessions (load ~9) it lost once (169 vs 108 s) and tied once (112 s).
