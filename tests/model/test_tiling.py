@@ -119,6 +119,21 @@ def test_tiled_is_the_one_piece_picture_at_exact(engine, checkpoint_network, kin
     assert max(border_worst) <= max(0.25, 2 * max(inner_worst))
 
 
+@pytest.mark.parametrize("height, width", [(70, 1500), (133, 1999), (1500, 70), (65, 260)])
+def test_panoramas_and_strips_in_bands_are_the_one_piece_picture(engine, height, width) -> None:
+    """Extreme shapes: a panorama a few bands tall (the thinnest band, ``MIN_BAND_ROWS``, at
+    the bottom), a strip 70 px wide (reflect padding at both true sides of every band), a photo
+    just over the minimum: at most one 8-bit level from the one-piece run."""
+    whole = engine.exact[None].whole
+    rgb = np.asarray(Image.fromarray(sample_rgb("astronaut")).resize((width, height)))
+    tile_pixels = (-(-height // 4) * 4) * (-(-width // 4) * 4) // 4
+    one, tiled, cores = run_both(whole, rgb, style_feeds(engine, "multistyle"), tile_pixels)
+    worst = int(np.abs(levels(one) - levels(tiled)).max())
+    print(f"{width}x{height} in {len(cores)} bands {cores}: 8-bit max {worst}")
+    assert len(cores) >= 2
+    assert worst <= 1
+
+
 @pytest.mark.parametrize("kind", ["multistyle", "arbitrary"])
 def test_tiled_fast_meets_the_fast_bound(engine, checkpoint_network, kind) -> None:
     """``fast`` (bf16 where this CPU has it) in bands: within the bound packaging checks for
