@@ -104,7 +104,7 @@ bench-video: install-video  ## video: fps vs the peer's `video` command, warping
 		--tracking-uri sqlite:///$(BENCH_DIR)/video/mlflow.db
 	$(PY) bench/video.py --tracking-uri sqlite:///$(BENCH_DIR)/video/mlflow.db
 
-bench-fullres: install  ## tiled inference at 1, 4, 17, 45 MP: seconds, peak memory, sameness at 2048, exact vs peer: bench/results/fullres.md + .png
+bench-fullres: install  ## tiled inference at 1, 4, 17, 45 MP: seconds, peak memory, sameness at 2048, exact vs peer, the floor under linear time: bench/results/fullres.md + .png
 	rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
 	cd $(BENCH_DIR) && $(abspath $(PY)) $(CURDIR)/package_models.py --style-map $(CURDIR)/styles.json \
 		--tracking-uri $(BENCH_REGISTRY)
