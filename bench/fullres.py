@@ -49,7 +49,7 @@ from neuralstyle.builder.samples import mosaic  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "fullres.md"
 STYLE = "7"
-CAMERA = (8256, 5504)  # 45 MP, the issue's size
+CAMERA = fullres_floor.CAMERA  # 45 MP, the issue's size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,13 +109,6 @@ def cpu_seconds() -> float:
     return used.ru_utime + used.ru_stime
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def child(spec: str) -> None:
     """One size and precision in this fresh process: prints a JSON line."""
     import mlflow
@@ -124,7 +117,7 @@ def child(spec: str) -> None:
     args = json.loads(spec)
     mlflow.set_tracking_uri(args["tracking_uri"])
     model = mlflow.pyfunc.load_model(args["model_uri"])
-    loaded = rss_mb()
+    loaded = fullres_floor.resident_mb()
     frame = pd.DataFrame({"image": [base64.b64encode(Path(args["photo"]).read_bytes()).decode()],
                           "style": [STYLE]})
     seconds, cpu = [], []
@@ -222,7 +215,7 @@ def measure_floor(model, rows: list[dict]) -> dict:
     one, camera = exact.get(1.0), exact.get(45.0)
     return fullres_floor.measure(
         model, one_s_per_mp=one["best"] / (one["w"] * one["h"] / 1e6) if one else None,
-        after_load_mb=camera["after_load_mb"] if camera else 434.0,
+        after_load_mb=camera["after_load_mb"] if camera else None,
         actual_s=camera["best"] if camera else None)
 
 

@@ -165,11 +165,10 @@ def dirty_limit_bytes() -> int:
 def one_mp_seconds_per_mp(model, runs: int = 3) -> float:
     """Best of ``runs`` whole requests (JPEG in and out) at 1 MP, exact, in this process."""
     import pandas as pd
-    from fullres import jpeg
 
-    from neuralstyle.builder.samples import mosaic
+    from neuralstyle.builder.samples import encode, mosaic
 
-    frame = pd.DataFrame({"image": [base64.b64encode(jpeg(mosaic(*ONE_MP, seed=1))).decode()],
+    frame = pd.DataFrame({"image": [base64.b64encode(encode(mosaic(*ONE_MP, seed=1), "JPEG")).decode()],
                           "style": ["7"]})
     params = {"max_size": 0, "precision": "exact"}
     model.predict(frame, params=params)
@@ -181,14 +180,25 @@ def one_mp_seconds_per_mp(model, runs: int = 3) -> float:
     return best / (ONE_MP[0] * ONE_MP[1] / 1e6)
 
 
-def measure(model, one_s_per_mp: float | None = None, after_load_mb: float = 434.0,
+def resident_mb() -> float:
+    """This process's resident memory now (VmRSS), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(model, one_s_per_mp: float | None = None, after_load_mb: float | None = None,
             size: tuple[int, int] = CAMERA, actual_s: float | None = None) -> dict:
     """The floor of an exact tiled run at ``size`` against the bar; ``one_s_per_mp`` is the
     1 MP request's seconds per MP (measured here when not given), ``after_load_mb`` the
-    process's resident memory with the model loaded (what the bound leaves for kept tensors),
+    process's resident memory with the model loaded (what the bound leaves for kept tensors;
+    this process's now when not given),
     ``actual_s`` what a real request of that size took (bench/fullres.py), where known."""
     from neuralstyle.model import tiling
 
+    if after_load_mb is None:
+        after_load_mb = resident_mb()  # before this function's own runs add their buffers
     served = model.unwrap_python_model().engine.exact[None]
     plan = served.plan()
     width, height = size

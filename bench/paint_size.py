@@ -72,12 +72,13 @@ def child(spec: str) -> None:
 
     import mlflow
     import pandas as pd
-    from fullres import peak_rss_mb, rss_mb
+    from fullres import peak_rss_mb
+    from fullres_floor import resident_mb
 
     args = json.loads(spec)
     mlflow.set_tracking_uri(args["tracking_uri"])
     model = mlflow.pyfunc.load_model(args["model_uri"])
-    loaded = rss_mb()
+    loaded = resident_mb()
     frame = pd.DataFrame({"image": [base64.b64encode(Path(args["photo"]).read_bytes()).decode()],
                           "style": [STYLE]})
     started = time.perf_counter()
