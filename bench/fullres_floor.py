@@ -181,11 +181,10 @@ def one_mp_seconds_per_mp(model, runs: int = 3) -> float:
 
 
 def resident_mb() -> float:
-    """This process's resident memory now (VmRSS), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """This process's resident memory now, MB."""
+    from neuralstyle.run.serving import rss_bytes
+
+    return rss_bytes(os.getpid()) / 2**20
 
 
 def measure(model, one_s_per_mp: float | None = None, after_load_mb: float | None = None,

@@ -208,13 +208,13 @@ def run_load(url: str, *, clients: int = 16, seconds: float = 20.0,
 
 def container_rss(container) -> int:
     """Resident memory of every process in a container (host pids from ``docker top``)."""
-    from neuralstyle.run.serving import _rss_bytes
+    from neuralstyle.run.serving import rss_bytes
 
     try:
         top = container.top(ps_args="-eo pid")
     except Exception:  # the container is gone
         return 0
-    return sum(_rss_bytes(int(row[0])) for row in top.get("Processes") or [])
+    return sum(rss_bytes(int(row[0])) for row in top.get("Processes") or [])
 
 
 # --- the benchmark --------------------------------------------------------------------------

@@ -132,7 +132,7 @@ class Server:
 
     def rss_bytes(self) -> int:
         """Resident memory of every process in the server's group (the CLI, uvicorn, workers)."""
-        return sum(_rss_bytes(pid) for pid in _group_pids(self.process.pid))
+        return sum(rss_bytes(pid) for pid in _group_pids(self.process.pid))
 
     def peak_rss_bytes(self) -> dict[int, int]:
         """Each live process's own peak resident memory (VmHWM, exact: not sampled), by pid."""
@@ -170,8 +170,8 @@ def _group_pids(pgid: int) -> list[int]:
     return pids
 
 
-def _rss_bytes(pid: int) -> int:
-    """Resident set size of one process, 0 if it is gone."""
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process, 0 if it is gone (benchmarks read theirs)."""
     try:
         pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     except (OSError, IndexError, ValueError):

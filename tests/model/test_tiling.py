@@ -126,7 +126,8 @@ def test_panoramas_and_strips_in_bands_are_the_one_piece_picture(engine, height,
     just over the minimum: at most one 8-bit level from the one-piece run."""
     whole = engine.exact[None].whole
     rgb = np.asarray(Image.fromarray(sample_rgb("astronaut")).resize((width, height)))
-    tile_pixels = (-(-height // 4) * 4) * (-(-width // 4) * 4) // 4
+    padded = pad_to_multiple(rgb, SIZE_MULTIPLE).shape
+    tile_pixels = padded[0] * padded[1] // 4
     one, tiled, cores = run_both(whole, rgb, style_feeds(engine, "multistyle"), tile_pixels)
     worst = int(np.abs(levels(one) - levels(tiled)).max())
     print(f"{width}x{height} in {len(cores)} bands {cores}: 8-bit max {worst}")
