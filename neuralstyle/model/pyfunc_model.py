@@ -203,6 +203,7 @@ def stylize_row(
     """One request row: decode, check, resize, stylize (``stylize_pixels``), encode."""
     style = resolve_style(engine, style_spec, style_image, what.removeprefix("image "))
     pixels = imaging.decode_pixels(imaging.b64decode(image_b64, what), what, params.max_size)
+    imaging.check_encodable(pixels.shape[1], pixels.shape[0], params.format, what)
     out, row = _stylize(engine, pixels, style, params, what)
     encoded = imaging.encode_image(out, params.format, params.quality)
     return {"image": base64.b64encode(encoded).decode("ascii"), **row}

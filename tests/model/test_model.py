@@ -141,6 +141,20 @@ def test_params(model, photos) -> None:
         model.predict(request(photos["chelsea"], "7"), params={"precision": "turbo"})
 
 
+def test_a_result_too_wide_for_webp_is_refused_before_the_network_runs(model) -> None:
+    """WebP holds at most 16383 px a side; the model accepts 16384: refused up front, by name."""
+    pixels = np.random.default_rng(3).integers(0, 256, (32, 16384, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    strip = request(buffer.getvalue(), "7")
+    with pytest.raises(StyleInputError, match=r"image \(row 0\) would be 16384x32, larger than webp can "
+                                              r"hold \(16383 px a side at most\)"):
+        model.predict(strip, params={"max_size": 0, "format": "webp"})
+    out = model.predict(strip, params={"max_size": 16383, "format": "webp"})
+    assert out.loc[0, "width"] == 16383
+    assert Image.open(io.BytesIO(base64.b64decode(out.loc[0, "image"]))).format == "WEBP"
+
+
 @pytest.mark.parametrize("style", [str(i) for i in range(N_STYLES)])
 def test_fast_meets_the_quality_bound_on_every_style(model, registry, photos, style: str) -> None:
     """precision=fast vs the original graph (onnxruntime, fp32) on two real photos; a style that
