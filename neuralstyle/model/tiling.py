@@ -70,6 +70,11 @@ KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
 # sessions (load ~9) it lost once (169 vs 108 s) and tied once (112 s).
 RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "1") != "0"
 SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder)
+# Photos run in bands one at a time per process (a server's other photo slot waits here): each
+# already uses every core, so two at once took as long as one after the other (63 s for two
+# 45 MP photos either way), and each holds ~1.1 GB beyond the loaded model: two at once peaked
+# at 2.07 GB in-process, against 1.47 GB for one (docs/serving.md, "Memory").
+_BANDED = threading.Lock()
 # A probe size whose multiples cannot be mistaken for channel counts: finds each tensor's row axis.
 _PROBE_H, _PROBE_W = 4 * 23, 4 * 29
 _SPATIAL = {"Convolution", "GroupConvolution"}
@@ -606,13 +611,14 @@ class TiledNetwork:
         cores = bands(height, width, self.tile_pixels, self.band_pixels)
         if len(cores) == 1:
             return run_tiled(self.single(), feeds, cores, height, width, convert)
-        runtime.release_static()  # what one-piece sizes hold goes before the bands come
-        if self._plan is None and os.getpid() != self._pid:
-            # A forked child (luigi's workers) cannot compile (runtime.Network): the whole network
-            # runs at once, as before tiling; the same picture, not the bounded memory.
-            out = self.whole.run(feeds, release_memory=True)[0]
-            return out if convert is None else convert(out)
-        return run_tiled(self.plan(), feeds, cores, height, width, convert)
+        with _BANDED:
+            runtime.release_static()  # what one-piece sizes hold goes before the bands come
+            if self._plan is None and os.getpid() != self._pid:
+                # A forked child (luigi's workers) cannot compile (runtime.Network): the whole
+                # network runs at once, as before tiling; the same picture, not the bounded memory.
+                out = self.whole.run(feeds, release_memory=True)[0]
+                return out if convert is None else convert(out)
+            return run_tiled(self.plan(), feeds, cores, height, width, convert)
 
 
 def window(start: int, stop: int, halo: int, height: int, rows: int) -> tuple[int, int]:
