@@ -42,6 +42,8 @@ COUNTERS = Counters()
 # The rows of the request being served: the server sets a fresh list per request; MLflow runs
 # predict in asyncio.to_thread, which copies the context, so the same list reaches the model.
 ROWS: ContextVar[list[dict[str, Any]] | None] = ContextVar("stylize_rows", default=None)
+# The photo slot this thread holds (``photo_slot``), so a wait further in can hand it back.
+SLOT: ContextVar[threading.BoundedSemaphore | None] = ContextVar("stylize_slot", default=None)
 
 
 def timed_compile(compile_fn: Callable[[], Any]) -> Any:
@@ -66,14 +68,45 @@ def photo_slot(slots: threading.BoundedSemaphore) -> Iterator[None]:
     finally:
         with COUNTERS.lock:
             COUNTERS.photos_waiting -= 1
+    token = SLOT.set(slots)
     try:
         with COUNTERS.lock:
             COUNTERS.photos_running += 1
         yield
     finally:
+        SLOT.reset(token)
         with COUNTERS.lock:
             COUNTERS.photos_running -= 1
         slots.release()
+
+
+@contextlib.contextmanager
+def turn(lock: threading.Lock) -> Iterator[None]:
+    """Hold ``lock``; a photo slot this thread holds is handed back while it waits (counted as
+    waiting), so a photo queued behind another's turn does not keep small photos out. The slot
+    is taken again once the turn is ours: whoever holds a slot meanwhile either finishes or
+    comes here and hands it back, so the wait ends."""
+    slots = SLOT.get()
+    if not lock.acquire(blocking=slots is None):
+        with COUNTERS.lock:
+            COUNTERS.photos_running -= 1
+            COUNTERS.photos_waiting += 1
+        slots.release()
+        try:
+            lock.acquire()
+            try:
+                slots.acquire()
+            except BaseException:
+                lock.release()
+                raise
+        finally:
+            with COUNTERS.lock:
+                COUNTERS.photos_waiting -= 1
+                COUNTERS.photos_running += 1
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def record_row(kind: str, precision: str, width: int, height: int) -> None:

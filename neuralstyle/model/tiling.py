@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neuralstyle.model import runtime
+from neuralstyle.model import runtime, stats
 
 # A photo of at most this many pixels runs in one piece (its own static compile, fastest; ~1.1 GB
 # of buffers at 2048x2048, held while runs of its size come: runtime.HOLD_S); larger ones in
@@ -70,7 +70,8 @@ KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
 # sessions (load ~9) it lost once (169 vs 108 s) and tied once (112 s).
 RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "1") != "0"
 SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder)
-# Photos run in bands one at a time per process (a server's other photo slot waits here): each
+# Photos run in bands one at a time per process (one waiting hands its photo slot back meanwhile,
+# ``stats.turn``, so small photos keep being served): each
 # already uses every core, so two at once took as long as one after the other (63 s for two
 # 45 MP photos either way), and each holds ~1.1 GB beyond the loaded model: two at once peaked
 # at 2.07 GB in-process, against 1.47 GB for one (docs/serving.md, "Memory").
@@ -611,7 +612,7 @@ class TiledNetwork:
         cores = bands(height, width, self.tile_pixels, self.band_pixels)
         if len(cores) == 1:
             return run_tiled(self.single(), feeds, cores, height, width, convert)
-        with _BANDED:
+        with stats.turn(_BANDED):
             runtime.release_static()  # what one-piece sizes hold goes before the bands come
             if self._plan is None and os.getpid() != self._pid:
                 # A forked child (luigi's workers) cannot compile (runtime.Network): the whole

@@ -342,3 +342,44 @@ def test_two_photos_tiled_at_once_both_come_back_whole(engine, monkeypatch) -> N
             for got, want in zip(together, alone * 2, strict=True):
                 np.testing.assert_array_equal(got, want)
     assert most[0] == 1, f"{most[0]} photos ran in bands at once"
+
+
+def test_a_photo_waiting_for_its_turn_hands_its_slot_to_small_photos() -> None:
+    """Two photo slots, two large photos: one runs in bands, the other waits for its turn without
+    its slot, so a small photo is still served meanwhile; the waiting one then gets its turn and
+    its slot back, and the counters end where they began."""
+    import threading
+
+    from neuralstyle.model import stats
+
+    slots, turn_lock = threading.BoundedSemaphore(2), threading.Lock()
+    first_in, first_go, second_in = threading.Event(), threading.Event(), threading.Event()
+    order: list[str] = []
+    before = stats.COUNTERS.snapshot()
+
+    def large(name: str, entered: threading.Event, go: threading.Event | None) -> None:
+        with stats.photo_slot(slots), stats.turn(turn_lock):
+            order.append(name)
+            entered.set()
+            if go is not None:
+                go.wait(60)
+
+    first = threading.Thread(target=large, args=("first", first_in, first_go))
+    first.start()
+    assert first_in.wait(10)
+    second = threading.Thread(target=large, args=("second", second_in, None))
+    second.start()
+    try:
+        deadline = 30
+        while stats.COUNTERS.snapshot()["photos_waiting"] == before["photos_waiting"] and deadline:
+            threading.Event().wait(0.1)
+            deadline -= 1
+        assert slots.acquire(timeout=2), "the waiting photo kept its slot: a small photo cannot run"
+        slots.release()
+        assert not second_in.is_set()
+    finally:
+        first_go.set()
+        first.join(10)
+        second.join(10)
+    assert order == ["first", "second"]
+    assert stats.COUNTERS.snapshot() == before
