@@ -1,9 +1,13 @@
 """What a load test asserts, shared by make serve's (tests/run/test_load.py) and the serving
-container's (tests/containers/test_docker.py)."""
+container's (tests/containers/test_docker.py); and ``Overlap``, how many calls ran at once (the
+model's photo slots, tests/run/test_load.py; photos in bands, tests/model/test_tiling.py)."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import requests
 
@@ -33,3 +37,24 @@ def post_until_not_503(url: str, body: str, within_s: float = 10.0) -> requests.
         if response.status_code != 503 or time.monotonic() > deadline:
             return response
         time.sleep(0.2)
+
+
+class Overlap:
+    """``fn`` wrapped to count its calls in flight: ``most`` is the most at once. Each call waits
+    ``hold_s`` first, so threads that could overlap do (a gate that lets them in shows)."""
+
+    def __init__(self, fn: Callable[..., Any], hold_s: float = 0.05) -> None:
+        self.fn, self.hold_s = fn, hold_s
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(self.hold_s)
+            return self.fn(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1

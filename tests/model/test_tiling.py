@@ -14,6 +14,7 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 import pytest
+from loadcheck import Overlap
 from oracle import PIXEL_TOLERANCE, oracle_uint8, psnr_and_mean
 from PIL import Image
 
@@ -311,24 +312,9 @@ def test_two_photos_tiled_at_once_both_come_back_whole(engine, monkeypatch) -> N
     """Two requests in bands at once (a server runs STYLIZE_PARALLEL_PHOTOS=2) share each piece's
     compile, and take turns: one photo's bands at a time (two 45 MP photos at once peaked at
     2.07 GB, one after the other at 1.65 GB). Both results equal the photo run alone."""
-    import threading
-    import time
     from concurrent.futures import ThreadPoolExecutor
 
-    running, most, lock = [0], [0], threading.Lock()
-    run_tiled = tiling.run_tiled
-
-    def counted(*args, **kwargs):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        try:
-            time.sleep(0.05)  # room for the other thread to come in, were it let
-            return run_tiled(*args, **kwargs)
-        finally:
-            with lock:
-                running[0] -= 1
-
+    counted = Overlap(tiling.run_tiled)
     monkeypatch.setattr(tiling, "run_tiled", counted)
     whole = whole_network(engine, None, "multistyle", "exact")
     extra = style_feeds(engine, "multistyle")
@@ -341,7 +327,7 @@ def test_two_photos_tiled_at_once_both_come_back_whole(engine, monkeypatch) -> N
             together = list(pool.map(lambda x: tiled.run({"image": x, **extra}), photos * 2))
             for got, want in zip(together, alone * 2, strict=True):
                 np.testing.assert_array_equal(got, want)
-    assert most[0] == 1, f"{most[0]} photos ran in bands at once"
+    assert counted.most == 1, f"{counted.most} photos ran in bands at once"
 
 
 def test_a_photo_waiting_for_its_turn_hands_its_slot_to_small_photos() -> None:

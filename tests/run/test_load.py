@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import requests
 from figures import reporter
-from loadcheck import CLIENTS, SECONDS, assert_served_everyone, post_until_not_503
+from loadcheck import CLIENTS, SECONDS, Overlap, assert_served_everyone, post_until_not_503
 
 from bench.load import photo_jpegs, request_bodies, run_load
 from neuralstyle.model import contract, pyfunc_model
@@ -48,22 +48,9 @@ def test_parallel_photos_comes_from_the_environment(monkeypatch) -> None:
 @pytest.mark.slow
 def test_at_most_two_photos_are_stylized_at_once(model, photos, monkeypatch) -> None:
     """Six threads predict at once (the server's pool on 2 cores); two photos run at a time."""
-    running, peak, lock = [0], [0], threading.Lock()
     # The module the loaded model runs (MLflow may import the model's own copy of the code).
     module = sys.modules[type(model.unwrap_python_model()).__module__]
-    real = module.stylize_row
-
-    def counted(*args, **kwargs):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        try:
-            time.sleep(0.05)  # long enough for the threads to overlap if nothing stops them
-            return real(*args, **kwargs)
-        finally:
-            with lock:
-                running[0] -= 1
-
+    counted = Overlap(module.stylize_row)
     monkeypatch.setattr(module, "stylize_row", counted)
     frame = pd.DataFrame({"image": [base64.b64encode(photos["chelsea"]).decode("ascii")] * 2,
                           "style": ["7", "19"]})
@@ -75,7 +62,7 @@ def test_at_most_two_photos_are_stylized_at_once(model, photos, monkeypatch) -> 
     for thread in threads:
         thread.join(timeout=120)
     assert len(results) == 6 and all(r["width"].tolist() == [128, 128] for r in results)
-    assert peak[0] == contract.DEFAULT_PARALLEL_PHOTOS
+    assert counted.most == contract.DEFAULT_PARALLEL_PHOTOS
 
 
 @pytest.fixture(scope="module")
