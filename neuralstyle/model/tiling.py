@@ -71,10 +71,10 @@ KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
 RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "1") != "0"
 SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder)
 # Photos run in bands one at a time per process (one waiting hands its photo slot back meanwhile,
-# ``stats.turn``, so small photos keep being served): each
-# already uses every core, so two at once took as long as one after the other (63 s for two
-# 45 MP photos either way), and each holds ~1.1 GB beyond the loaded model: two at once peaked
-# at 2.07 GB in-process, against 1.47 GB for one (docs/serving.md, "Memory").
+# ``stats.turn``, so small photos keep being served): each already uses every core, so two at
+# once took as long as one after the other (63 s against 59 s for two 45 MP photos), and each
+# holds ~1.1 GB beyond the loaded model: two at once peaked at 2.07 GB in-process, in turn at
+# 1.65 GB (docs/serving.md, "Limits, and why they are set this way").
 _BANDED = threading.Lock()
 # A probe size whose multiples cannot be mistaken for channel counts: finds each tensor's row axis.
 _PROBE_H, _PROBE_W = 4 * 23, 4 * 29
