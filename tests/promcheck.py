@@ -25,11 +25,12 @@ from neuralstyle.run.serving import free_port
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
-def metrics(url: str) -> dict[tuple[str, tuple], float]:
-    """Every sample of ``/metrics``, keyed by (name, sorted labels)."""
+def metrics(url: str, session: requests.Session | None = None) -> dict[tuple[str, tuple], float]:
+    """Every sample of ``/metrics``, keyed by (name, sorted labels); ``session`` keeps one
+    connection (one worker), as Prometheus does."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    response = requests.get(f"{url}/metrics", timeout=10)
+    response = (session or requests).get(f"{url}/metrics", timeout=10)
     assert response.status_code == 200, response.text[:300]
     assert response.headers["content-type"].startswith("text/plain; version=")
     return {(s.name, tuple(sorted(s.labels.items()))): s.value

@@ -52,6 +52,7 @@ DRAIN_ENV = "STYLIZE_DRAIN_SECONDS"  # how long SIGTERM waits for requests in fl
 MODEL_NAME_ENV = "STYLIZE_MODEL_NAME"  # for /metrics and the raw route's headers
 MODEL_VERSION_ENV = "STYLIZE_MODEL_VERSION"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own; main() sets it for workers > 1
+SYNC_INTERVAL_S = 1.0  # how stale another worker's gauges may be in a multiprocess scrape
 # Photo sizes a first user request would otherwise pay a static compile for (0.1-0.2 s each,
 # per precision): the longest side at the default max_size, landscape and portrait 4:3 and 3:2
 # (bench/results/serve_raw.md measures what a first request costs with and without).
@@ -142,12 +143,12 @@ class Service:
         except Exception as exc:  # a broken model never becomes ready; /ready says why
             self.warm_error = f"{type(exc).__name__}: {exc}"
             log.exception("warm-up failed")
-            return
-        finally:
+        else:
+            self.warmed.set()
+            log.info("ready: warmed %s", ", ".join(f"{w}x{h}" for w, h in sizes) or "nothing")
+        finally:  # after warmed is set: stylize_ready is 1 before any scrape reaches this worker
             if self.metrics:
                 self.metrics.sync()
-        self.warmed.set()
-        log.info("ready: warmed %s", ", ".join(f"{w}x{h}" for w, h in sizes) or "nothing")
 
     async def ready(self, request: Any) -> Any:
         from fastapi.responses import JSONResponse
@@ -403,11 +404,22 @@ class Metrics:
 
         logging.getLogger("uvicorn.error").addHandler(RefusalCounter())
         if self.multiprocess:
+            # A scrape reaches one worker and reads every worker's files: the others must keep
+            # their own files current (photos running, compiles), not only when scraped.
+            stop = threading.Event()
+
+            def keep_synced() -> None:
+                while not stop.wait(SYNC_INTERVAL_S):
+                    self.sync()
+
             def mark_dead() -> None:
                 from prometheus_client import multiprocess
 
+                stop.set()
                 multiprocess.mark_process_dead(os.getpid())
 
+            app.router.on_startup.append(lambda: threading.Thread(
+                target=keep_synced, name="stylize-metrics-sync", daemon=True).start())
             app.router.on_shutdown.append(mark_dead)
 
     def sync(self) -> None:

@@ -315,6 +315,14 @@ def test_prometheus_scrapes_a_two_worker_server_under_load(registry, request) ->
     with running_server(registry.model_uri, tracking_uri=registry.tracking_uri, server=STYLIZE,
                         workers=2) as srv:
         target = srv.url.removeprefix("http://")
+        # Scraped over one kept-alive connection (one worker, as Prometheus does), both workers
+        # come to report ready once they are warmed, without a request reaching the other one.
+        with requests.Session() as one_connection:
+            deadline, ready_value = time.monotonic() + 180, 0.0
+            while ready_value != 1 and time.monotonic() < deadline:
+                ready_value = value(metrics(srv.url, one_connection), "stylize_ready")
+                time.sleep(0.5)
+        assert ready_value == 1, "stylize_ready stayed 0 on a kept-alive scrape of two workers"
         photos = photo_jpegs(256)
         with prometheus([target]) as prom:
             scrape_while_loaded(prom, target, [*request_bodies(photos), *raw_bodies(photos)],
