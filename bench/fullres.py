@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit-shapes", default="8192x8192,16384x4096,4096x16384",
                         help="photos of the model's pixel limit, WxH, run exact once each; "
                              "'none' skips them (default: %(default)s)")
+    parser.add_argument("--beside", default="2048x2048,1920x1080,1024x768",
+                        help="photos started beside the 45 MP one in its process, one case each "
+                             "('none' skips)")
+    parser.add_argument("--beside-delay", type=float, default=8.0,
+                        help="seconds into the 45 MP photo's run that the other one starts")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     add_model_flags(parser, DEFAULT_OUTPUT)
     return parser
@@ -125,6 +130,9 @@ def child(spec: str) -> None:
     loaded = fullres_floor.resident_mb()
     frame = pd.DataFrame({"image": [base64.b64encode(Path(args["photo"]).read_bytes()).decode()],
                           "style": [STYLE]})
+    if args.get("beside"):  # another photo started ``delay`` s into this one's run, same process
+        print(json.dumps(run_beside(model, frame, args, loaded)))
+        return
     seconds, cpu = [], []
     for _ in range(args["runs"]):
         started, used = time.perf_counter(), cpu_seconds()
@@ -139,6 +147,32 @@ def child(spec: str) -> None:
                       "peak_mb": peak_rss_mb(), **spill}))
 
 
+def run_beside(model, frame, args: dict, loaded: float) -> dict:
+    """The photo, and ``beside`` started ``delay`` seconds later in another thread (a server's
+    two photo slots): each one's seconds, and the process's peak."""
+    import threading
+
+    import pandas as pd
+
+    other = pd.DataFrame({"image": [base64.b64encode(Path(args["beside"]).read_bytes()).decode()],
+                          "style": [STYLE]})
+    params = {"max_size": 0, "precision": args["precision"]}
+    answered: dict[str, float] = {}
+
+    def run(name: str, rows) -> None:
+        started = time.perf_counter()
+        model.predict(rows, params=params)
+        answered[name] = time.perf_counter() - started
+
+    first = threading.Thread(target=run, args=("photo", frame))
+    first.start()
+    time.sleep(args["delay"])
+    run("beside", other)
+    first.join()
+    return {"seconds": answered["photo"], "beside_seconds": answered["beside"],
+            "after_load_mb": loaded, "peak_mb": peak_rss_mb()}
+
+
 def spill_counters() -> dict:
     """Bytes this process wrote to and read from disk files (/proc/self/io: the spill file's
     traffic, as the kernel counts it; write_bytes is what reached the disk, not the page cache)."""
@@ -150,9 +184,11 @@ def spill_counters() -> dict:
 
 
 def in_fresh_process(photo: Path, precision: str, runs: int, tracking_uri: str,
-                     model_uri: str, env: dict[str, str] | None = None) -> dict:
+                     model_uri: str, env: dict[str, str] | None = None,
+                     beside: Path | None = None, delay: float = 0.0) -> dict:
     spec = json.dumps({"photo": str(photo), "precision": precision, "runs": runs,
-                       "tracking_uri": tracking_uri, "model_uri": model_uri})
+                       "tracking_uri": tracking_uri, "model_uri": model_uri,
+                       "beside": str(beside) if beside else None, "delay": delay})
     done = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True,
                           text=True, check=False, env={**os.environ, **(env or {})})
     if done.returncode != 0:
@@ -424,6 +460,17 @@ def main(argv: list[str] | None = None) -> None:
             photo.unlink()
             print(f"at the limit {w}x{h}: {got['seconds']} s, peak {got['peak_mb']:.0f} MB",
                   flush=True)
+        beside = []
+        if args.beside != "none" and 45.0 in photos:
+            for shape in args.beside.split(","):
+                w, h = (int(n) for n in shape.lower().split("x"))
+                photo = Path(folder) / f"mosaic-{w}x{h}.jpg"
+                photo.write_bytes(jpeg(mosaic(w, h, seed=11)))
+                got = in_fresh_process(photos[45.0], "exact", 1, uri, args.model_uri,
+                                       beside=photo, delay=args.beside_delay)
+                got.update(w=w, h=h)
+                beside.append(got)
+                print(f"45 MP with {w}x{h} beside: {got}", flush=True)
         served = served_two = None
         if not args.no_server and 45.0 in photos:
             served = through_server(photos[45.0], args.model_uri, uri)
@@ -505,6 +552,17 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"| {got['w']}x{got['h']} | {mp:.1f} | {got['seconds'][0]:.1f} | "
                          f"{got['seconds'][0] / mp:.3f} | {got['peak_mb']:.0f} |")
         lines.append("")
+    if beside:
+        lines += [f"## The 45 MP photo with another started {args.beside_delay:g} s into its run "
+                  "(exact, one process: a server's two photo slots)", "",
+                  "A photo in bands runs alone; a one-piece photo larger than a 1080p frame (its "
+                  "buffers ~1.1 GB at 2048x2048) waits for it (`stats.Turn`), a smaller one runs "
+                  "beside it.",
+                  "", "| beside | 45 MP s | beside s | peak MB |", "|---|---|---|---|"]
+        for got in beside:
+            lines.append(f"| {got['w']}x{got['h']} | {got['seconds']:.1f} | "
+                         f"{got['beside_seconds']:.1f} | {got['peak_mb']:.0f} |")
+        lines.append("")
     if served:
         lines += ["## 45 MP through `mlflow models serve` (exact), a 512 px client beside it", "",
                   f"status {served['status']}, {served['seconds']:.1f} s; server group RSS "
@@ -519,8 +577,8 @@ def main(argv: list[str] | None = None) -> None:
         t = served_two
         lines += ["## Two 45 MP photos at once through `mlflow models serve` (exact), a 512 px "
                   "client beside them", "",
-                  "Photos in bands take turns (`tiling._BANDED`); the one waiting hands its photo "
-                  "slot back (`stats.turn`), so the small client keeps being served.", "",
+                  "Photos in bands take turns (`stats.Turn`); the one waiting hands its photo "
+                  "slot back, so the small client keeps being served.", "",
                   f"statuses {t['status']}, answered after "
                   f"{', '.join(f'{a[1]:.1f}' for a in t['answers'])} s; server group peak "
                   f"{t['peak_mb']:.0f} MB (sampled); the worker's own peak (VmHWM) "

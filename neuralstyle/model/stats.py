@@ -80,33 +80,65 @@ def photo_slot(slots: threading.BoundedSemaphore) -> Iterator[None]:
         slots.release()
 
 
-@contextlib.contextmanager
-def turn(lock: threading.Lock) -> Iterator[None]:
-    """Hold ``lock``; a photo slot this thread holds is handed back while it waits (counted as
-    waiting), so a photo queued behind another's turn does not keep small photos out. The slot
-    is taken again once the turn is ours: whoever holds a slot meanwhile either finishes or
-    comes here and hands it back, so the wait ends."""
-    slots = SLOT.get()
-    if not lock.acquire(blocking=slots is None):
-        with COUNTERS.lock:
-            COUNTERS.photos_running -= 1
-            COUNTERS.photos_waiting += 1
-        slots.release()
+class Turn:
+    """Who may run beside whom: a photo in bands runs alone (``exclusive``); photos in one piece
+    whose buffers are large run beside each other (``shared``), never beside one in bands.
+
+    A photo that must wait hands back the photo slot it holds (counted as waiting), so it does
+    not keep small photos out, and takes a slot again once its turn has come: whoever holds a
+    slot meanwhile either finishes or comes here and hands it back, so the wait ends. A photo
+    in bands that waits keeps new shared ones out, so a stream of them cannot starve it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._exclusive_waiting = 0
+
+    def _free(self, exclusive: bool) -> bool:
+        if exclusive:
+            return not self._exclusive and self._shared == 0
+        return not self._exclusive and self._exclusive_waiting == 0
+
+    @contextlib.contextmanager
+    def hold(self, exclusive: bool) -> Iterator[None]:
+        """Hold the turn, alone or shared, for the ``with`` block."""
+        slots = SLOT.get()
+        handed_back = False
+        with self._cond:
+            if not self._free(exclusive):
+                if slots is not None:
+                    with COUNTERS.lock:
+                        COUNTERS.photos_running -= 1
+                        COUNTERS.photos_waiting += 1
+                    slots.release()
+                    handed_back = True
+                self._exclusive_waiting += exclusive
+                try:
+                    self._cond.wait_for(lambda: self._free(exclusive))
+                finally:
+                    self._exclusive_waiting -= exclusive
+            if exclusive:
+                self._exclusive = True
+            else:
+                self._shared += 1
         try:
-            lock.acquire()
-            try:
-                slots.acquire()
-            except BaseException:
-                lock.release()
-                raise
+            if handed_back:
+                try:
+                    slots.acquire()  # type: ignore[union-attr]
+                finally:
+                    with COUNTERS.lock:
+                        COUNTERS.photos_waiting -= 1
+                        COUNTERS.photos_running += 1
+            yield
         finally:
-            with COUNTERS.lock:
-                COUNTERS.photos_waiting -= 1
-                COUNTERS.photos_running += 1
-    try:
-        yield
-    finally:
-        lock.release()
+            with self._cond:
+                if exclusive:
+                    self._exclusive = False
+                else:
+                    self._shared -= 1
+                self._cond.notify_all()
 
 
 def record_row(kind: str, precision: str, width: int, height: int) -> None:

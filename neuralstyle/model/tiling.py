@@ -70,12 +70,16 @@ KEEP_BYTES = int(os.environ.get("STYLIZE_KEEP_BYTES", 512 * 1024 * 1024))
 # sessions (load ~9) it lost once (169 vs 108 s) and tied once (112 s).
 RECOMPUTE = os.environ.get("STYLIZE_RECOMPUTE", "1") != "0"
 SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder)
-# Photos run in bands one at a time per process (one waiting hands its photo slot back meanwhile,
-# ``stats.turn``, so small photos keep being served): each already uses every core, so two at
-# once took as long as one after the other (63 s against 59 s for two 45 MP photos), and each
-# holds ~1.1 GB beyond the loaded model: two at once peaked at 2.07 GB in-process, in turn at
-# 1.65 GB (docs/serving.md, "Limits, and why they are set this way").
-_BANDED = threading.Lock()
+# Photos run in bands one at a time per process, and never beside a one-piece photo larger than
+# a 1080p frame; those run beside each other (``stats.Turn``). Each photo in bands already uses
+# every core, and holds ~1.1 GB beyond the loaded model, as a 2048x2048 one-piece run does. In
+# one process, a 45 MP photo peaked at 2.07 GB beside another, 1.65 GB in turn (59 s for both
+# against 63 s at once); at 2.30 GB beside a 2048x2048 photo started 8 s into its run, 1.86 GB
+# with that one waiting (22 s instead of 5); beside a 1080p frame at 1.71 GB, under the 2 GB
+# bound, so frames that size keep running beside it (docs/serving.md, "Limits, and why they
+# are set this way"). One waiting hands its photo slot back, so small photos keep being served.
+BESIDE_BANDS_PIXELS = 1920 * 1080
+_TURN = stats.Turn()
 # A probe size whose multiples cannot be mistaken for channel counts: finds each tensor's row axis.
 _PROBE_H, _PROBE_W = 4 * 23, 4 * 29
 _SPATIAL = {"Convolution", "GroupConvolution"}
@@ -611,8 +615,11 @@ class TiledNetwork:
         height, width = x.shape[axis], x.shape[axis + 1]
         cores = bands(height, width, self.tile_pixels, self.band_pixels)
         if len(cores) == 1:
-            return run_tiled(self.single(), feeds, cores, height, width, convert)
-        with stats.turn(_BANDED):
+            if height * width <= BESIDE_BANDS_PIXELS:
+                return run_tiled(self.single(), feeds, cores, height, width, convert)
+            with _TURN.hold(exclusive=False):
+                return run_tiled(self.single(), feeds, cores, height, width, convert)
+        with _TURN.hold(exclusive=True):
             runtime.release_static()  # what one-piece sizes hold goes before the bands come
             if self._plan is None and os.getpid() != self._pid:
                 # A forked child (luigi's workers) cannot compile (runtime.Network): the whole

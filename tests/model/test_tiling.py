@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 import tracemalloc
 
 import numpy as np
@@ -338,13 +339,13 @@ def test_a_photo_waiting_for_its_turn_hands_its_slot_to_small_photos() -> None:
 
     from neuralstyle.model import stats
 
-    slots, turn_lock = threading.BoundedSemaphore(2), threading.Lock()
+    slots, turn = threading.BoundedSemaphore(2), stats.Turn()
     first_in, first_go, second_in = threading.Event(), threading.Event(), threading.Event()
     order: list[str] = []
     before = stats.COUNTERS.snapshot()
 
     def large(name: str, entered: threading.Event, go: threading.Event | None) -> None:
-        with stats.photo_slot(slots), stats.turn(turn_lock):
+        with stats.photo_slot(slots), turn.hold(exclusive=True):
             order.append(name)
             entered.set()
             if go is not None:
@@ -369,3 +370,94 @@ def test_a_photo_waiting_for_its_turn_hands_its_slot_to_small_photos() -> None:
         second.join(10)
     assert order == ["first", "second"]
     assert stats.COUNTERS.snapshot() == before
+
+
+def test_large_one_piece_photos_run_together_and_a_photo_in_bands_alone() -> None:
+    """The turn's rules: large one-piece photos share it (two 2048 px photos at once); a photo
+    in bands waits for them to finish, and once it waits a new one-piece photo waits behind it
+    (no starving); it then runs alone, and the one-piece photo after it."""
+    import threading
+
+    from neuralstyle.model import stats
+
+    turn = stats.Turn()
+    inside: list[str] = []
+    events = {name: (threading.Event(), threading.Event()) for name in "ABXC"}
+
+    def photo(name: str, exclusive: bool) -> None:
+        entered, leave = events[name]
+        with turn.hold(exclusive=exclusive):
+            inside.append(name)
+            entered.set()
+            assert leave.wait(30)
+            inside.remove(name)
+
+    def start(name: str, exclusive: bool = False) -> threading.Thread:
+        thread = threading.Thread(target=photo, args=(name, exclusive))
+        thread.start()
+        return thread
+
+    threads = [start("A"), start("B")]
+    try:
+        assert events["A"][0].wait(10) and events["B"][0].wait(10), "two shared photos did not run together"
+        threads.append(start("X", exclusive=True))
+        deadline = time.monotonic() + 10
+        while not turn._exclusive_waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        threads.append(start("C"))
+        assert not events["X"][0].wait(0.3), "the photo in bands ran beside one-piece photos"
+        assert not events["C"][0].is_set(), "a new one-piece photo overtook the waiting photo in bands"
+        events["A"][1].set()
+        events["B"][1].set()
+        assert events["X"][0].wait(10)
+        assert not events["C"][0].wait(0.3) and inside == ["X"], inside
+        events["X"][1].set()
+        assert events["C"][0].wait(10)
+    finally:
+        for _, leave in events.values():
+            leave.set()
+        for thread in threads:
+            thread.join(10)
+    assert not inside
+
+
+def test_a_one_piece_photo_with_large_buffers_never_runs_beside_one_in_bands(engine, monkeypatch) -> None:
+    """Through ``TiledNetwork.run``: photos in bands and one-piece photos above the line that may
+    run beside them (lowered here to this test's sizes) from four threads at once; no run in
+    bands overlaps any other run, and every result equals the photo run alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    intervals: list[tuple[str, float, float]] = []
+    real = tiling.run_tiled
+
+    def recorded(plan, feeds, cores, *args, **kwargs):
+        started = time.monotonic()
+        time.sleep(0.05)  # threads that could overlap do
+        try:
+            return real(plan, feeds, cores, *args, **kwargs)
+        finally:
+            intervals.append(("bands" if len(cores) > 1 else "one", started, time.monotonic()))
+
+    monkeypatch.setattr(tiling, "run_tiled", recorded)
+    whole = whole_network(engine, None, "multistyle", "exact")
+    extra = style_feeds(engine, "multistyle")
+    photos = [np.ascontiguousarray(pad_to_multiple(sample_rgb(name)[:160, :240], SIZE_MULTIPLE)[None])
+              for name in ("coffee", "chelsea")]
+    pixels = photos[0].shape[1] * photos[0].shape[2]
+    monkeypatch.setattr(tiling, "BESIDE_BANDS_PIXELS", pixels // 2)
+    in_bands = tiling.TiledNetwork(whole, tile_pixels=pixels // 4)
+    one_piece = tiling.TiledNetwork(whole)
+    jobs = [(in_bands, photos[0]), (one_piece, photos[1]), (one_piece, photos[0]), (in_bands, photos[1])]
+    alone = [net.run({"image": x, **extra}) for net, x in jobs]
+    intervals.clear()
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda job: job[0].run({"image": job[1], **extra}), jobs))
+            for got, want in zip(together, alone, strict=True):
+                np.testing.assert_array_equal(got, want)
+    banded = [i for i in intervals if i[0] == "bands"]
+    assert len(banded) == 6 and len(intervals) == 12
+    for kind, start, stop in banded:
+        beside = [other for other in intervals if other != (kind, start, stop)
+                  and other[1] < stop and start < other[2]]
+        assert not beside, f"a photo in bands ran beside {beside}"
