@@ -39,6 +39,7 @@ ones (fresh pages cost a fault per 4 KiB); statistics are vectorised.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
@@ -74,8 +75,8 @@ SPILL_ENV = "STYLIZE_SPILL_DIR"  # where (default: the system's temporary folder
 # a 1080p frame; those run beside each other (``stats.Turn``). Each photo in bands already uses
 # every core, and holds ~1.1 GB beyond the loaded model, as a 2048x2048 one-piece run does. In
 # one process, a 45 MP photo peaked at 2.07 GB beside another, 1.65 GB in turn (59 s for both
-# against 63 s at once); at 2.30 GB beside a 2048x2048 photo started 8 s into its run, 1.86 GB
-# with that one waiting (22 s instead of 5); beside a 1080p frame at 1.71 GB, under the 2 GB
+# against 63 s at once); at 2.30 GB beside a 2048x2048 photo started 8 s into its run, 1.90 GB
+# with that one waiting (19 s instead of 5); beside a 1080p frame at 1.71-1.78 GB, under the 2 GB
 # bound, so frames that size keep running beside it (docs/serving.md, "Limits, and why they
 # are set this way"). One waiting hands its photo slot back, so small photos keep being served.
 BESIDE_BANDS_PIXELS = 1920 * 1080
@@ -615,9 +616,8 @@ class TiledNetwork:
         height, width = x.shape[axis], x.shape[axis + 1]
         cores = bands(height, width, self.tile_pixels, self.band_pixels)
         if len(cores) == 1:
-            if height * width <= BESIDE_BANDS_PIXELS:
-                return run_tiled(self.single(), feeds, cores, height, width, convert)
-            with _TURN.hold(exclusive=False):
+            small = height * width <= BESIDE_BANDS_PIXELS
+            with contextlib.nullcontext() if small else _TURN.hold(exclusive=False):
                 return run_tiled(self.single(), feeds, cores, height, width, convert)
         with _TURN.hold(exclusive=True):
             runtime.release_static()  # what one-piece sizes hold goes before the bands come
